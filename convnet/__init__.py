@@ -1,0 +1,54 @@
+"""convnet: Caffe-style convolutional networks for Python.
+
+Layers with explicit forward and backward passes (``convnet.layers``), a Net of named blobs,
+SGD and Adam solvers with Caffe's lr policies, atomic snapshots, and two backends: Cython +
+OpenMP + BLAS on the CPU, CUDA kernels on the GPU (``convnet.cuda``).
+"""
+
+import importlib
+
+from convnet.errors import (ConfigError, ConvnetError, DataError, DeviceError,
+                            FileFormatError, ShapeError, StateError)
+from convnet.fillers import seed
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Net": "convnet.net",
+    "SGDSolver": "convnet.solvers",
+    "AdamSolver": "convnet.solvers",
+}
+
+__all__ = ["__version__", "set_num_threads", "get_num_threads", "openmp_enabled", "seed",
+           "ConvnetError", "ConfigError", "ShapeError", "DataError", "StateError",
+           "DeviceError", "FileFormatError", *_LAZY]
+
+
+def set_num_threads(n):
+    """Use ``n`` threads for convnet's OpenMP loops and for BLAS (both at once, never
+    oversubscribed: a kernel uses one or the other). ``OMP_NUM_THREADS`` sets the default."""
+    from convnet.backend import cpu
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"set_num_threads: n must be a positive int, got {n!r}")
+    cpu.set_num_threads(n)
+
+
+def get_num_threads():
+    """The number of threads convnet's OpenMP loops use."""
+    from convnet.backend import cpu
+    return cpu.get_num_threads()
+
+
+def openmp_enabled():
+    """True when the CPU kernels were compiled with OpenMP."""
+    from convnet.backend import cpu
+    return cpu.openmp_enabled()
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'convnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,43 @@
+"""Backends: one module per device exposing the same function names.
+
+``convnet.backend.cpu`` runs on NumPy arrays through the compiled ``pyx/`` kernels;
+``convnet.backend.cuda`` runs on :class:`convnet.cuda.DeviceArray` through libconvnet_cuda.
+Layers never import either directly: they ask :func:`get` for the module of their device.
+"""
+
+from convnet.errors import DeviceError
+
+DEVICES = ("cpu", "cuda")
+
+
+def normalize_device(device, owner=None):
+    """'cpu', 'cuda', 'cuda:0' -> 'cpu' or 'cuda'."""
+    name = str(device).lower()
+    if name.startswith("cuda"):
+        if name not in ("cuda", "cuda:0"):
+            raise DeviceError(f"{_who(owner)}only device 'cuda' (GPU 0) is supported, got {device!r}")
+        return "cuda"
+    if name != "cpu":
+        raise DeviceError(f"{_who(owner)}device must be 'cpu' or 'cuda', got {device!r}")
+    return "cpu"
+
+
+def _who(owner):
+    from convnet.errors import where
+    return f"{where(owner)}: " if owner is not None else ""
+
+
+def get(device):
+    """The backend module for ``device`` ('cpu' or 'cuda')."""
+    if device == "cpu":
+        from convnet.backend import cpu
+        return cpu
+    if device == "cuda":
+        from convnet.backend import cuda
+        return cuda
+    raise DeviceError(f"unknown device {device!r}")
+
+
+def device_of(array):
+    """'cuda' for a DeviceArray, else 'cpu'."""
+    return "cuda" if getattr(array, "__cuda_array_interface__", None) is not None else "cpu"

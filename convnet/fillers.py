@@ -1,0 +1,119 @@
+"""Parameter fillers with Caffe's names and formulas.
+
+A filler spec is one of:
+
+- a number: ``constant`` with that value (``bias_filler=0.0``)
+- a name: ``"constant"`` (0), ``"gaussian"`` (std 0.01), ``"uniform"`` ([0, 1)), ``"xavier"``,
+  ``"msra"``, ``"bilinear"``
+- a dict with ``type`` and the Caffe fields: ``dict(type="gaussian", mean=0, std=0.01)``,
+  ``dict(type="uniform", min=-1, max=1)``, ``dict(type="xavier", variance_norm="AVERAGE")``,
+  ``dict(type="constant", value=0.1)``
+- a callable ``f(shape, rng) -> array``
+
+Fan sizes follow Caffe: fan_in = count / shape[0], fan_out = count / shape[1].
+xavier: U(-sqrt(3/n), sqrt(3/n)); msra: N(0, sqrt(2/n)); n = fan_in ("FAN_IN", default),
+fan_out ("FAN_OUT") or their mean ("AVERAGE").
+bilinear: FCN's upsampling kernel, 1 at the centre, falling off linearly, for every
+(input, output) channel pair (combine with lr_mult=0 for fixed upsampling).
+"""
+
+import numbers
+
+import numpy as np
+
+from convnet.errors import ConfigError, fail
+
+_rng = np.random.default_rng()
+
+FILLERS = ("constant", "gaussian", "uniform", "xavier", "msra", "bilinear")
+
+
+def seed(value):
+    """Seed the global generator that fillers use when a layer has no ``rng`` of its own."""
+    global _rng
+    _rng = np.random.default_rng(value)
+
+
+def global_rng():
+    return _rng
+
+
+def normalize(spec, param, owner=None):
+    """Check a filler spec at construction time; return it as a dict (or a callable)."""
+    if callable(spec):
+        return spec
+    if isinstance(spec, numbers.Real) and not isinstance(spec, bool):
+        return {"type": "constant", "value": float(spec)}
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+        fail(owner, f"{param} must be a number, one of {', '.join(FILLERS)}, a dict with a "
+                    f"'type', or a callable; got {spec!r}", ConfigError)
+    kind = spec["type"].lower()
+    if kind not in FILLERS:
+        fail(owner, f"{param} type must be one of {', '.join(FILLERS)}, got {spec['type']!r}")
+    allowed = {"type", "value", "mean", "std", "min", "max", "variance_norm"}
+    unknown = set(spec) - allowed
+    if unknown:
+        fail(owner, f"{param} has unknown fields {sorted(unknown)}")
+    out = dict(spec, type=kind)
+    if kind == "gaussian" and float(out.get("std", 0.01)) < 0:
+        fail(owner, f"{param} std must be >= 0, got {out['std']}")
+    if kind == "uniform" and float(out.get("min", 0.0)) > float(out.get("max", 1.0)):
+        fail(owner, f"{param} min ({out['min']}) must be <= max ({out['max']})")
+    norm = str(out.get("variance_norm", "FAN_IN")).upper()
+    if norm not in ("FAN_IN", "FAN_OUT", "AVERAGE"):
+        fail(owner, f"{param} variance_norm must be FAN_IN, FAN_OUT or AVERAGE, got {norm!r}")
+    out["variance_norm"] = norm
+    return out
+
+
+def _fan(shape, norm):
+    count = int(np.prod(shape)) if len(shape) else 1
+    fan_in = count // shape[0] if len(shape) > 0 and shape[0] else count
+    fan_out = count // shape[1] if len(shape) > 1 and shape[1] else count
+    if norm == "FAN_OUT":
+        return fan_out
+    if norm == "AVERAGE":
+        return (fan_in + fan_out) / 2.0
+    return fan_in
+
+
+def bilinear_kernel(kh, kw):
+    """FCN/Caffe bilinear upsampling weights of shape (kh, kw)."""
+    def axis(k):
+        f = int(np.ceil(k / 2.0))
+        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        x = np.arange(k, dtype=np.float64)
+        return 1.0 - np.abs(x / f - c)
+    return np.outer(axis(kh), axis(kw))
+
+
+def fill(spec, shape, dtype, rng=None, param="filler", owner=None):
+    """A new array of ``shape`` and ``dtype`` filled as ``spec`` says."""
+    spec = normalize(spec, param, owner)
+    rng = _rng if rng is None else rng
+    shape = tuple(int(d) for d in shape)
+    if callable(spec):
+        data = np.asarray(spec(shape, rng), dtype=dtype)
+        if data.shape != shape:
+            fail(owner, f"{param} callable returned shape {data.shape}, expected {shape}")
+        return np.ascontiguousarray(data)
+    kind = spec["type"]
+    if kind == "constant":
+        data = np.full(shape, float(spec.get("value", 0.0)))
+    elif kind == "gaussian":
+        data = rng.normal(float(spec.get("mean", 0.0)), float(spec.get("std", 0.01)), shape)
+    elif kind == "uniform":
+        data = rng.uniform(float(spec.get("min", 0.0)), float(spec.get("max", 1.0)), shape)
+    elif kind == "xavier":
+        scale = np.sqrt(3.0 / max(_fan(shape, spec["variance_norm"]), 1))
+        data = rng.uniform(-scale, scale, shape)
+    elif kind == "msra":
+        std = np.sqrt(2.0 / max(_fan(shape, spec["variance_norm"]), 1))
+        data = rng.normal(0.0, std, shape)
+    else:  # bilinear
+        if len(shape) != 4:
+            fail(owner, f"{param} 'bilinear' needs a 4-d weight, got shape {shape}")
+        data = np.broadcast_to(bilinear_kernel(shape[2], shape[3]), shape)
+    return np.ascontiguousarray(data, dtype=dtype)

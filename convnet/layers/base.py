@@ -1,0 +1,336 @@
+"""The layer lifecycle shared by every layer (Caffe's LayerSetUp -> Reshape -> Forward/Backward).
+
+A subclass implements four hooks:
+
+- ``_check_params()``        (from ``__init__``) parameter-only validation
+- ``_reshape(shapes)``       validate the bottom shapes, create params on the first call
+                             (``self._add_param``), return the top shape(s)
+- ``_forward(bottoms)``      compute the tops (a list), cache what backward needs
+- ``_backward(top_diffs, propagate_down)``   return one diff (or ``None``) per bottom and
+                             ADD into ``param.diff`` (only the solver zeroes diffs)
+
+The base class converts inputs, re-runs setup when bottom shapes change, checks top diff
+shapes, handles ``propagate_down`` and applies ``loss_weight`` exactly once.
+"""
+
+import numbers
+
+import numpy as np
+
+from convnet import backend as _backend
+from convnet.errors import ConfigError, ShapeError, StateError, fail
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Param:
+    """A learnable blob: ``data``, ``diff`` (its gradient accumulator), ``lr_mult`` and
+    ``decay_mult`` (Caffe's per-param multipliers of the solver's lr and weight decay)."""
+
+    def __init__(self, data, lr_mult=1.0, decay_mult=1.0, name=""):
+        self.data = data
+        self.diff = np.zeros_like(data) if isinstance(data, np.ndarray) else None
+        self.lr_mult = float(lr_mult)
+        self.decay_mult = float(decay_mult)
+        self.name = name
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def device(self):
+        return _backend.device_of(self.data)
+
+    def zero_diff(self):
+        self.diff[...] = 0
+
+    def to(self, device):
+        """Move data and diff to ``device`` ('cpu' or 'cuda') in place; returns self."""
+        device = _backend.normalize_device(device)
+        if device == self.device:
+            return self
+        if device == "cpu":
+            self.data = self.data.get()
+            self.diff = self.diff.get()
+        else:
+            be = _backend.get("cuda")
+            self.data = be.from_numpy(self.data)
+            self.diff = be.from_numpy(self.diff)
+        return self
+
+    def __repr__(self):
+        return (f"Param({self.name!r}, shape={self.shape}, dtype={np.dtype(self.dtype).name}, "
+                f"lr_mult={self.lr_mult}, decay_mult={self.decay_mult})")
+
+
+def check_dtype(dtype, owner):
+    dt = np.dtype(dtype)
+    if dt not in FLOAT_DTYPES:
+        fail(owner, f"dtype must be float32 or float64, got {dt.name}")
+    return dt
+
+
+def check_number(value, param, owner, *, minimum=None, maximum=None, integer=False,
+                 strict_min=False):
+    """Validate a scalar parameter and return it (int or float)."""
+    ok_types = numbers.Integral if integer else numbers.Real
+    if not isinstance(value, ok_types) or isinstance(value, bool):
+        kind = "an int" if integer else "a number"
+        fail(owner, f"{param} must be {kind}, got {value!r}")
+    value = int(value) if integer else float(value)
+    if not integer and not np.isfinite(value):
+        fail(owner, f"{param} must be finite, got {value}")
+    if minimum is not None:
+        if strict_min and not value > minimum:
+            fail(owner, f"{param} must be > {minimum}, got {value}")
+        if not strict_min and not value >= minimum:
+            fail(owner, f"{param} must be >= {minimum}, got {value}")
+    if maximum is not None and not value <= maximum:
+        fail(owner, f"{param} must be <= {maximum}, got {value}")
+    return value
+
+
+def check_choice(value, param, choices, owner):
+    if not isinstance(value, str) or value.upper() not in choices:
+        fail(owner, f"{param} must be one of {', '.join(choices)}, got {value!r}")
+    return value.upper()
+
+
+def shape_str(shape):
+    return "x".join(str(int(d)) for d in shape)
+
+
+class Layer:
+    """Base class of every layer.
+
+    Parameters (every layer): ``name`` (used in messages and weight files), ``dtype``
+    (float32 default; float64 on the CPU), ``loss_weight`` (1 for loss layers, else 0),
+    ``param`` (Caffe's per-param specs, e.g. ``[dict(lr_mult=1), dict(lr_mult=2, decay_mult=0)]``).
+    """
+
+    min_bottoms = 1
+    max_bottoms = 1
+    num_tops = 1
+    is_loss = False
+    #: indices of bottoms that never receive a diff (labels, masks)
+    nondiff_bottoms = ()
+
+    def __init__(self, *, name=None, dtype=np.float32, loss_weight=None, param=None):
+        self.name = name
+        self.dtype = check_dtype(dtype, self)
+        default_weight = 1.0 if self.is_loss else 0.0
+        self.loss_weight = check_number(default_weight if loss_weight is None else loss_weight,
+                                        "loss_weight", self)
+        if param is not None and not (isinstance(param, (list, tuple))
+                                      and all(isinstance(p, dict) for p in param)):
+            fail(self, f"param must be a list of dicts like dict(lr_mult=1, decay_mult=1), "
+                       f"got {param!r}")
+        self._param_specs = list(param or [])
+        for spec in self._param_specs:
+            unknown = set(spec) - {"lr_mult", "decay_mult", "name"}
+            if unknown:
+                fail(self, f"param entries take lr_mult and decay_mult, got {sorted(unknown)}")
+        self.params = []
+        self.device = "cpu"
+        self.phase = "TRAIN"
+        self.bottom_shapes = None
+        self.top_shapes = None
+        self._forwarded = False
+        #: numpy Generator for fillers (None: convnet.fillers' global one, see convnet.seed)
+        self.rng = None
+        #: non-learnable state saved with the weights (BatchNorm's moving averages), by name
+        self.buffers = {}
+        self._check_params()
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def type_name(self):
+        return type(self).__name__
+
+    def __repr__(self):
+        return f"<{self.type_name} {self.name!r}>" if self.name else f"<{self.type_name}>"
+
+    @property
+    def backend(self):
+        return _backend.get(self.device)
+
+    # ------------------------------------------------------------------ phase / device
+    def train(self, mode=True):
+        """Training phase (Dropout drops, BatchNorm uses batch statistics). Returns self."""
+        self.phase = "TRAIN" if mode else "TEST"
+        return self
+
+    def eval(self):
+        """Test phase (Dropout is the identity, BatchNorm uses its moving averages)."""
+        return self.train(False)
+
+    def to(self, device):
+        """Move the params to ``device`` ('cpu' or 'cuda'); later bottoms must live there too."""
+        device = _backend.normalize_device(device, self)
+        if device == "cuda":
+            from convnet import cuda
+            if not cuda.is_available():
+                fail(self, f"CUDA is not available: {cuda.unavailable_reason()}",
+                     _backend.DeviceError)
+        for p in self.params:
+            p.to(device)
+        self._move_state(device)
+        self.device = device
+        self._forwarded = False
+        return self
+
+    def _move_state(self, device):
+        """Move ``self.buffers`` to ``device``; layers with other device state extend this."""
+        for key, value in self.buffers.items():
+            if device == "cpu":
+                self.buffers[key] = value.get() if hasattr(value, "get") else value
+            else:
+                self.buffers[key] = _backend.get("cuda").from_numpy(value)
+
+    def get_rng_state(self):
+        """The state of this layer's own random stream (Dropout), for snapshots; None if
+        the layer draws no random numbers at run time."""
+        return None
+
+    def set_rng_state(self, state):
+        """Restore what :meth:`get_rng_state` returned."""
+
+    # ------------------------------------------------------------------ hooks
+    def _check_params(self):
+        """Validate the constructor's parameters (no shapes known yet)."""
+
+    def _reshape(self, shapes):
+        raise NotImplementedError
+
+    def _forward(self, bottoms):
+        raise NotImplementedError
+
+    def _backward(self, top_diffs, propagate_down):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ params
+    def _add_param(self, name, data):
+        """Create the next param (in order), applying this layer's ``param=`` specs."""
+        index = len(self.params)
+        spec = self._param_specs[index] if index < len(self._param_specs) else {}
+        p = Param(data, spec.get("lr_mult", 1.0), spec.get("decay_mult", 1.0), name)
+        self.params.append(p)
+        return p
+
+    def _check_param_shape(self, param, expected, what):
+        if tuple(param.shape) != tuple(expected):
+            fail(self, f"{param.name} has shape {shape_str(param.shape)} but the bottom needs "
+                       f"{shape_str(expected)} ({what}); the bottom changed after setup",
+                 ShapeError)
+
+    # ------------------------------------------------------------------ lifecycle
+    def _check_count(self, n, what="bottoms"):
+        lo, hi = self.min_bottoms, self.max_bottoms
+        if not lo <= n <= hi:
+            want = str(lo) if lo == hi else f"{lo} to {hi}"
+            fail(self, f"expects {want} {what}, got {n}", ShapeError)
+
+    def setup(self, *bottom_shapes):
+        """Validate the bottom shapes, create the params (once) and return the top shape
+        (a tuple of tuples when the layer has several tops). Idempotent."""
+        self._check_count(len(bottom_shapes))
+        shapes = []
+        for i, s in enumerate(bottom_shapes):
+            try:
+                shapes.append(tuple(int(d) for d in s))
+            except TypeError:
+                fail(self, f"bottom {i} shape must be a tuple of ints, got {s!r}", ShapeError)
+            if any(d < 0 for d in shapes[-1]):
+                fail(self, f"bottom {i} shape {s} has a negative dimension", ShapeError)
+        shapes = tuple(shapes)
+        if shapes != self.bottom_shapes:
+            tops = self._reshape(shapes)
+            tops = [tuple(int(d) for d in t) for t in (tops if isinstance(tops, list) else [tops])]
+            self.bottom_shapes = shapes
+            self.top_shapes = tops
+            self._forwarded = False
+        return self.top_shapes[0] if len(self.top_shapes) == 1 else tuple(self.top_shapes)
+
+    def _convert_bottom(self, index, x):
+        """Bottoms become C-contiguous arrays of the layer's dtype on the layer's device.
+        Layers with integer bottoms (labels, masks) override this."""
+        return self.backend.asarray(x, self.dtype)
+
+    def forward(self, *bottoms):
+        """Compute the top(s): one array, a tuple for several tops, a float for a loss."""
+        self._check_count(len(bottoms))
+        bottoms = [self._convert_bottom(i, x) for i, x in enumerate(bottoms)]
+        self.setup(*(b.shape for b in bottoms))
+        self._forwarded = False
+        tops = self._forward(bottoms)
+        self._forwarded = True
+        if self.is_loss:
+            return float(tops) * self.loss_weight
+        return tops[0] if len(tops) == 1 else tuple(tops)
+
+    def __call__(self, *bottoms, **kwargs):
+        return self.forward(*bottoms, **kwargs)
+
+    def _propagate_flags(self, propagate_down, n):
+        if propagate_down is None:
+            return [i not in self.nondiff_bottoms for i in range(n)]
+        if isinstance(propagate_down, (bool, np.bool_)):
+            flags = [bool(propagate_down) and i not in self.nondiff_bottoms for i in range(n)]
+            return flags
+        flags = [bool(f) for f in propagate_down]
+        if len(flags) != n:
+            fail(self, f"propagate_down needs one flag per bottom ({n}), got {len(flags)}")
+        for i in self.nondiff_bottoms:
+            if i < n and flags[i]:
+                fail(self, f"cannot propagate_down to bottom {i} (it holds labels or indices)")
+        return flags
+
+    def backward(self, *top_diffs, propagate_down=None):
+        """Return the bottom diff(s) given the top diff(s); ADDS into each ``param.diff``.
+
+        ``propagate_down`` is a bool or one bool per bottom; a bottom not propagated gets
+        ``None``. Loss layers take an optional scalar top diff (default ``loss_weight``).
+        """
+        if not self._forwarded:
+            fail(self, "backward called before forward (or after the bottoms were reshaped)",
+                 StateError)
+        n = len(self.bottom_shapes)
+        flags = self._propagate_flags(propagate_down, n)
+        if self.is_loss:
+            if len(top_diffs) > 1:
+                fail(self, f"a loss takes at most one (scalar) top diff, got {len(top_diffs)}",
+                     ShapeError)
+            if top_diffs:
+                scale = np.asarray(self.backend.to_numpy(top_diffs[0]), dtype=np.float64)
+                if scale.size != 1:
+                    fail(self, f"the top diff of a loss must be a scalar, got shape "
+                               f"{shape_str(scale.shape)}", ShapeError)
+                scale = float(scale.reshape(()))
+            else:
+                scale = self.loss_weight
+            diffs = self._backward([scale], flags)
+        else:
+            if len(top_diffs) != len(self.top_shapes):
+                fail(self, f"backward expects {len(self.top_shapes)} top diff(s), got "
+                           f"{len(top_diffs)}", ShapeError)
+            converted = []
+            for i, (d, want) in enumerate(zip(top_diffs, self.top_shapes)):
+                d = self.backend.asarray(d, self.dtype)
+                if tuple(d.shape) != tuple(want):
+                    fail(self, f"top diff {i} must have the top's shape {shape_str(want)}, got "
+                               f"{shape_str(d.shape)}", ShapeError)
+                converted.append(d)
+            diffs = self._backward(converted, flags)
+        diffs = [d if f else None for d, f in zip(diffs, flags)]
+        return diffs[0] if n == 1 else tuple(diffs)
+
+
+def require(condition, owner, message, exc=ConfigError):
+    """Raise ``exc`` naming ``owner`` when ``condition`` is false."""
+    if not condition:
+        fail(owner, message, exc)

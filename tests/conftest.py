@@ -1,0 +1,56 @@
+"""Shared fixtures: dtype, device (CUDA skipped without a GPU), seeded rng, tolerances."""
+
+import os
+
+import numpy as np
+import pytest
+
+import convnet
+
+
+def pytest_report_header(config):
+    return (f"convnet {convnet.__version__} from {os.path.dirname(convnet.__file__)}; "
+            f"openmp={convnet.openmp_enabled()}")
+
+
+def cuda_available():
+    try:
+        from convnet import cuda
+        return cuda.is_available()
+    except Exception:   # a broken or missing CUDA build must never break the CPU suite
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA GPU available")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=[np.float64, np.float32], ids=["f64", "f32"])
+def dtype(request):
+    return np.dtype(request.param)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20261121)
+
+
+def tolerance(dtype):
+    """(rtol, atol) for comparing a layer against a float64 reference."""
+    return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (2e-4, 2e-5)
+
+
+def assert_close(actual, expected, dtype, scale=1.0):
+    rtol, atol = tolerance(dtype)
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected,
+                               rtol=rtol, atol=atol * scale)
