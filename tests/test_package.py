@@ -8,7 +8,7 @@ import convnet.layers
 
 
 def test_every_public_layer_name_resolves_to_a_layer_class():
-    for name in convnet.layers.__all__:
+    for name in convnet.layers._FAMILY:
         cls = getattr(convnet.layers, name)
         assert issubclass(cls, convnet.layers.Layer), name
 

@@ -1,0 +1,274 @@
+"""Convolution and Deconvolution: im2col + gemm on the CPU, Caffe's parameters and layouts.
+
+Both layers run on the three primitives of the backend's ``conv`` family (forward,
+backward-data, backward-weight, plus the bias sum); Deconvolution is Convolution with the
+roles swapped, exactly as Caffe's DeconvolutionLayer reuses BaseConvolutionLayer.
+"""
+
+import numpy as np
+
+from convnet import fillers, shapes
+from convnet.errors import ShapeError, fail
+from convnet.layers.base import Layer, check_number, shape_str
+
+
+def _show(p):
+    """An (h, w) pair as the user most likely typed it: ``3`` or ``(3, 5)``."""
+    return str(p[0]) if p[0] == p[1] else f"({p[0]}, {p[1]})"
+
+
+class _ConvolutionBase(Layer):
+    """Parameters and checks shared by Convolution and Deconvolution."""
+
+    def __init__(self, num_output, kernel_size, stride=1, pad=0, dilation=1, group=1,
+                 bias_term=True, weight_filler="msra", bias_filler=0.0, name=None,
+                 dtype=np.float32, param=None):
+        self._raw = dict(num_output=num_output, kernel_size=kernel_size, stride=stride, pad=pad,
+                         dilation=dilation, group=group, bias_term=bias_term,
+                         weight_filler=weight_filler, bias_filler=bias_filler)
+        self._workspace = {}
+        self._x = None
+        super().__init__(name=name, dtype=dtype, param=param)
+
+    def _check_params(self):
+        raw = self._raw
+        self.num_output = check_number(raw["num_output"], "num_output", self, minimum=1,
+                                       integer=True)
+        self.kernel_size = shapes.pair(raw["kernel_size"], "kernel_size", self, minimum=1)
+        self.stride = shapes.pair(raw["stride"], "stride", self, minimum=1)
+        self.pad = shapes.pair(raw["pad"], "pad", self, minimum=0)
+        self.dilation = shapes.pair(raw["dilation"], "dilation", self, minimum=1)
+        self.group = check_number(raw["group"], "group", self, minimum=1, integer=True)
+        if not isinstance(raw["bias_term"], (bool, np.bool_)):
+            fail(self, f"bias_term must be True or False, got {raw['bias_term']!r}")
+        self.bias_term = bool(raw["bias_term"])
+        if self.num_output % self.group:
+            fail(self, f"num_output ({self.num_output}) must be divisible by group "
+                       f"({self.group})")
+        self.weight_filler = fillers.normalize(raw["weight_filler"], "weight_filler", self)
+        self.bias_filler = fillers.normalize(raw["bias_filler"], "bias_filler", self)
+
+    # ------------------------------------------------------------------ params
+    @property
+    def weight(self):
+        """The weight Param (created by setup / the first forward)."""
+        return self.params[0] if self.params else None
+
+    @property
+    def bias(self):
+        """The bias Param, or None when ``bias_term=False``."""
+        return self.params[1] if self.bias_term and len(self.params) > 1 else None
+
+    def _make_params(self, weight_shape, bias_len):
+        if not self.params:
+            self._add_param("weight", fillers.fill(self.weight_filler, weight_shape, self.dtype,
+                                                   self.rng, "weight_filler", self))
+            if self.bias_term:
+                self._add_param("bias", fillers.fill(self.bias_filler, (bias_len,), self.dtype,
+                                                     self.rng, "bias_filler", self))
+        else:
+            self._check_param_shape(self.params[0], weight_shape, "weight")
+            if self.bias_term:
+                self._check_param_shape(self.params[1], (bias_len,), "bias")
+
+    def _move_state(self, device):
+        super()._move_state(device)
+        self._workspace = {}
+        self._x = None
+
+    # ------------------------------------------------------------------ shapes
+    def _check_bottom(self, shape):
+        if len(shape) != 4:
+            fail(self, f"bottom must be 4-D (N, C, H, W), got shape {shape_str(shape)} "
+                       f"({len(shape)}-D)", ShapeError)
+        n, c, h, w = shape
+        if c < 1 or h < 1 or w < 1:
+            fail(self, f"bottom {shape_str(shape)} must have at least one channel and pixel",
+                 ShapeError)
+        if c % self.group:
+            fail(self, f"input channels ({c}) must be divisible by group ({self.group})",
+                 ShapeError)
+        return n, c, h, w
+
+    def _check_blas(self, *dims):
+        if not shapes.fits_int32(*dims):
+            fail(self, f"a dimension of this layer's matrix products ({max(dims)}) does not fit "
+                       f"the 32-bit ints of BLAS; use smaller images or fewer channels",
+                 ShapeError)
+
+    def _geometry(self):
+        return dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
+                    dilation=self.dilation, group=self.group, workspace=self._workspace)
+
+    def _learns(self, index):
+        return len(self.params) > index and self.params[index].lr_mult != 0
+
+
+class Convolution(_ConvolutionBase):
+    """2-D convolution (cross-correlation, as in Caffe and PyTorch), with groups and dilation.
+
+    ``y[n, m, oh, ow] = bias[m] + sum_{c, i, j} weight[m, c, i, j]
+    * x[n, g*C/group + c, oh*s_h - p_h + i*d_h, ow*s_w - p_w + j*d_w]`` (zero outside x),
+    g = m // (num_output / group). Output size per axis (``convnet.shapes.conv_out``):
+    ``floor((H + 2p - (d(k-1) + 1)) / s) + 1``.
+
+    Shapes: bottom (N, C, H, W) -> top (N, num_output, OH, OW); weight
+    (num_output, C/group, kh, kw); bias (num_output,).
+
+    Caffe parameters (defaults): num_output, kernel_size, stride (1), pad (0), dilation (1),
+    group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0); kernel_size,
+    stride, pad and dilation take an int or an (h, w) pair. ``param=[dict(lr_mult=...), ...]``
+    sets the weight's and bias's multipliers; lr_mult 0 skips that gradient entirely.
+
+    >>> conv = Convolution(num_output=8, kernel_size=3, pad=1)
+    >>> conv.forward(np.zeros((2, 3, 5, 7), np.float32)).shape
+    (2, 8, 5, 7)
+    """
+
+    def _reshape(self, shapes_):
+        n, c, h, w = self._check_bottom(shapes_[0])
+        kh, kw = self.kernel_size
+        oh = shapes.conv_out(h, kh, self.stride[0], self.pad[0], self.dilation[0])
+        ow = shapes.conv_out(w, kw, self.stride[1], self.pad[1], self.dilation[1])
+        if oh < 1 or ow < 1:
+            fail(self, f"input {h}x{w} with kernel_size {_show(self.kernel_size)}, stride "
+                       f"{_show(self.stride)}, pad {_show(self.pad)}, dilation "
+                       f"{_show(self.dilation)} gives an empty output "
+                       f"({max(oh, 0)}x{max(ow, 0)})", ShapeError)
+        self._check_blas(c * kh * kw, oh * ow, self.num_output, n)
+        self._make_params((self.num_output, c // self.group, kh, kw), self.num_output)
+        return (n, self.num_output, oh, ow)
+
+    def _forward(self, bottoms):
+        x = bottoms[0]
+        y = self.backend.empty(self.top_shapes[0], self.dtype)
+        bias = self.params[1].data if self.bias_term else None
+        self.backend.conv_forward(x, self.params[0].data, bias, y, **self._geometry())
+        self._x = x
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        dy = top_diffs[0]
+        be = self.backend
+        if self._learns(0):
+            be.conv_backward_weight(self._x, dy, self.params[0].diff, **self._geometry())
+        if self.bias_term and self._learns(1):
+            be.conv_backward_bias(dy, self.params[1].diff)
+        dx = None
+        if propagate_down[0]:
+            dx = be.empty(self.bottom_shapes[0], self.dtype)
+            be.conv_backward_data(dy, self.params[0].data, None, dx, **self._geometry())
+        return [dx]
+
+
+class Deconvolution(_ConvolutionBase):
+    """Transposed convolution: the exact adjoint of Convolution's linear part, plus a bias.
+
+    Each input pixel scatters ``x[n, c, h, w] * weight[c, m, i, j]`` to output pixel
+    ``(h*s_h - p_h + i*d_h, w*s_w - p_w + j*d_w)`` of channel g*num_output/group + m. Output
+    size per axis (``convnet.shapes.deconv_out``):
+    ``s(H - 1) + d(k - 1) + 1 - 2p + output_padding``, with ``output_padding <
+    max(stride, dilation)``. ``forward(x, output_size=(h, w))`` picks the output_padding that
+    gives that size (PyTorch's ``output_size`` argument).
+
+    Shapes: bottom (N, C, H, W) -> top (N, num_output, OH, OW); weight
+    (C, num_output/group, kh, kw) as in Caffe (and torch's conv_transpose2d); bias
+    (num_output,).
+
+    Caffe parameters (defaults): num_output, kernel_size, stride (1), pad (0), dilation (1),
+    group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0), plus
+    output_padding (0). For FCN's fixed upsampling use ``weight_filler="bilinear"``,
+    ``group=C`` and ``param=[dict(lr_mult=0)]``.
+
+    >>> up = Deconvolution(num_output=4, kernel_size=4, stride=2, pad=1)
+    >>> up.forward(np.zeros((1, 4, 5, 6), np.float32)).shape
+    (1, 4, 10, 12)
+    """
+
+    def __init__(self, num_output, kernel_size, stride=1, pad=0, dilation=1, group=1,
+                 output_padding=0, bias_term=True, weight_filler="msra", bias_filler=0.0,
+                 name=None, dtype=np.float32, param=None):
+        self._raw_output_padding = output_padding
+        super().__init__(num_output, kernel_size, stride, pad, dilation, group, bias_term,
+                         weight_filler, bias_filler, name, dtype, param)
+
+    def _check_params(self):
+        super()._check_params()
+        self.output_padding = shapes.pair(self._raw_output_padding, "output_padding", self,
+                                          minimum=0)
+        for axis in range(2):
+            if self.output_padding[axis] >= max(self.stride[axis], self.dilation[axis]):
+                fail(self, f"output_padding ({_show(self.output_padding)}) must be smaller "
+                           f"than stride ({_show(self.stride)}) or dilation "
+                           f"({_show(self.dilation)})")
+        self._active_padding = self.output_padding
+
+    def forward(self, *bottoms, output_size=None):
+        """The top; ``output_size=(h, w)`` (or a full (N, C, h, w) shape) picks the
+        output_padding per axis, as PyTorch's ``output_size`` argument does."""
+        padding = self.output_padding
+        if output_size is not None:
+            padding = self._padding_for(bottoms, output_size)
+        if padding != self._active_padding:
+            self._active_padding = padding
+            self.bottom_shapes = None      # the top shape changes: set up again
+        return super().forward(*bottoms)
+
+    def _padding_for(self, bottoms, output_size):
+        if isinstance(output_size, (tuple, list)) and len(output_size) == 4:
+            output_size = tuple(output_size[2:])
+        want = shapes.pair(output_size, "output_size", self, minimum=1)
+        self._check_count(len(bottoms))
+        shape = np.shape(bottoms[0])
+        _, _, h, w = self._check_bottom(tuple(int(d) for d in shape))
+        padding = []
+        for axis, size in enumerate((h, w)):
+            base = shapes.deconv_out(size, self.kernel_size[axis], self.stride[axis],
+                                     self.pad[axis], self.dilation[axis], 0)
+            top = base + max(self.stride[axis], self.dilation[axis]) - 1
+            if not base <= want[axis] <= top:
+                fail(self, f"output_size {want[0]}x{want[1]} is unreachable from input "
+                           f"{h}x{w}: the output {'height' if axis == 0 else 'width'} must be "
+                           f"in [{base}, {top}], got {want[axis]}", ShapeError)
+            padding.append(want[axis] - base)
+        return tuple(padding)
+
+    def _reshape(self, shapes_):
+        n, c, h, w = self._check_bottom(shapes_[0])
+        kh, kw = self.kernel_size
+        op = self._active_padding
+        oh = shapes.deconv_out(h, kh, self.stride[0], self.pad[0], self.dilation[0], op[0])
+        ow = shapes.deconv_out(w, kw, self.stride[1], self.pad[1], self.dilation[1], op[1])
+        if oh < 1 or ow < 1:
+            fail(self, f"input {h}x{w} with kernel_size {_show(self.kernel_size)}, stride "
+                       f"{_show(self.stride)}, pad {_show(self.pad)}, dilation "
+                       f"{_show(self.dilation)}, output_padding {_show(op)} gives an empty "
+                       f"output ({max(oh, 0)}x{max(ow, 0)})", ShapeError)
+        self._check_blas(self.num_output * kh * kw, h * w, c, n, oh * ow)
+        self._make_params((c, self.num_output // self.group, kh, kw), self.num_output)
+        return (n, self.num_output, oh, ow)
+
+    def _forward(self, bottoms):
+        x = bottoms[0]
+        y = self.backend.empty(self.top_shapes[0], self.dtype)
+        bias = self.params[1].data if self.bias_term else None
+        self.backend.conv_backward_data(x, self.params[0].data, bias, y, **self._geometry())
+        self._x = x
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        dy = top_diffs[0]
+        be = self.backend
+        if self._learns(0):
+            # conv roles: the conv "input" is this layer's top, its "output" our bottom
+            be.conv_backward_weight(dy, self._x, self.params[0].diff, **self._geometry())
+        if self.bias_term and self._learns(1):
+            be.conv_backward_bias(dy, self.params[1].diff)
+        dx = None
+        if propagate_down[0]:
+            dx = be.empty(self.bottom_shapes[0], self.dtype)
+            be.conv_forward(dy, self.params[0].data, None, dx, **self._geometry())
+        return [dx]
+
+
+__all__ = ["Convolution", "Deconvolution"]

@@ -1,0 +1,159 @@
+"""Normalization layers: BatchNorm (with the affine step of Caffe's companion Scale layer)."""
+
+import numpy as np
+
+from convnet import fillers
+from convnet.errors import ShapeError, fail
+from convnet.layers.base import Layer, check_number, shape_str
+
+
+class BatchNorm(Layer):
+    """Batch normalization per channel, Caffe's BatchNorm (+ Scale) layer.
+
+    Bottom (N, C, H, W), (N, C) or any (N, C, *spatial); the top has the same shape.
+    Statistics run per channel c over the N and spatial axes (m = N * H * W values):
+
+        xhat = (x - mean_c) / sqrt(var_c + eps)
+        y    = scale_c * xhat + bias_c                    (affine=True; y = xhat otherwise)
+
+    With batch statistics (train phase) mean_c and var_c are the batch mean and the biased
+    batch variance, and the moving averages are updated (Caffe and PyTorch alike):
+
+        running_mean = f * running_mean + (1 - f) * mean_c
+        running_var  = f * running_var  + (1 - f) * var_c * m / (m - 1)
+
+    with f = ``moving_average_fraction`` (PyTorch's momentum is 1 - f). With global statistics
+    (test phase) the moving averages replace mean_c and var_c and are left unchanged. Backward
+    goes through the batch statistics when they were used (the full batch-norm gradient), else
+    it is the affine map's gradient; scale and bias diffs are ADDED.
+
+    Parameters: ``eps`` (default 1e-5, > 0), ``moving_average_fraction`` (default 0.999, in
+    [0, 1]), ``use_global_stats`` (default None: follow the phase; True / False force moving
+    averages / batch statistics), ``affine`` (default True: params [scale (C,), bias (C,)], in
+    that order), ``scale_filler`` (default 1.0), ``bias_filler`` (default 0.0).
+    ``buffers["mean"]`` and ``buffers["var"]`` hold running_mean (initially 0) and
+    running_var (initially 1), shape (C,); the Net saves them with the weights.
+
+    >>> bn = BatchNorm(moving_average_fraction=0.9)
+    >>> y = bn.forward(np.random.randn(8, 3, 5, 5))    # per-channel zero mean, unit variance
+    >>> bn.buffers["mean"].shape
+    (3,)
+    """
+
+    def __init__(self, eps=1e-5, moving_average_fraction=0.999, use_global_stats=None,
+                 affine=True, scale_filler=1.0, bias_filler=0.0, **kwargs):
+        self.eps = eps
+        self.moving_average_fraction = moving_average_fraction
+        self.use_global_stats = use_global_stats
+        self.affine = affine
+        self.scale_filler = scale_filler
+        self.bias_filler = bias_filler
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.eps = check_number(self.eps, "eps", self, minimum=0.0, strict_min=True)
+        self.moving_average_fraction = check_number(
+            self.moving_average_fraction, "moving_average_fraction", self, minimum=0.0,
+            maximum=1.0)
+        if self.use_global_stats is not None and not isinstance(self.use_global_stats,
+                                                                (bool, np.bool_)):
+            fail(self, f"use_global_stats must be None, True or False, got "
+                       f"{self.use_global_stats!r}")
+        if not isinstance(self.affine, (bool, np.bool_)):
+            fail(self, f"affine must be True or False, got {self.affine!r}")
+        self.affine = bool(self.affine)
+        self.scale_filler = fillers.normalize(self.scale_filler, "scale_filler", self)
+        self.bias_filler = fillers.normalize(self.bias_filler, "bias_filler", self)
+
+    @property
+    def channels(self):
+        """C, fixed by the first setup (None before)."""
+        mean = self.buffers.get("mean")
+        return None if mean is None else int(mean.shape[0])
+
+    @property
+    def uses_global_stats(self):
+        """Whether the next forward normalises with the moving averages."""
+        if self.use_global_stats is None:
+            return self.phase != "TRAIN"
+        return bool(self.use_global_stats)
+
+    def _reshape(self, shapes):
+        shape = shapes[0]
+        if len(shape) < 2:
+            fail(self, f"bottom must be (N, C, ...) with at least 2 axes, got shape "
+                       f"{shape_str(shape) or '()'}", ShapeError)
+        channels = shape[1]
+        if channels < 1:
+            fail(self, f"bottom needs at least one channel, got shape {shape_str(shape)}",
+                 ShapeError)
+        if self.channels is None:
+            be = self.backend
+            self.buffers["mean"] = be.zeros((channels,), self.dtype)
+            var = np.ones((channels,), self.dtype)
+            self.buffers["var"] = be.asarray(var, self.dtype)
+            if self.affine:
+                rng = self.rng
+                self._add_param("scale", be.asarray(fillers.fill(
+                    self.scale_filler, (channels,), self.dtype, rng, "scale_filler", self),
+                    self.dtype))
+                self._add_param("bias", be.asarray(fillers.fill(
+                    self.bias_filler, (channels,), self.dtype, rng, "bias_filler", self),
+                    self.dtype))
+        elif channels != self.channels:
+            fail(self, f"bottom has {channels} channels (shape {shape_str(shape)}) but the "
+                       f"layer was set up for {self.channels}; the channel count is fixed "
+                       f"after setup", ShapeError)
+        for key in ("mean", "var"):
+            if tuple(self.buffers[key].shape) != (channels,):
+                fail(self, f"buffers[{key!r}] has shape {shape_str(self.buffers[key].shape)}, "
+                           f"expected ({channels},)", ShapeError)
+        for p in self.params:
+            self._check_param_shape(p, (channels,), "one value per channel")
+        return shape
+
+    def _as3d(self, a):
+        """(N, C, S) view, S = product of the spatial sizes (1 for (N, C) bottoms)."""
+        return a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
+
+    def _forward(self, bottoms):
+        x = bottoms[0]
+        be = self.backend
+        x3 = self._as3d(x)
+        count = x3.shape[0] * x3.shape[2]
+        batch_stats = not self.uses_global_stats
+        if batch_stats:
+            if count < 2:
+                fail(self, f"batch statistics need more than one value per channel, got bottom "
+                           f"shape {shape_str(x.shape)}; use more samples or "
+                           f"use_global_stats=True", ShapeError)
+            mean = be.empty((x3.shape[1],), self.dtype)
+            var = be.empty((x3.shape[1],), self.dtype)
+            be.normalization_batch_norm_stats(x3, mean, var)
+            be.normalization_batch_norm_update(self.buffers["mean"], self.buffers["var"],
+                                               mean, var, self.moving_average_fraction,
+                                               count / (count - 1))
+        else:
+            # copies: backward must see the statistics this forward used
+            mean = self.buffers["mean"].copy()
+            var = self.buffers["var"].copy()
+        scale, bias = (self.params[0].data, self.params[1].data) if self.affine else (None, None)
+        y = be.empty(x.shape, self.dtype)
+        be.normalization_batch_norm_forward(x3, mean, var, self.eps, scale, bias,
+                                            self._as3d(y))
+        self._cache = (x3, mean, var, batch_stats)
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        x3, mean, var, batch_stats = self._cache
+        be = self.backend
+        dy3 = self._as3d(top_diffs[0])
+        dx = be.empty(self.bottom_shapes[0], self.dtype) if propagate_down[0] else None
+        if self.affine:
+            scale, dscale, dbias = self.params[0].data, self.params[0].diff, self.params[1].diff
+        else:
+            scale = dscale = dbias = None
+        be.normalization_batch_norm_backward(dy3, x3, mean, var, self.eps, scale,
+                                             None if dx is None else self._as3d(dx),
+                                             dscale, dbias, batch_stats)
+        return [dx]

@@ -1,0 +1,243 @@
+"""Layers that cut, join and combine blobs: Crop, Concat, Eltwise (Caffe semantics)."""
+
+import numbers
+
+import numpy as np
+
+from convnet.errors import ConfigError, ShapeError, fail
+from convnet.layers.base import Layer, check_choice, check_number, shape_str
+
+
+def _check_axis(axis, ndim, owner, param="axis"):
+    """Canonical (non-negative) axis; negative counts from the end as in Python."""
+    if not -ndim <= axis < ndim:
+        fail(owner, f"{param} {axis} is out of range for {ndim}-d bottoms (expected "
+                    f"{-ndim} to {ndim - 1})", ConfigError)
+    return axis % ndim
+
+
+def _check_int(value, param, owner):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        fail(owner, f"{param} must be an int, got {value!r}", ConfigError)
+    return int(value)
+
+
+class Crop(Layer):
+    """Crop bottom 0 to bottom 1's shape, Caffe's Crop layer (FCN's score alignment).
+
+    For every axis a >= ``axis``: top size = bottom 1's size and
+    top[..., i, ...] = bottom0[..., i + offset_a, ...]; axes before ``axis`` keep bottom 0's
+    sizes. Bottom 1 only supplies the shape and gets no diff. Backward pads the top diff back
+    with zeros to bottom 0's shape.
+
+    Parameters (Caffe ``crop_param``): ``axis`` (default 2, i.e. crop H and W of NCHW blobs;
+    negative counts from the end), ``offset`` (default 0: an int used for every cropped axis,
+    or a list with one int per cropped axis; a one-element list counts as an int).
+
+    >>> crop = Crop(axis=2, offset=(1, 2))
+    >>> crop.forward(np.zeros((1, 3, 8, 9)), np.zeros((1, 1, 5, 5))).shape
+    (1, 3, 5, 5)
+    """
+
+    min_bottoms = 2
+    max_bottoms = 2
+    nondiff_bottoms = (1,)
+
+    def __init__(self, axis=2, offset=0, **kwargs):
+        self.axis = axis
+        self.offset = offset
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.axis = _check_int(self.axis, "axis", self)
+        if isinstance(self.offset, (list, tuple)):
+            offsets = [_check_int(o, "offset", self) for o in self.offset]
+            if not offsets:
+                fail(self, "offset must be an int or a non-empty list of ints, got []")
+        else:
+            offsets = [_check_int(self.offset, "offset", self)]
+        bad = [o for o in offsets if o < 0]
+        if bad:
+            fail(self, f"offset must be >= 0, got {bad[0]}")
+        self._offsets = offsets
+
+    def _reshape(self, shapes):
+        big, ref = shapes
+        if len(big) != len(ref):
+            fail(self, f"bottoms must have the same number of axes, got {shape_str(big)} "
+                       f"({len(big)}-d) and {shape_str(ref)} ({len(ref)}-d)", ShapeError)
+        ndim = len(big)
+        axis = _check_axis(self.axis, ndim, self)
+        cropped = ndim - axis
+        if len(self._offsets) == 1:
+            offsets = self._offsets * cropped
+        elif len(self._offsets) == cropped:
+            offsets = list(self._offsets)
+        else:
+            fail(self, f"offset needs one value or one per cropped axis ({cropped}: axes {axis} "
+                       f"to {ndim - 1}), got {len(self._offsets)}")
+        top = list(big[:axis])
+        for a, o in zip(range(axis, ndim), offsets):
+            if ref[a] == 0:
+                fail(self, f"bottom 1 has size 0 on axis {a} (shape {shape_str(ref)}): the "
+                           f"crop would remove everything", ShapeError)
+            if o + ref[a] > big[a]:
+                fail(self, f"crop does not fit on axis {a}: offset {o} + size {ref[a]} (bottom "
+                           f"1, {shape_str(ref)}) > {big[a]} (bottom 0, {shape_str(big)})",
+                     ShapeError)
+            top.append(ref[a])
+        self._full_offsets = (0,) * axis + tuple(offsets)
+        return tuple(top)
+
+    def _forward(self, bottoms):
+        y = self.backend.empty(self.top_shapes[0], self.dtype)
+        self.backend.structure_crop_forward(bottoms[0], self._full_offsets, y)
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None, None]
+        dx = self.backend.empty(self.bottom_shapes[0], self.dtype)
+        self.backend.structure_crop_backward(top_diffs[0], self._full_offsets, dx)
+        return [dx, None]
+
+
+class Concat(Layer):
+    """Concatenate bottoms along one axis, Caffe's Concat layer.
+
+    Bottoms x_0 .. x_{K-1} (K >= 1) agree on every axis but ``axis``; the top's size there is
+    the sum of theirs, x_0 first. Backward hands each bottom its slice of the top diff.
+
+    Parameters (Caffe ``concat_param``): ``axis`` (default 1, channels; negative counts from
+    the end).
+
+    >>> Concat(axis=1).forward(np.zeros((2, 3, 4, 4)), np.zeros((2, 5, 4, 4))).shape
+    (2, 8, 4, 4)
+    """
+
+    min_bottoms = 1
+    max_bottoms = 1 << 16
+
+    def __init__(self, axis=1, **kwargs):
+        self.axis = axis
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.axis = _check_int(self.axis, "axis", self)
+
+    def _reshape(self, shapes):
+        first = shapes[0]
+        ndim = len(first)
+        if ndim == 0:
+            fail(self, "bottoms must have at least one axis, got a 0-d bottom 0", ShapeError)
+        axis = _check_axis(self.axis, ndim, self)
+        for i, s in enumerate(shapes[1:], start=1):
+            if len(s) != ndim:
+                fail(self, f"bottom {i} has {len(s)} axes (shape {shape_str(s)}) but bottom 0 "
+                           f"has {ndim} ({shape_str(first)})", ShapeError)
+            for a in range(ndim):
+                if a != axis and s[a] != first[a]:
+                    fail(self, f"bottom {i} has shape {shape_str(s)} but bottom 0 has "
+                               f"{shape_str(first)}: all axes but the concat axis {axis} must "
+                               f"match (axis {a}: {s[a]} vs {first[a]})", ShapeError)
+        self._axis = axis
+        self._sizes = [s[axis] for s in shapes]
+        top = list(first)
+        top[axis] = sum(self._sizes)
+        return tuple(top)
+
+    def _forward(self, bottoms):
+        y = self.backend.empty(self.top_shapes[0], self.dtype)
+        self.backend.structure_concat_forward(bottoms, self._axis, y)
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        dxs = [self.backend.empty(s, self.dtype) if f else None
+               for s, f in zip(self.bottom_shapes, propagate_down)]
+        if any(d is not None for d in dxs):
+            self.backend.structure_concat_backward(top_diffs[0], self._axis, self._sizes, dxs)
+        return dxs
+
+
+class Eltwise(Layer):
+    """Element-wise combination of K >= 2 bottoms of one shape, Caffe's Eltwise layer.
+
+    - ``SUM``:  y = sum_i c_i x_i (c_i = ``coeff[i]``, default 1); dx_i = c_i dy
+    - ``PROD``: y = prod_i x_i; dx_i = dy * prod_{j != i} x_j, computed from prefix and
+      suffix products (no division by x_i, so exact at zeros; Caffe's stable_prod_grad)
+    - ``MAX``:  y = max_i x_i; dx_i = dy where bottom i held the maximum, else 0. On ties the
+      lowest bottom index wins (Caffe picks bottom 1 over bottom 0 on a tie between those two,
+      then keeps the earlier bottom; convnet is consistent). The argmax indices of the last
+      forward are kept for backward.
+
+    Parameters (Caffe ``eltwise_param``): ``operation`` (default "SUM"; "PROD", "MAX"),
+    ``coeff`` (default None: all 1; one number per bottom, SUM only).
+
+    >>> Eltwise("SUM", coeff=[1, -1]).forward(np.ones((2, 3)), np.ones((2, 3)))
+    array([[0., 0., 0.],
+           [0., 0., 0.]], dtype=float32)
+    """
+
+    min_bottoms = 2
+    max_bottoms = 1 << 16
+    OPERATIONS = ("SUM", "PROD", "MAX")
+
+    def __init__(self, operation="SUM", coeff=None, **kwargs):
+        self.operation = operation
+        self.coeff = coeff
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.operation = check_choice(self.operation, "operation", self.OPERATIONS, self)
+        if self.coeff is not None:
+            if self.operation != "SUM":
+                fail(self, f"coeff applies only to operation SUM, got operation "
+                           f"{self.operation} with coeff {self.coeff!r}")
+            if not isinstance(self.coeff, (list, tuple, np.ndarray)):
+                fail(self, f"coeff must be a list of numbers (one per bottom), got "
+                           f"{self.coeff!r}")
+            self.coeff = [check_number(c, "coeff", self) for c in self.coeff]
+
+    def _reshape(self, shapes):
+        first = shapes[0]
+        for i, s in enumerate(shapes[1:], start=1):
+            if s != first:
+                fail(self, f"all bottoms must have the same shape: bottom {i} is "
+                           f"{shape_str(s) or '()'}, bottom 0 is {shape_str(first) or '()'}",
+                     ShapeError)
+        if self.coeff is not None and len(self.coeff) != len(shapes):
+            fail(self, f"coeff needs one value per bottom ({len(shapes)}), got "
+                       f"{len(self.coeff)}")
+        return first
+
+    def _forward(self, bottoms):
+        be = self.backend
+        y = be.empty(bottoms[0].shape, self.dtype)
+        if self.operation == "SUM":
+            coeffs = self.coeff or [1.0] * len(bottoms)
+            be.structure_eltwise_sum(bottoms, coeffs, y)
+        elif self.operation == "PROD":
+            be.structure_eltwise_prod(bottoms, y)
+            self._bottoms = bottoms
+        else:
+            self._argmax = be.empty(y.shape, np.int32)
+            be.structure_eltwise_max(bottoms, y, self._argmax)
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        be = self.backend
+        dy = top_diffs[0]
+        dxs = [be.empty(dy.shape, self.dtype) if f else None for f in propagate_down]
+        if self.operation == "SUM":
+            coeffs = self.coeff or [1.0] * len(dxs)
+            for dx, c in zip(dxs, coeffs):
+                if dx is not None:
+                    be.structure_eltwise_sum_backward(dy, c, dx)
+        elif self.operation == "PROD":
+            if any(d is not None for d in dxs):
+                be.structure_eltwise_prod_backward(dy, self._bottoms, dxs)
+        else:
+            for i, dx in enumerate(dxs):
+                if dx is not None:
+                    be.structure_eltwise_max_backward(dy, self._argmax, i, dx)
+        return dxs

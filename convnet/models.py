@@ -1,0 +1,111 @@
+"""Network builders used by the scripts.
+
+:func:`deconvnet` builds a small DeconvNet-style encoder-decoder (Noh et al. 2015): stages of
+Convolution + BatchNorm + ReLU separated by max Pooling that records its argmax masks, then
+Unpooling with those masks (which puts every activation back where its maximum came from,
+so boundaries stay sharp without skip connections) followed by Convolution + BatchNorm + ReLU,
+and a 1x1 Convolution to per-class scores.
+"""
+
+import numpy as np
+
+from convnet.errors import ConfigError, FileFormatError
+from convnet.net import Net
+
+
+def _int(value, name, minimum):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"deconvnet: {name} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
+              ignore_label=255, bn_fraction=0.9):
+    """A DeconvNet-style segmentation :class:`~convnet.Net`.
+
+    Blobs: input ``data`` (N, 3, H, W) with H and W divisible by 2**levels (the Unpooling
+    layers restore twice their input size), ``label`` (N, H, W) when ``loss=True``; ``score`` (N, num_classes, H, W) and the ``loss`` top.
+
+    Encoder stage i (0-based, width w_i = width * 2**min(i, 2)): Convolution 3x3 pad 1 (no
+    bias: BatchNorm's shift replaces it) -> BatchNorm -> ReLU (in place), two of them in the
+    first stage, then Pooling MAX 2x2 stride 2 with ``return_mask=True``. A bottleneck
+    Conv-BN-ReLU at the coarsest scale (BatchNorm writes a new blob ``<conv>_bn``, ReLU runs
+    in place on it). Decoder: for each stage in reverse, Unpooling with that
+    stage's mask and input size, Conv-BN-ReLU to the previous stage's width; then a 1x1
+    Convolution ``score`` and SoftmaxWithLoss (``ignore_label``, VALID normalisation).
+
+    ``bn_fraction`` is BatchNorm's ``moving_average_fraction`` (0.9: short training runs).
+
+    >>> net = deconvnet(5, width=8)
+    >>> out = net.forward(data=x, label=y)      # {"loss": ...}; net.blobs["score"]
+    """
+    from convnet.layers import (BatchNorm, Convolution, Pooling, ReLU, SoftmaxWithLoss,
+                                Unpooling)
+    num_classes = _int(num_classes, "num_classes", 2)
+    width = _int(width, "width", 1)
+    levels = _int(levels, "levels", 1)
+    net = Net("deconvnet")
+
+    def cbr(name, bottom, channels):
+        net.add(Convolution(num_output=channels, kernel_size=3, pad=1, bias_term=False,
+                            name=name, dtype=dtype), bottom=[bottom], top=[name])
+        bn = name + "_bn"
+        net.add(BatchNorm(moving_average_fraction=bn_fraction, name=bn, dtype=dtype),
+                bottom=[name], top=[bn])
+        net.add(ReLU(name=name + "_relu", dtype=dtype), bottom=[bn], top=[bn])
+        return bn
+
+    widths = [width * 2 ** min(i, 2) for i in range(levels)]
+    x = cbr("conv1_1", "data", widths[0])
+    x = cbr("conv1_2", x, widths[0])
+    for i in range(levels):
+        pool = f"pool{i + 1}"
+        net.add(Pooling(kernel_size=2, stride=2, pool="MAX", return_mask=True, name=pool,
+                        dtype=dtype), bottom=[x], top=[pool, pool + "_mask"])
+        last = i == levels - 1
+        x = cbr("center" if last else f"conv{i + 2}", pool, widths[i if last else i + 1])
+    for i in reversed(range(levels)):
+        unpool = f"unpool{i + 1}"
+        net.add(Unpooling(kernel_size=2, stride=2, name=unpool, dtype=dtype),
+                bottom=[x, f"pool{i + 1}_mask"], top=[unpool])
+        x = cbr(f"deconv{i + 1}", unpool, widths[max(i - 1, 0)])
+    net.add(Convolution(num_output=num_classes, kernel_size=1, name="score", dtype=dtype),
+            bottom=[x], top=["score"])
+    if loss:
+        net.add(SoftmaxWithLoss(ignore_label=ignore_label, name="loss", dtype=dtype),
+                bottom=["score", "label"], top=["loss"])
+    return net
+
+
+def deconvnet_from_weights(path, data_shape=None, dtype=np.float32, loss=False,
+                           ignore_label=255):
+    """Rebuild the :func:`deconvnet` whose weights :meth:`Net.save` wrote to ``path`` (its
+    num_classes, width and levels read from the param shapes), set it up for inputs of
+    ``data_shape`` (N, 3, H, W) (default: the shape it was saved with), load the weights and
+    switch to the test phase. Returns ``(net, num_classes)``."""
+    import json
+
+    from convnet.net import META_KEY
+    from convnet.snapshot import read_npz
+    arrays = read_npz(path, "weights file")
+    try:
+        num_classes = int(arrays["score/weight"].shape[0])
+        width = int(arrays["conv1_1/weight"].shape[0])
+    except KeyError as exc:
+        raise FileFormatError(f"{path}: not the weights of a deconvnet (no {exc.args[0]!r})")
+    levels = sum(1 for k in arrays if k.startswith("unpool") or (
+        k.startswith("deconv") and k.endswith("/weight")))
+    net = deconvnet(num_classes, width=width, levels=max(levels, 1), dtype=dtype, loss=loss,
+                    ignore_label=ignore_label)
+    if data_shape is None:
+        try:
+            data_shape = json.loads(str(arrays[META_KEY]))["input_shapes"]["data"]
+        except (KeyError, ValueError, TypeError):
+            raise FileFormatError(f"{path}: no input shape recorded; pass data_shape")
+    shapes = {"data": tuple(data_shape)}
+    if loss:
+        shapes["label"] = (shapes["data"][0],) + tuple(shapes["data"][2:])
+    net.setup(**shapes)
+    net.load(path)
+    net.eval()
+    return net, num_classes

@@ -1,0 +1,236 @@
+// Helpers shared by every .cu file: grid-stride loops with 64-bit indices, a launch helper
+// that skips empty work and checks every launch, error reporting into the thread-local last
+// error, and a deterministic (fixed-order) sum reduction.
+#ifndef CONVNET_CUDA_COMMON_CUH
+#define CONVNET_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "convnet_cuda.h"
+
+namespace convnet {
+
+constexpr int kThreads = 256;        // threads per block everywhere (a power of two)
+constexpr int64_t kMaxBlocks = 65535;
+constexpr int kReduceBlocks = 512;   // partial sums of a two-stage reduction
+
+// Record the failure as this thread's last error (printf-style) and return status.
+convnet_status set_error(convnet_status status, const char* format, ...);
+
+// CONVNET_OK, or CONVNET_ERR_CUDA / CONVNET_ERR_OUT_OF_MEMORY naming what failed with CUDA's
+// message.
+convnet_status check_cuda(cudaError_t err, const char* what);
+
+// Clear the last error on entry so that a message never outlives its call.
+void clear_error();
+
+inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
+
+inline int blocks_for(int64_t n) {
+    int64_t blocks = (n + kThreads - 1) / kThreads;
+    return static_cast<int>(blocks < kMaxBlocks ? blocks : kMaxBlocks);
+}
+
+// Launch kernel over n work items (grid-stride loops inside); n <= 0 launches nothing.
+template <typename Kernel, typename... Args>
+convnet_status launch(const char* name, int64_t n, cudaStream_t stream, Kernel kernel,
+                      Args... args) {
+    if (n <= 0) return CONVNET_OK;
+    kernel<<<blocks_for(n), kThreads, 0, stream>>>(args...);
+    return check_cuda(cudaGetLastError(), name);
+}
+
+// Launch with an explicit grid (one block per channel, ...); empty grids launch nothing.
+template <typename Kernel, typename... Args>
+convnet_status launch_blocks(const char* name, int64_t blocks, cudaStream_t stream,
+                             Kernel kernel, Args... args) {
+    if (blocks <= 0) return CONVNET_OK;
+    if (blocks > 2147483647LL) {
+        return set_error(CONVNET_ERR_INVALID_ARGUMENT, "%s: %lld blocks exceed the grid limit",
+                         name, static_cast<long long>(blocks));
+    }
+    kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args...);
+    return check_cuda(cudaGetLastError(), name);
+}
+
+#define CONVNET_GRID_STRIDE(i, n)                                                     \
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;     \
+         i < (n); i += static_cast<int64_t>(blockDim.x) * gridDim.x)
+
+#define CONVNET_TRY(expr)                          \
+    do {                                           \
+        convnet_status status_ = (expr);           \
+        if (status_ != CONVNET_OK) return status_; \
+    } while (0)
+
+#define CONVNET_REQUIRE(cond, name, message)                                       \
+    do {                                                                           \
+        if (!(cond)) {                                                             \
+            return ::convnet::set_error(CONVNET_ERR_INVALID_ARGUMENT, "%s: %s",    \
+                                        (name), (message));                        \
+        }                                                                          \
+    } while (0)
+
+// Sum of v over the block (blockDim.x == kThreads) in a fixed tree order; thread 0 gets it.
+__device__ inline double block_sum(double v) {
+    __shared__ double buf[kThreads];
+    buf[threadIdx.x] = v;
+    __syncthreads();
+    for (int half = kThreads / 2; half > 0; half >>= 1) {
+        if (threadIdx.x < half) buf[threadIdx.x] += buf[threadIdx.x + half];
+        __syncthreads();
+    }
+    double total = buf[0];
+    __syncthreads();   // buf may be reused by the caller's next block_sum
+    return total;
+}
+
+template <typename Term>
+__global__ void reduce_partials_kernel(Term term, int64_t n, double* partial) {
+    double acc = 0.0;
+    CONVNET_GRID_STRIDE(i, n) { acc += term(i); }
+    double total = block_sum(acc);
+    if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+
+static __global__ void reduce_final_kernel(const double* partial, int count, double* out) {
+    double acc = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partial[i];
+    double total = block_sum(acc);
+    if (threadIdx.x == 0) *out = total;
+}
+
+// host OUT result = sum over i < n of term(i) (a __device__ functor returning double), in an
+// order fixed by n alone: deterministic run to run. Synchronous.
+template <typename Term>
+convnet_status reduce_sum(const char* name, Term term, int64_t n, double* result,
+                          cudaStream_t stream) {
+    *result = 0.0;
+    if (n <= 0) return CONVNET_OK;
+    int64_t wanted = (n + kThreads - 1) / kThreads;
+    int blocks = static_cast<int>(wanted < kReduceBlocks ? wanted : kReduceBlocks);
+    double* partial = nullptr;
+    CONVNET_TRY(check_cuda(cudaMallocAsync(reinterpret_cast<void**>(&partial),
+                                           (blocks + 1) * sizeof(double), stream),
+                           name));
+    reduce_partials_kernel<<<blocks, kThreads, 0, stream>>>(term, n, partial);
+    convnet_status status = check_cuda(cudaGetLastError(), name);
+    if (status == CONVNET_OK) {
+        reduce_final_kernel<<<1, kThreads, 0, stream>>>(partial, blocks, partial + blocks);
+        status = check_cuda(cudaGetLastError(), name);
+    }
+    if (status == CONVNET_OK) {
+        status = check_cuda(cudaMemcpyAsync(result, partial + blocks, sizeof(double),
+                                            cudaMemcpyDeviceToHost, stream), name);
+    }
+    convnet_status freed = check_cuda(cudaFreeAsync(partial, stream), name);
+    if (status == CONVNET_OK) status = freed;
+    if (status == CONVNET_OK) status = check_cuda(cudaStreamSynchronize(stream), name);
+    return status;
+}
+
+// Device scratch memory freed in stream order when the guard goes out of scope.
+class Scratch {
+   public:
+    explicit Scratch(cudaStream_t stream) : stream_(stream) {}
+    ~Scratch() {
+        if (ptr_ != nullptr) cudaFreeAsync(ptr_, stream_);
+    }
+    Scratch(const Scratch&) = delete;
+    Scratch& operator=(const Scratch&) = delete;
+    convnet_status allocate(int64_t nbytes, const char* name) {
+        if (nbytes <= 0) return CONVNET_OK;
+        return check_cuda(cudaMallocAsync(&ptr_, static_cast<size_t>(nbytes), stream_), name);
+    }
+    template <typename T>
+    T* as() const { return static_cast<T*>(ptr_); }
+
+   private:
+    cudaStream_t stream_;
+    void* ptr_ = nullptr;
+};
+
+// The smallest flat position of a bad value, reported through a device flag: kNoBad until a
+// kernel lowers it with atomicMin (the minimum does not depend on thread order).
+constexpr unsigned long long kNoBad = 0xFFFFFFFFFFFFFFFFull;
+
+__device__ inline void report_bad(unsigned long long* flag, int64_t position) {
+    atomicMin(flag, static_cast<unsigned long long>(position));
+}
+
+// A device flag for report_bad: allocate + set (in stream order), then read() it (synchronous).
+class BadFlag {
+   public:
+    explicit BadFlag(cudaStream_t stream) : scratch_(stream), stream_(stream) {}
+    convnet_status init(const char* name) {
+        CONVNET_TRY(scratch_.allocate(sizeof(unsigned long long), name));
+        return check_cuda(cudaMemsetAsync(scratch_.as<void>(), 0xFF,
+                                          sizeof(unsigned long long), stream_), name);
+    }
+    unsigned long long* device() const { return scratch_.as<unsigned long long>(); }
+    // host OUT position: the smallest reported position, or -1.
+    convnet_status read(int64_t* position, const char* name) {
+        unsigned long long value = kNoBad;
+        CONVNET_TRY(check_cuda(cudaMemcpyAsync(&value, device(), sizeof(value),
+                                               cudaMemcpyDeviceToHost, stream_), name));
+        CONVNET_TRY(check_cuda(cudaStreamSynchronize(stream_), name));
+        *position = value == kNoBad ? -1 : static_cast<int64_t>(value);
+        return CONVNET_OK;
+    }
+
+   private:
+    Scratch scratch_;
+    cudaStream_t stream_;
+};
+
+// Mask / label values of any convnet_dtype, read as double (exact for int32 and for the int64
+// range a plane index can take) or as int64.
+__device__ inline double load_as_double(const void* p, int32_t type, int64_t i) {
+    switch (type) {
+        case CONVNET_INT32: return static_cast<double>(static_cast<const int32_t*>(p)[i]);
+        case CONVNET_INT64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+        case CONVNET_FLOAT32: return static_cast<double>(static_cast<const float*>(p)[i]);
+        default: return static_cast<const double*>(p)[i];
+    }
+}
+
+// The value as an index in [0, size), or -1 when it is negative, too large, NaN or (for
+// floats) not an integer.
+__device__ inline int64_t load_index(const void* p, int32_t type, int64_t i, int64_t size) {
+    if (type == CONVNET_INT32) {
+        int64_t v = static_cast<const int32_t*>(p)[i];
+        return (v >= 0 && v < size) ? v : -1;
+    }
+    if (type == CONVNET_INT64) {
+        int64_t v = static_cast<const int64_t*>(p)[i];
+        return (v >= 0 && v < size) ? v : -1;
+    }
+    double v = load_as_double(p, type, i);
+    if (!(v >= 0.0 && v < static_cast<double>(size))) return -1;
+    int64_t k = static_cast<int64_t>(v);
+    return static_cast<double>(k) == v ? k : -1;
+}
+
+// cuBLAS, resolved with dlsym (runtime.cu): no cuBLAS header or library at build time. The
+// handle is a pointer and the status an int, as in cublas_api.h; 0 is CUBLAS_STATUS_SUCCESS.
+constexpr int kCublasOpN = 0;
+constexpr int kCublasOpT = 1;
+typedef int (*CublasCreate)(void** handle);
+typedef int (*CublasSetStream)(void* handle, cudaStream_t stream);
+typedef int (*CublasSgemm)(void* handle, int transa, int transb, int m, int n, int k,
+                           const float* alpha, const float* a, int lda, const float* b, int ldb,
+                           const float* beta, float* c, int ldc);
+
+// Row-major C (m, n) = alpha op(A) op(B) + beta C through cuBLAS, loading it on first use;
+// the caller checked that every size fits an int.
+convnet_status cublas_sgemm_row_major(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n,
+                                      int64_t k, float alpha, const float* a, int64_t lda,
+                                      const float* b, int64_t ldb, float beta, float* c,
+                                      int64_t ldc, cudaStream_t stream);
+
+inline bool valid_dtype(int32_t type) { return type >= CONVNET_INT32 && type <= CONVNET_FLOAT64; }
+
+}  // namespace convnet
+
+#endif  // CONVNET_CUDA_COMMON_CUH

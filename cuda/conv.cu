@@ -1,0 +1,288 @@
+// Convolution primitives: im2col / col2im and the gemm wrappers for forward, backward-data
+// and backward-weight (one image at a time, one gemm per group), plus the bias gradient.
+// Deconvolution calls the same three with the roles swapped (convnet/layers/conv.py).
+#include "common.cuh"
+
+using namespace convnet;
+
+namespace convnet {
+namespace conv_impl {
+
+struct Geometry {
+    int64_t channels, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+        dilation_h, dilation_w, out_h, out_w;
+};
+
+// One thread per (c, oh, ow) writes its kh*kw column entries.
+__global__ void im2col_kernel(const float* im, Geometry g, float* col) {
+    const int64_t spatial = g.out_h * g.out_w;
+    const int64_t n = g.channels * spatial;
+    CONVNET_GRID_STRIDE(index, n) {
+        const int64_t ow = index % g.out_w;
+        const int64_t oh = (index / g.out_w) % g.out_h;
+        const int64_t c = index / spatial;
+        const int64_t h0 = oh * g.stride_h - g.pad_h;
+        const int64_t w0 = ow * g.stride_w - g.pad_w;
+        const float* plane = im + c * g.height * g.width;
+        float* out = col + c * g.kernel_h * g.kernel_w * spatial + oh * g.out_w + ow;
+        for (int64_t i = 0; i < g.kernel_h; ++i) {
+            const int64_t h = h0 + i * g.dilation_h;
+            for (int64_t j = 0; j < g.kernel_w; ++j) {
+                const int64_t w = w0 + j * g.dilation_w;
+                *out = (h >= 0 && h < g.height && w >= 0 && w < g.width)
+                           ? plane[h * g.width + w]
+                           : 0.0f;
+                out += spatial;
+            }
+        }
+    }
+}
+
+// One thread per image pixel sums the column entries that read it (Caffe's col2im_gpu).
+__global__ void col2im_kernel(const float* col, Geometry g, float* im) {
+    const int64_t spatial = g.out_h * g.out_w;
+    const int64_t n = g.channels * g.height * g.width;
+    const int64_t extent_h = (g.kernel_h - 1) * g.dilation_h + 1;
+    const int64_t extent_w = (g.kernel_w - 1) * g.dilation_w + 1;
+    CONVNET_GRID_STRIDE(index, n) {
+        const int64_t w_im = index % g.width + g.pad_w;
+        const int64_t h_im = (index / g.width) % g.height + g.pad_h;
+        const int64_t c = index / (g.width * g.height);
+        const int64_t oh_start = h_im < extent_h ? 0 : (h_im - extent_h) / g.stride_h + 1;
+        const int64_t ow_start = w_im < extent_w ? 0 : (w_im - extent_w) / g.stride_w + 1;
+        const int64_t oh_end = min(h_im / g.stride_h + 1, g.out_h);
+        const int64_t ow_end = min(w_im / g.stride_w + 1, g.out_w);
+        float acc = 0.0f;
+        for (int64_t oh = oh_start; oh < oh_end; ++oh) {
+            int64_t i = h_im - oh * g.stride_h;
+            if (i % g.dilation_h != 0) continue;
+            i /= g.dilation_h;
+            for (int64_t ow = ow_start; ow < ow_end; ++ow) {
+                int64_t j = w_im - ow * g.stride_w;
+                if (j % g.dilation_w != 0) continue;
+                j /= g.dilation_w;
+                acc += col[((c * g.kernel_h + i) * g.kernel_w + j) * spatial + oh * g.out_w + ow];
+            }
+        }
+        im[index] = acc;
+    }
+}
+
+// y (N, C, S) += bias[c]
+__global__ void add_bias_kernel(float* y, const float* bias, int64_t channels, int64_t spatial,
+                                int64_t n) {
+    CONVNET_GRID_STRIDE(i, n) { y[i] += bias[(i / spatial) % channels]; }
+}
+
+// One block per output channel m: dbias[m] += sum over N and S of dy[n, m, s].
+__global__ void bias_grad_kernel(const float* dy, float* dbias, int64_t batch, int64_t channels,
+                                 int64_t spatial) {
+    const int64_t m = blockIdx.x;
+    const int64_t count = batch * spatial;
+    double acc = 0.0;
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
+        const int64_t n = j / spatial;
+        acc += dy[(n * channels + m) * spatial + j % spatial];
+    }
+    const double total = block_sum(acc);
+    if (threadIdx.x == 0) dbias[m] += static_cast<float>(total);
+}
+
+convnet_status check_geometry(const Geometry& g, const char* name) {
+    CONVNET_REQUIRE(g.channels >= 0 && g.height >= 0 && g.width >= 0 && g.out_h >= 0 &&
+                        g.out_w >= 0 && g.pad_h >= 0 && g.pad_w >= 0,
+                    name, "negative size or pad");
+    CONVNET_REQUIRE(g.kernel_h >= 1 && g.kernel_w >= 1 && g.stride_h >= 1 && g.stride_w >= 1 &&
+                        g.dilation_h >= 1 && g.dilation_w >= 1,
+                    name, "kernel_size, stride and dilation must be >= 1");
+    return CONVNET_OK;
+}
+
+Geometry make_geometry(int64_t channels, int64_t height, int64_t width, int64_t kernel_h,
+                       int64_t kernel_w, int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                       int64_t pad_w, int64_t dilation_h, int64_t dilation_w, int64_t out_h,
+                       int64_t out_w) {
+    return Geometry{channels, height,   width,      kernel_h,   kernel_w, stride_h, stride_w,
+                    pad_h,    pad_w,    dilation_h, dilation_w, out_h,    out_w};
+}
+
+convnet_status im2col(const float* im, const Geometry& g, float* col, cudaStream_t stream) {
+    return launch("im2col", g.channels * g.out_h * g.out_w, stream, im2col_kernel, im, g, col);
+}
+
+convnet_status col2im(const float* col, const Geometry& g, float* im, cudaStream_t stream) {
+    return launch("col2im", g.channels * g.height * g.width, stream, col2im_kernel, col, g, im);
+}
+
+// Checks and sizes shared by the three primitives.
+struct ConvPlan {
+    Geometry g;
+    int64_t batch, num_output, group;
+    int64_t cg, mg, k, spatial, in_plane;
+    bool direct;   // 1x1, stride 1, pad 0: the image itself is the column matrix
+};
+
+convnet_status plan(ConvPlan* p, const char* name, int64_t batch, int64_t channels,
+                    int64_t height, int64_t width, int64_t num_output, int64_t out_h,
+                    int64_t out_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+                    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h,
+                    int64_t dilation_w, int64_t group) {
+    p->g = make_geometry(channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
+                         pad_h, pad_w, dilation_h, dilation_w, out_h, out_w);
+    CONVNET_TRY(check_geometry(p->g, name));
+    CONVNET_REQUIRE(batch >= 0 && num_output >= 0, name, "negative batch or num_output");
+    CONVNET_REQUIRE(group >= 1 && channels % group == 0 && num_output % group == 0, name,
+                    "group must be >= 1 and divide the input and output channels");
+    p->batch = batch;
+    p->num_output = num_output;
+    p->group = group;
+    p->cg = channels / group;
+    p->mg = num_output / group;
+    p->k = p->cg * kernel_h * kernel_w;
+    p->spatial = out_h * out_w;
+    p->in_plane = height * width;
+    p->direct = kernel_h == 1 && kernel_w == 1 && stride_h == 1 && stride_w == 1 &&
+                pad_h == 0 && pad_w == 0 && out_h == height && out_w == width;
+    return CONVNET_OK;
+}
+
+#define CONV_PLAN(name)                                                                       \
+    ConvPlan p;                                                                               \
+    CONVNET_TRY(plan(&p, name, batch, channels, height, width, num_output, out_h, out_w,      \
+                     kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h,        \
+                     dilation_w, group))
+
+}  // namespace conv_impl
+}  // namespace convnet
+
+using namespace convnet::conv_impl;
+
+extern "C" {
+
+CONVNET_API convnet_status convnet_im2col(const float* im, int64_t channels, int64_t height,
+                                          int64_t width, int64_t kernel_h, int64_t kernel_w,
+                                          int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                          int64_t pad_w, int64_t dilation_h,
+                                          int64_t dilation_w, int64_t out_h, int64_t out_w,
+                                          float* col, void* stream) {
+    clear_error();
+    Geometry g = make_geometry(channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
+                               pad_h, pad_w, dilation_h, dilation_w, out_h, out_w);
+    CONVNET_TRY(check_geometry(g, "convnet_im2col"));
+    return im2col(im, g, col, as_stream(stream));
+}
+
+CONVNET_API convnet_status convnet_col2im(const float* col, int64_t channels, int64_t height,
+                                          int64_t width, int64_t kernel_h, int64_t kernel_w,
+                                          int64_t stride_h, int64_t stride_w, int64_t pad_h,
+                                          int64_t pad_w, int64_t dilation_h,
+                                          int64_t dilation_w, int64_t out_h, int64_t out_w,
+                                          float* im, void* stream) {
+    clear_error();
+    Geometry g = make_geometry(channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
+                               pad_h, pad_w, dilation_h, dilation_w, out_h, out_w);
+    CONVNET_TRY(check_geometry(g, "convnet_col2im"));
+    return col2im(col, g, im, as_stream(stream));
+}
+
+CONVNET_API convnet_status convnet_conv_forward(
+    const float* x, const float* weight, const float* bias, float* y, float* col,
+    int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t num_output,
+    int64_t out_h, int64_t out_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t group, void* stream) {
+    clear_error();
+    CONV_PLAN("convnet_conv_forward");
+    CONVNET_REQUIRE(p.direct || col != nullptr, "convnet_conv_forward", "col is NULL");
+    cudaStream_t s = as_stream(stream);
+    for (int64_t n = 0; n < batch; ++n) {
+        const float* xn = x + n * channels * p.in_plane;
+        float* yn = y + n * num_output * p.spatial;
+        const float* cols = xn;
+        if (!p.direct) {
+            CONVNET_TRY(im2col(xn, p.g, col, s));
+            cols = col;
+        }
+        for (int64_t gi = 0; gi < group; ++gi) {
+            CONVNET_TRY(convnet_gemm(0, 0, p.mg, p.spatial, p.k, 1.0f, weight + gi * p.mg * p.k,
+                                     p.k, cols + gi * p.k * p.spatial, p.spatial, 0.0f,
+                                     yn + gi * p.mg * p.spatial, p.spatial, stream));
+        }
+    }
+    if (bias != nullptr) {
+        const int64_t total = batch * num_output * p.spatial;
+        CONVNET_TRY(launch("conv bias", total, s, add_bias_kernel, y, bias, num_output,
+                           p.spatial, total));
+    }
+    return CONVNET_OK;
+}
+
+CONVNET_API convnet_status convnet_conv_backward_data(
+    const float* y, const float* weight, const float* bias, float* x, float* col,
+    int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t num_output,
+    int64_t out_h, int64_t out_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t group, void* stream) {
+    clear_error();
+    CONV_PLAN("convnet_conv_backward_data");
+    CONVNET_REQUIRE(p.direct || col != nullptr, "convnet_conv_backward_data", "col is NULL");
+    cudaStream_t s = as_stream(stream);
+    for (int64_t n = 0; n < batch; ++n) {
+        float* xn = x + n * channels * p.in_plane;
+        const float* yn = y + n * num_output * p.spatial;
+        float* cols = p.direct ? xn : col;
+        for (int64_t gi = 0; gi < group; ++gi) {
+            CONVNET_TRY(convnet_gemm(1, 0, p.k, p.spatial, p.mg, 1.0f, weight + gi * p.mg * p.k,
+                                     p.k, yn + gi * p.mg * p.spatial, p.spatial, 0.0f,
+                                     cols + gi * p.k * p.spatial, p.spatial, stream));
+        }
+        if (!p.direct) CONVNET_TRY(col2im(col, p.g, xn, s));
+    }
+    if (bias != nullptr) {
+        const int64_t total = batch * channels * p.in_plane;
+        CONVNET_TRY(launch("deconv bias", total, s, add_bias_kernel, x, bias, channels,
+                           p.in_plane, total));
+    }
+    return CONVNET_OK;
+}
+
+CONVNET_API convnet_status convnet_conv_backward_weight(
+    const float* x, const float* y, float* weight, float* col,
+    int64_t batch, int64_t channels, int64_t height, int64_t width, int64_t num_output,
+    int64_t out_h, int64_t out_w, int64_t kernel_h, int64_t kernel_w, int64_t stride_h,
+    int64_t stride_w, int64_t pad_h, int64_t pad_w, int64_t dilation_h, int64_t dilation_w,
+    int64_t group, void* stream) {
+    clear_error();
+    CONV_PLAN("convnet_conv_backward_weight");
+    CONVNET_REQUIRE(p.direct || col != nullptr, "convnet_conv_backward_weight", "col is NULL");
+    cudaStream_t s = as_stream(stream);
+    for (int64_t n = 0; n < batch; ++n) {
+        const float* xn = x + n * channels * p.in_plane;
+        const float* yn = y + n * num_output * p.spatial;
+        const float* cols = xn;
+        if (!p.direct) {
+            CONVNET_TRY(im2col(xn, p.g, col, s));
+            cols = col;
+        }
+        for (int64_t gi = 0; gi < group; ++gi) {
+            // images in turn with beta = 1: the same summation order on every run
+            CONVNET_TRY(convnet_gemm(0, 1, p.mg, p.k, p.spatial, 1.0f,
+                                     yn + gi * p.mg * p.spatial, p.spatial,
+                                     cols + gi * p.k * p.spatial, p.spatial, 1.0f,
+                                     weight + gi * p.mg * p.k, p.k, stream));
+        }
+    }
+    return CONVNET_OK;
+}
+
+CONVNET_API convnet_status convnet_conv_backward_bias(const float* dy, float* dbias,
+                                                      int64_t batch, int64_t num_output,
+                                                      int64_t spatial, void* stream) {
+    clear_error();
+    CONVNET_REQUIRE(batch >= 0 && num_output >= 0 && spatial >= 0,
+                    "convnet_conv_backward_bias", "negative size");
+    return launch_blocks("conv bias grad", num_output, as_stream(stream), bias_grad_kernel, dy,
+                         dbias, batch, num_output, spatial);
+}
+
+}  // extern "C"
