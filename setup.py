@@ -5,6 +5,8 @@ Environment switches:
   CONVNET_CYTHON_DEBUG=1   bounds checks and wraparound back on (kernel tests, debugging)
   CONVNET_CUDA=0           never build the CUDA library; =1 makes a failed CUDA build fatal
   CONVNET_EXT=a,b          build only these pyx modules (development)
+  CONVNET_MARCH=...        -march for the CPU kernels (default native: pip install . builds for
+                           the machine it runs on; set CONVNET_MARCH=x86-64-v2 for a portable wheel)
   NVCC=/path/to/nvcc       the CUDA compiler (else $CUDA_HOME/bin/nvcc, else nvcc on PATH)
 """
 import glob
@@ -52,6 +54,24 @@ def probe_openmp():
     return None
 
 
+def probe_march():
+    """['-march=<CONVNET_MARCH or native>'] when the compiler accepts it, else []."""
+    march = os.environ.get("CONVNET_MARCH", "native")
+    if not march:
+        return []
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write("int main(void) { return 0; }\n")
+        cmd = [cc, f"-march={march}", src, "-o", os.path.join(tmp, "probe")]
+        try:
+            ok = subprocess.run(cmd, capture_output=True).returncode == 0
+        except OSError:
+            ok = False
+    return [f"-march={march}"] if ok else []
+
+
 def cython_extensions():
     from Cython.Build import cythonize
 
@@ -63,6 +83,7 @@ def cython_extensions():
     else:
         compile_omp = [f for f in openmp if not f.startswith("-l")]
         link_omp = [f for f in openmp if f != "-Xpreprocessor"]
+    march = probe_march()
     only = {m for m in os.environ.get("CONVNET_EXT", "").split(",") if m}
     extensions = []
     for path in sorted(glob.glob(os.path.join("pyx", "*.pyx"))):
@@ -74,7 +95,7 @@ def cython_extensions():
             [path],
             include_dirs=[numpy.get_include(), "pyx"],
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-            extra_compile_args=["-O3"] + compile_omp,
+            extra_compile_args=["-O3"] + march + compile_omp,
             extra_link_args=link_omp,
         ))
     directives = {

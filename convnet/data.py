@@ -82,9 +82,11 @@ class SyntheticShapes:
     """Embedded synthetic segmentation dataset (deterministic, no download).
 
     Each scene is ``size`` x ``size`` with 1 to 4 shapes of random class, colour, size
-    (radius 8% to 24% of ``size``), position and rotation, painted in order so later shapes
-    occlude earlier ones (a ring's hole shows what lies beneath). Backgrounds mix two random
-    sinusoidal textures; every pixel gets Gaussian noise of a per-image level. Labels:
+    (radius 10% to 25% of ``size``), position (possibly cut by the border) and rotation,
+    painted in order so later shapes occlude earlier ones (a ring's hole shows what lies
+    beneath). Backgrounds: a random colour under two random sinusoidal textures (period 4 to
+    12 pixels) and strong Gaussian noise; shapes are smooth (a colour with gentle shading and
+    weak noise), so the texture, not the colour, tells object from background. Labels:
     0 background, 1 disc, 2 square, 3 triangle, 4 ring.
 
     Parameters: ``split`` ("train" or "val"; the splits come from separate random streams, so a
@@ -149,30 +151,34 @@ class SyntheticShapes:
         def per_image(a):
             return np.asarray(a, dtype=np.float32).reshape(n, 1, 1)
 
-        # Background: a base colour plus two oriented sinusoidal textures of random frequency.
-        base = rng.uniform(0.15, 0.85, (n, 3)).astype(np.float32)
+        # Background: a base colour, two oriented sinusoidal textures of period 4 to 12
+        # pixels with random colour amplitudes, and strong pixel noise; the shapes are smooth
+        # (weak noise, a gentle shading), so texture is what tells background from object.
+        base = rng.uniform(0.2, 0.8, (n, 3)).astype(np.float32)
         image = np.broadcast_to(base[:, :, None, None], (n, 3, s, s)).copy()
         for _ in range(2):
             angle = rng.uniform(0, np.pi, n)
-            freq = rng.uniform(0.1, 0.8, n)
+            freq = 2 * np.pi / rng.uniform(4.0, 12.0, n)
             phase = rng.uniform(0, 2 * np.pi, n)
             wave = np.sin(per_image(freq * np.cos(angle)) * xx
                           + per_image(freq * np.sin(angle)) * yy + per_image(phase))
-            amplitude = rng.uniform(-0.15, 0.15, (n, 3)).astype(np.float32)
+            amplitude = rng.uniform(-0.2, 0.2, (n, 3)).astype(np.float32)
             image += amplitude[:, :, None, None] * wave[:, None]
+        bg_noise = rng.uniform(0.04, 0.1, n).astype(np.float32)[:, None, None, None]
+        image += bg_noise * rng.standard_normal(image.shape, dtype=np.float32)
         label = np.zeros((n, s, s), dtype=np.uint8)
 
         count = rng.integers(1, 5, n)
         for k in range(4):
             cls = rng.integers(1, self.num_classes, n)
-            radius = rng.uniform(0.12, 0.28, n) * s
+            radius = rng.uniform(0.1, 0.25, n) * s
             cx, cy = rng.uniform(0, s, n), rng.uniform(0, s, n)
             theta = rng.uniform(0, 2 * np.pi, n)
             hole = rng.uniform(0.45, 0.65, n)
             colour = rng.uniform(0, 1, (n, 3))
             # keep each shape visible against the mean background: at least one channel
-            # differs by 0.35 or more (otherwise move that image's colour half a turn away)
-            close = np.abs(colour - base).max(axis=1) < 0.35
+            # differs by 0.3 or more (otherwise move that image's colour half a turn away)
+            close = np.abs(colour - base).max(axis=1) < 0.3
             colour[close] = (base[close] + 0.5) % 1.0
             shade = rng.uniform(-0.1, 0.1, n)
 
@@ -198,7 +204,7 @@ class SyntheticShapes:
             image = np.where(mask[:, None], fill, image)
             label = np.where(mask, cls.astype(np.uint8)[:, None, None], label)
 
-        noise = rng.uniform(0.02, 0.08, n).astype(np.float32)[:, None, None, None]
+        noise = rng.uniform(0.01, 0.04, n).astype(np.float32)[:, None, None, None]
         image += noise * rng.standard_normal(image.shape, dtype=np.float32)
         image = (np.clip(image, 0.0, 1.0) - MEAN) / SCALE
         return image.astype(np.float32), label

@@ -361,8 +361,8 @@ class Net:
             if version.producer is None:
                 x = inputs[version.name]
                 # an in-place layer would overwrite the caller's array
-                values[v] = np.array(x, copy=True) if version.name in in_place_inputs else x
-        self.input_shapes = {k: tuple(int(d) for d in np.shape(x)) for k, x in inputs.items()}
+                values[v] = _copy(x) if version.name in in_place_inputs else x
+        self.input_shapes = {k: _shape(x) for k, x in inputs.items()}
         loss = 0.0
         for node in self._nodes:
             layer = node.layer
@@ -650,3 +650,12 @@ def _read_meta(arrays, path, expected_format, max_version):
         fail(str(path), f"has {expected_format} format version {version!r}; this convnet "
                         f"reads versions up to {max_version}", FileFormatError)
     return meta
+
+
+def _copy(x):
+    """A private copy of an input array, NumPy or DeviceArray."""
+    return x.copy() if hasattr(x, "__cuda_array_interface__") else np.array(x, copy=True)
+
+
+def _shape(x):
+    return tuple(int(d) for d in (x.shape if hasattr(x, "shape") else np.shape(x)))

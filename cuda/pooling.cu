@@ -152,10 +152,18 @@ __global__ void ave_backward_kernel(const float* dy, float* dx, Window g) {
 // (the last in scan order) wins, whatever order the threads run in.
 __global__ void unpool_claim_kernel(const void* mask, int32_t type, int64_t planes,
                                     int64_t in_size, int64_t out_size,
-                                    unsigned long long* winner, unsigned long long* bad) {
+                                    unsigned long long* winner, void* validated,
+                                    int32_t validated_is_int64, unsigned long long* bad) {
     CONVNET_GRID_STRIDE(index, planes * in_size) {
         const int64_t p = index / in_size;
         const int64_t j = load_index(mask, type, index, out_size);
+        if (validated != nullptr) {
+            if (validated_is_int64) {
+                static_cast<int64_t*>(validated)[index] = j;
+            } else {
+                static_cast<int32_t*>(validated)[index] = static_cast<int32_t>(j);
+            }
+        }
         if (j < 0) {
             report_bad(bad, index);
         } else {
@@ -295,8 +303,9 @@ CONVNET_API convnet_status convnet_ave_pool_backward(
 }
 
 CONVNET_API convnet_status convnet_unpool_forward(
-    const float* x, const void* mask, int32_t mask_type, float* y, int64_t planes,
-    int64_t in_size, int64_t out_size, int64_t* bad_position, void* stream) {
+    const float* x, const void* mask, int32_t mask_type, float* y, void* index,
+    int32_t index_is_int64, int64_t planes, int64_t in_size, int64_t out_size,
+    int64_t* bad_position, void* stream) {
     clear_error();
     const char* name = "convnet_unpool_forward";
     CONVNET_REQUIRE(bad_position != nullptr, name, "bad_position is NULL");
@@ -318,8 +327,8 @@ CONVNET_API convnet_status convnet_unpool_forward(
     CONVNET_TRY(bad.init(name));
     const int64_t n = planes * in_size;
     convnet_status status = launch(name, n, s, unpool_claim_kernel, mask, mask_type, planes,
-                                   in_size, out_size, winner.as<unsigned long long>(),
-                                   bad.device());
+                                   in_size, out_size, winner.as<unsigned long long>(), index,
+                                   index_is_int64, bad.device());
     if (status == CONVNET_OK) {
         status = launch(name, n, s, unpool_write_kernel, x, mask, mask_type, planes, in_size,
                         out_size, static_cast<const unsigned long long*>(

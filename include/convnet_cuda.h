@@ -208,13 +208,16 @@ CONVNET_API convnet_status convnet_ave_pool_backward(
 
 /* Max unpooling. x, mask (P, in_size) (mask of mask_type: flat indices into an output
  * plane); y (P, out_size) = 0, then y[p, mask[p, i]] = x[p, i], the largest i winning a
- * shared position (the later input in scan order). A mask value that is negative,
+ * shared position (the later input in scan order); index (P, in_size), int32 or int64 when
+ * index_is_int64, = the validated mask values (for the backward gather; -1 where invalid),
+ * or NULL. A mask value that is negative,
  * >= out_size, NaN or not an integer is never written through: the call returns
  * CONVNET_ERR_BAD_INDEX and host OUT bad_position = the smallest flat position p*in_size + i
  * holding one (else -1). Synchronous. */
 CONVNET_API convnet_status convnet_unpool_forward(
-    const float* x, const void* mask, int32_t mask_type, float* y, int64_t planes,
-    int64_t in_size, int64_t out_size, int64_t* bad_position, void* stream);
+    const float* x, const void* mask, int32_t mask_type, float* y, void* index,
+    int32_t index_is_int64, int64_t planes, int64_t in_size, int64_t out_size,
+    int64_t* bad_position, void* stream);
 
 /* dx (P, in_size) = dy[p, mask[p, i]] (a gather); bad values as for forward. Synchronous. */
 CONVNET_API convnet_status convnet_unpool_backward(

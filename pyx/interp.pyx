@@ -6,32 +6,42 @@ only gather and scatter through them:
 
 - ``rows`` (H2, 2) / ``cols`` (W2, 2): the two source rows / columns of every output row /
   column, as absolute indices into the (uncropped) input plane; both entries are equal at the
-  last row, where DeepLab's h1p is 0.
+  last row, where DeepLab's h1p is 0. The tables are monotone (non-decreasing).
 - ``row_weights`` (H2, 2) / ``col_weights`` (W2, 2): their lambdas (h0lambda, h1lambda).
 
 Bilinear forward computes DeepLab's expression in DeepLab's order,
 ``y = a0 (b0 x00 + b1 x01) + a1 (b0 x10 + b1 x11)``, but the inner brackets (one horizontally
 interpolated source row) are computed once per source row and kept in a two-row cache, so an
 8x zoom interpolates each source row once and spends the rest on a vectorised two-row blend.
-The backward pass is the transposed program: output rows are blended into two row
-accumulators, each flushed (scattered horizontally into its source row) when its row leaves
-the cache. Every kernel runs ``prange`` over the N*C planes with a static schedule and works
-on one plane per iteration, so the backward ``+=`` never races and the result does not depend
-on the thread count (bit-identical at 1 and 2 threads).
+Bilinear backward runs one of two adjoint programs, whichever does less work for the shape:
+columns first (output rows blended into two row accumulators, each scattered horizontally
+into its source row when it leaves the cache: zooming) or rows first (each dy row scattered
+into a source-width row, then added to its two source rows: shrinking). Every kernel runs
+``prange`` over the N*C planes with a static schedule, one plane per iteration, so the
+backward ``+=`` never races and the result does not depend on the thread count (bit-identical
+at 1 and 2 threads).
 
 The nearest and copy kernels move raw bits (``bits_t``, by item size) so that label maps of
 any integer dtype keep their values and dtype.
 
-Measured (scripts/bench.py-style, float32, 2 threads of this 2-core development VM, medians;
-time of torch 2.13 F.interpolate(bilinear, align_corners=True) / time of convnet, and the
-copy-bandwidth time of the same bytes):
+Measured on the 2-core development VM (float32, best of 25, torch 2.13 F.interpolate(bilinear,
+align_corners=True) and autograd on the same inputs, ONE thread each: the VM's load average
+stayed at 5-8 from other jobs, which made every 2-thread timing of both libraries swing by
+5-10x; the bench's 2-thread numbers still need a quiet machine):
 
-=============  =============================  ======  ======  ============================
-case           shape                          fwd     bwd     convnet vs copy time
-=============  =============================  ======  ======  ============================
-interp_zoom8   8x21x32x32 -> 249x249          x 3.4   x 20    fwd 1.0x, bwd 1.0x
-interp_down    8x64x128x128 -> 65x65          x 2.0   x 12    fwd 1.4x, bwd 1.1x
-=============  =============================  ======  ======  ============================
+=============  ============================  ===========  ===========  ================
+case           shape                         fwd ms       bwd ms       torch / convnet
+=============  ============================  ===========  ===========  ================
+interp_zoom8   8x21x32x32 -> 249x249         1.87         3.4          fwd 6.4, bwd 7.9
+interp_down    8x64x128x128 -> 65x65         2.8          3.0          fwd 1.5, bwd 2.5
+=============  ============================  ===========  ===========  ================
+
+(torch: 12.0 / 26.8 / 4.2 / 7.5 ms; geomean of the four ratios 3.7.) A one-thread copy of the
+same bytes (x + y) takes 0.5 ms, so these kernels run at 3.5-6.5x the copy time: they are
+compute-bound at one thread (the same time per plane with the data in cache), on the SSE2
+baseline the build targets. The rows-first forward was measured and dropped (interp_down 4.1
+ms vs 2.8 ms columns first); so was a two-rows-per-pass column gather (faster in cache,
+slower from memory).
 """
 
 from cython cimport floating

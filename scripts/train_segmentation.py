@@ -96,6 +96,10 @@ def parse_args(argv):
                    help="classes in --data (default: 1 + the largest label below 255)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="resize --data images to H x W (multiples of 8)")
+    p.add_argument("--train-images", type=int, default=TRAIN_IMAGES,
+                   help="synthetic training images (default %(default)s)")
+    p.add_argument("--val-images", type=int, default=VAL_IMAGES,
+                   help="synthetic validation images (default %(default)s)")
     p.add_argument("--resume", metavar="SNAPSHOT", default=None,
                    help="continue from a snapshot written by this script")
     p.add_argument("--out", metavar="DIR", default=os.path.join("runs", "segmentation"),
@@ -106,7 +110,7 @@ def parse_args(argv):
     p.add_argument("--weights", metavar="FILE", default=None,
                    help="weights (.npz) for --eval-only")
     args = p.parse_args(argv)
-    for name in ("iters", "batch_size", "width"):
+    for name in ("iters", "batch_size", "width", "train_images", "val_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.threads is not None and args.threads < 1:
@@ -134,8 +138,8 @@ def parse_args(argv):
 def load_data(args):
     """(train dataset, val dataset, num_classes, class_names)."""
     if args.data is None:
-        train = SyntheticShapes("train", num_images=TRAIN_IMAGES, seed=args.seed)
-        val = SyntheticShapes("val", num_images=VAL_IMAGES, seed=args.seed)
+        train = SyntheticShapes("train", num_images=args.train_images, seed=args.seed)
+        val = SyntheticShapes("val", num_images=args.val_images, seed=args.seed)
         return train, val, SyntheticShapes.num_classes, SyntheticShapes.class_names
     root = args.data
     if not os.path.isdir(root):

@@ -316,17 +316,17 @@ def pooling_ave_backward(dy, dx, kernel, stride, pad):
                                     pad[0], pad[1])
 
 
-def pooling_unpool_forward(x, mask, y):
+def pooling_unpool_forward(x, mask, y, index):
     """IN x, mask (N, C, H, W; mask float32/float64/int32/int64 flat indices into an output
-    plane); OUT y (N, C, OH, OW) = 0, then y[mask] = x. Returns -1, or the flat position in
-    mask of the first invalid value (nothing is written through an invalid one)."""
-    return _pooling_kernels().unpool_forward(x, mask, y)
+    plane); OUT y (N, C, OH, OW) = 0, then y[mask] = x; OUT index (int32 or int64, x's shape)
+    the validated mask for pooling_unpool_backward. Returns -1, or the flat position in mask
+    of the first invalid value (nothing outside the planes is touched; y is then garbage)."""
+    return _pooling_kernels().unpool_forward(x, mask, y, index)
 
 
-def pooling_unpool_backward(dy, mask, dx):
-    """OUT dx (N, C, H, W) = dy[mask]. Returns -1, or the flat position of the first
-    invalid mask value."""
-    return _pooling_kernels().unpool_backward(dy, mask, dx)
+def pooling_unpool_backward(dy, index, dx):
+    """OUT dx (N, C, H, W) = dy[index] per plane, index from pooling_unpool_forward."""
+    _pooling_kernels().unpool_backward(dy, index, dx)
 
 
 # ---- interp
@@ -349,8 +349,8 @@ def _interp_bits(a):
 
 
 def interp_bilinear_forward(x, y, rows, row_weights, cols, col_weights):
-    """IN x (N, C, H1, W1); OUT y (N, C, H2, W2) = the two-tap blend of rows, then of columns
-    (DeepLab's order: rw0 (cw0 x00 + cw1 x01) + rw1 (cw0 x10 + cw1 x11))."""
+    """IN x (N, C, H1, W1); OUT y (N, C, H2, W2) = the two-tap blend of columns, then of
+    rows (DeepLab's order: rw0 (cw0 x00 + cw1 x01) + rw1 (cw0 x10 + cw1 x11))."""
     _interp_kernels().bilinear_forward(x, y, rows, row_weights, cols, col_weights)
 
 
@@ -428,8 +428,14 @@ def _conv_kernels():
     return conv
 
 
-#: images of one batch whose weight gradients are summed apart, then in order (conv.pyx)
-CONV_WEIGHT_CLASSES = 4
+#: bytes of one thread's column block. Measured (conv_3x3 N=8, one thread): 256 KB blocks
+#: cost 20% more than whole images (the gemm repacks the weights per block), 8 MB ~ whole.
+CONV_BLOCK_BYTES = 8 * 1024 * 1024
+#: fewest work items (tiles or channel blocks) per call, so that small batches still split
+#: over threads; a constant, never the thread count, so results do not depend on it
+CONV_MIN_ITEMS = 4
+#: the most image classes of the weight gradient (each one a weight-sized partial sum)
+CONV_MAX_CLASSES = 4
 
 
 def _conv_scratch(workspace, key, rows, cols, dtype):
@@ -443,74 +449,91 @@ def _conv_scratch(workspace, key, rows, cols, dtype):
     return buf[:rows * cols].reshape(rows, cols)
 
 
-def _conv_col_size(image, out, kernel, stride, pad):
-    """Elements of one image's column buffer; 1 when the 1x1 path reads the image itself."""
-    c, h, w = image
-    oh, ow = out
-    if (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(pad) == (0, 0)
-            and (oh, ow) == (h, w)):
-        return 1
-    return c * kernel[0] * kernel[1] * oh * ow
+def _conv_direct(image, out, kernel, stride, pad):
+    """True when the 1x1 path multiplies the image itself (no im2col)."""
+    return (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(pad) == (0, 0)
+            and tuple(out) == tuple(image[1:]))
 
 
-def _conv_threads(n):
-    """(per_image, slots): a prange over images when there are at least as many images as
-    threads, else images in turn with BLAS threads (see conv.pyx)."""
-    threads = max(get_num_threads(), 1)
-    if n >= threads:
-        return True, max(min(n, threads), 1)
-    return False, 1
+def _conv_rows(n, image, out, kernel, itemsize):
+    """Output rows per forward tile: a column block of at most CONV_BLOCK_BYTES, at least
+    CONV_MIN_ITEMS tiles in the batch, yet at least 64 columns wide (a narrower gemm loses
+    more than the split gains)."""
+    k = image[0] * kernel[0] * kernel[1]
+    rows = min(CONV_BLOCK_BYTES // max(k * out[1] * itemsize, 1),
+               -(-out[0] // -(-CONV_MIN_ITEMS // max(n, 1))))
+    rows = max(rows, -(-64 // out[1]), 1)
+    return min(rows, out[0])
 
 
-def _blas_held(per_image):
-    import contextlib
-    if per_image and get_num_threads() > 1:
-        return blas_threads(1)
-    return contextlib.nullcontext()
+def _conv_block(n, channels, group, out, kernel, itemsize):
+    """Input channels per backward block: at most CONV_BLOCK_BYTES of columns, at least
+    CONV_MIN_ITEMS blocks in the batch, yet at least 64 weight columns (the gemm's narrow
+    side) when the group has that many."""
+    per_channel = kernel[0] * kernel[1] * out[0] * out[1] * itemsize
+    per_image = -(-CONV_MIN_ITEMS // max(n * group, 1))
+    block = min(CONV_BLOCK_BYTES // max(per_channel, 1), -(-channels // per_image))
+    block = max(block, -(-64 // (kernel[0] * kernel[1])), 1)
+    return min(block, channels)
+
+
+def _conv_threads(items):
+    return max(min(items, get_num_threads()), 1)
 
 
 def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, workspace):
     """Convolution forward. IN x (N, C, H, W), weight (M, C/group, kh, kw), bias (M,) or
     None; OUT y (N, M, OH, OW) = conv(x) + bias. kernel, stride, pad, dilation: (h, w)
     pairs; ``workspace``: a dict the caller keeps between calls (scratch buffers)."""
-    per_image, slots = _conv_threads(x.shape[0])
-    col = _conv_scratch(workspace, "col", slots,
-                        _conv_col_size(x.shape[1:], y.shape[2:], kernel, stride, pad), x.dtype)
+    n, out = x.shape[0], y.shape[2:]
+    rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
+    threads = _conv_threads(n * -(-out[0] // rows))
+    size = 1 if _conv_direct(x.shape[1:], out, kernel, stride, pad) else \
+        x.shape[1] * kernel[0] * kernel[1] * rows * out[1]
+    col = _conv_scratch(workspace, "col", threads, size, x.dtype)
     b = np.empty(0, x.dtype) if bias is None else bias
-    with _blas_held(per_image):
+    with blas_threads(1):
         _conv_kernels().conv_forward(x, weight, b, y, col, stride[0], stride[1], pad[0], pad[1],
-                                     dilation[0], dilation[1], group, per_image)
+                                     dilation[0], dilation[1], group, rows)
 
 
 def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, group, workspace):
     """The adjoint of conv_forward's linear part. IN dy (N, M, OH, OW), weight (M, C/group,
     kh, kw), bias (C,) or None (added per channel of dx: Deconvolution's forward); OUT dx
     (N, C, H, W), overwritten."""
-    per_image, slots = _conv_threads(dx.shape[0])
-    col = _conv_scratch(workspace, "col", slots,
-                        _conv_col_size(dx.shape[1:], dy.shape[2:], kernel, stride, pad),
-                        dx.dtype)
+    n, channels, out = dx.shape[0], dx.shape[1] // group, dy.shape[2:]
+    block = _conv_block(n, channels, group, out, kernel, dx.itemsize)
+    threads = _conv_threads(n * group * -(-channels // block))
+    size = 1 if _conv_direct(dx.shape[1:], out, kernel, stride, pad) else \
+        block * kernel[0] * kernel[1] * out[0] * out[1]
+    col = _conv_scratch(workspace, "col", threads, size, dx.dtype)
     b = np.empty(0, dx.dtype) if bias is None else bias
-    with _blas_held(per_image):
+    with blas_threads(1):
         _conv_kernels().conv_backward_data(dy, weight, b, dx, col, stride[0], stride[1],
                                            pad[0], pad[1], dilation[0], dilation[1], group,
-                                           per_image)
+                                           block)
 
 
 def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace):
     """IN x (N, C, H, W), dy (N, M, OH, OW); INOUT dweight (M, C/group, kh, kw) += the
-    weight gradient. The result does not depend on the thread count."""
-    n = x.shape[0]
-    classes = min(n, CONV_WEIGHT_CLASSES) if n >= 2 else 0
-    per_image = classes > 0
-    slots = max(min(classes, max(get_num_threads(), 1)), 1)
-    col = _conv_scratch(workspace, "col", slots,
-                        _conv_col_size(x.shape[1:], dy.shape[2:], kernel, stride, pad), x.dtype)
-    partial = _conv_scratch(workspace, "partial", classes, dweight.size, x.dtype)
-    with _blas_held(per_image):
+    weight gradient. The summation order depends only on the shapes: the result is the same
+    for any thread count."""
+    n, channels, out = x.shape[0], x.shape[1] // group, dy.shape[2:]
+    block = _conv_block(1, channels, group, out, kernel, x.itemsize)
+    blocks = group * -(-channels // block)
+    classes = 1
+    if blocks < CONV_MIN_ITEMS:
+        classes = max(min(n, CONV_MAX_CLASSES, -(-CONV_MIN_ITEMS // blocks)), 1)
+    threads = _conv_threads(classes * blocks)
+    size = 1 if _conv_direct(x.shape[1:], out, kernel, stride, pad) else \
+        block * kernel[0] * kernel[1] * out[0] * out[1]
+    col = _conv_scratch(workspace, "col", threads, size, x.dtype)
+    partial = _conv_scratch(workspace, "partial", classes if classes > 1 else 0,
+                            dweight.size, x.dtype)
+    with blas_threads(1):
         _conv_kernels().conv_backward_weight(x, dy, dweight, col, partial, stride[0],
                                              stride[1], pad[0], pad[1], dilation[0],
-                                             dilation[1], group)
+                                             dilation[1], group, block)
 
 
 def conv_backward_bias(dy, dbias):

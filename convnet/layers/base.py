@@ -29,7 +29,8 @@ class Param:
 
     def __init__(self, data, lr_mult=1.0, decay_mult=1.0, name=""):
         self.data = data
-        self.diff = np.zeros_like(data) if isinstance(data, np.ndarray) else None
+        be = _backend.get(_backend.device_of(data))
+        self.diff = be.zeros(tuple(data.shape), data.dtype)
         self.lr_mult = float(lr_mult)
         self.decay_mult = float(decay_mult)
         self.name = name
@@ -177,6 +178,10 @@ class Layer:
             if not cuda.is_available():
                 fail(self, f"CUDA is not available: {cuda.unavailable_reason()}",
                      _backend.DeviceError)
+            if self.dtype != np.float32:
+                fail(self, f"the GPU computes in float32; this layer has dtype "
+                           f"{self.dtype.name} (build it with dtype=np.float32)",
+                     _backend.DeviceError)
         for p in self.params:
             p.to(device)
         self._move_state(device)
@@ -215,7 +220,10 @@ class Layer:
 
     # ------------------------------------------------------------------ params
     def _add_param(self, name, data):
-        """Create the next param (in order), applying this layer's ``param=`` specs."""
+        """Create the next param (in order), applying this layer's ``param=`` specs; ``data``
+        (filled on the host) moves to the layer's device."""
+        if self.device != "cpu" and isinstance(data, np.ndarray):
+            data = self.backend.from_numpy(np.ascontiguousarray(data, dtype=self.dtype))
         index = len(self.params)
         spec = self._param_specs[index] if index < len(self._param_specs) else {}
         p = Param(data, spec.get("lr_mult", 1.0), spec.get("decay_mult", 1.0), name)

@@ -1,6 +1,7 @@
 """Loss layers: SoftmaxWithLoss (per-pixel softmax cross-entropy) and EuclideanLoss."""
 
 import math
+import numbers
 
 import numpy as np
 
@@ -73,7 +74,8 @@ class SoftmaxWithLoss(Layer):
                                              maximum=2 ** 63 - 1)
         self.normalization = check_choice(self.normalization, "normalization",
                                           self.NORMALIZATIONS, self)
-        if isinstance(self.axis, bool) or self.axis != 1:
+        if not isinstance(self.axis, numbers.Integral) or isinstance(self.axis, bool) \
+                or self.axis != 1:
             fail(self, f"axis must be 1 (softmax over the channel axis; no other axis is "
                        f"supported), got {self.axis!r}")
 

@@ -190,8 +190,8 @@ class Unpooling(Layer):
     out-of-range values are a DataError naming the value, its position and the output size).
     Top: y (N, C, OH, OW), zero except y[n, c].flat[mask[n, c, h, w]] = x[n, c, h, w]; when two
     inputs map to one position the later one in row-major scan order wins (as
-    torch.nn.functional.max_unpool2d). Backward gathers: dx = dy[n, c].flat[mask]; the mask gets
-    no gradient.
+    torch.nn.functional.max_unpool2d). Backward gathers: dx = dy[n, c].flat[mask], through the
+    mask as forward read it (the layer keeps the validated indices); the mask gets no gradient.
 
     Output size: ``out_size=(OH, OW)`` (the pooled layer's input size, e.g. odd sizes that a
     ceil-mode pooling rounded up), else OH = (H - 1) sh - 2 ph + kh (likewise OW). An out_size
@@ -224,17 +224,16 @@ class Unpooling(Layer):
         _check_pad(self, self.pad, self.kernel_size)
         if self.out_size is not None:
             self.out_size = shapes.pair(self.out_size, "out_size", self, minimum=1)
+        self._index = None
 
     def _convert_bottom(self, index, x):
         if index == 0:
             return self.backend.asarray(x, self.dtype)
         # masks keep their integer or float type: a float32 copy of a large int index would
         # round it, and the kernel validates every value anyway
-        dt = getattr(x, "dtype", None)
-        if dt is None:
+        if not isinstance(x, np.ndarray) and getattr(x, "__cuda_array_interface__", None) is None:
             x = np.asarray(x)
-            dt = x.dtype
-        dt = np.dtype(dt)
+        dt = np.dtype(x.dtype)
         if dt in (np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32),
                   np.dtype(np.float64)):
             return self.backend.asarray(x, dt)
@@ -289,18 +288,28 @@ class Unpooling(Layer):
 
     def _forward(self, bottoms):
         x, mask = bottoms
-        y = self.backend.empty(self.top_shapes[0], self.dtype)
-        bad = self.backend.pooling_unpool_forward(x, mask, y)
+        be = self.backend
+        top = self.top_shapes[0]
+        index_dtype = np.dtype(np.int32 if top[2] * top[3] < 2 ** 31 else np.int64)
+        # the validated indices are private: backward gathers through exactly what forward
+        # scattered through, and the buffer is reused from one forward to the next
+        index = self._index
+        if index is None or tuple(index.shape) != tuple(x.shape) or index.dtype != index_dtype:
+            index = be.empty(x.shape, index_dtype)
+            self._index = index
+        y = be.empty(top, self.dtype)
+        bad = be.pooling_unpool_forward(x, mask, y, index)
         if bad >= 0:
             self._bad_index(mask, bad)
-        self._mask = mask
         return [y]
 
     def _backward(self, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None, None]
         dx = self.backend.empty(self.bottom_shapes[0], self.dtype)
-        bad = self.backend.pooling_unpool_backward(top_diffs[0], self._mask, dx)
-        if bad >= 0:
-            self._bad_index(self._mask, bad)
+        self.backend.pooling_unpool_backward(top_diffs[0], self._index, dx)
         return [dx, None]
+
+    def _move_state(self, device):
+        super()._move_state(device)
+        self._index = None

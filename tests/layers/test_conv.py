@@ -344,16 +344,27 @@ def test_bias_lr_mult_zero_still_learns_the_weight(rng):
     assert np.any(conv.weight.diff != 0) and np.all(conv.bias.diff == 0)
 
 
-@pytest.mark.parametrize("n", [1, 2, 5])
+THREAD_CASES = [
+    # (batch, channels, size, num_output, kernel, stride, pad, group, dilation)
+    (1, 4, (19, 13), 6, 3, (2, 1), 1, 2, (1, 2)),     # one image: tiles and channel blocks
+    (2, 4, (19, 13), 6, 3, (2, 1), 1, 2, (1, 2)),     # few weight blocks: image classes
+    (5, 4, (19, 13), 6, 3, (2, 1), 1, 2, (1, 2)),
+    (3, 40, (33, 30), 8, 5, (1, 1), 2, 1, (1, 1)),    # many channel blocks and row tiles
+    (3, 16, (12, 11), 24, 1, (1, 1), 0, 1, (1, 1)),   # the 1x1 path
+]
+
+
+@pytest.mark.parametrize("case", THREAD_CASES, ids=range(len(THREAD_CASES)))
 @pytest.mark.parametrize("layer_type", [Convolution, Deconvolution])
-def test_one_and_two_threads_are_bit_identical(layer_type, n, rng):
-    x = rng.standard_normal((n, 4, 19, 13)).astype(np.float32)
+def test_one_and_two_threads_are_bit_identical(layer_type, case, rng):
+    n, c, size, m, k, s, p, g, d = case
+    x = rng.standard_normal((n, c) + size).astype(np.float32)
     results = []
     before = convnet.get_num_threads()
     try:
         for threads in (1, 2):
             convnet.set_num_threads(threads)
-            layer = layer_type(6, 3, stride=(2, 1), pad=1, group=2, dilation=(1, 2))
+            layer = layer_type(m, k, stride=s, pad=p, group=g, dilation=d)
             layer.rng = np.random.default_rng(3)
             y = layer.forward(x)
             dx = layer.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
@@ -362,6 +373,17 @@ def test_one_and_two_threads_are_bit_identical(layer_type, n, rng):
         convnet.set_num_threads(before)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+def test_many_blocks_match_torch(dtype, rng, torch1):
+    """Shapes that split into row tiles, channel blocks and image classes."""
+    F = torch1.nn.functional
+    for n, c, size, m, k, s, p, g, d in THREAD_CASES:
+        conv = Convolution(m, k, stride=s, pad=p, group=g, dilation=d, dtype=dtype,
+                           bias_filler=dict(type="gaussian", std=1.0))
+        x = rng.standard_normal((n, c) + size).astype(dtype)
+        dy = rng.standard_normal(conv.setup(x.shape)).astype(dtype)
+        _torch_check(conv, x, dy, F.conv2d, dtype)
 
 
 def test_float32_bottoms_are_converted_for_float64_layer(rng):

@@ -8,6 +8,7 @@ import pytest
 import convnet
 from convnet.errors import ConfigError, ShapeError
 from convnet.layers import Interp
+from convnet.layers.interp import bilinear_table
 from convnet.testing import check_gradients
 from tests.conftest import assert_close
 from tests.reference import interp as ref
@@ -120,6 +121,24 @@ def test_backward_matches_reference(seed, dtype):
     assert_close(dx, expected, dtype, scale=4.0)
 
 
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("seed", [s for s in SEEDS if s % 4 != 3][:10])
+def test_both_backward_programs_match_reference(seed, order, dtype):
+    # the kernel picks columns-first or rows-first by work count; check each one forced
+    from convnet._cpu import interp as kernels
+    params, x, _, out = interp_config(seed)
+    he = x.shape[2] + params["pad_beg"] + params["pad_end"]
+    we = x.shape[3] + params["pad_beg"] + params["pad_end"]
+    ac, off = params["align_corners"], -params["pad_beg"]
+    rows, rw = bilinear_table(he, out[0], ac, dtype, off)
+    cols, cw = bilinear_table(we, out[1], ac, dtype, off)
+    dy = np.random.default_rng(seed + 3000).standard_normal(x.shape[:2] + out).astype(dtype)
+    dx = np.full(x.shape, np.nan, dtype)
+    kernels.bilinear_backward(dy, dx, rows, rw, cols, cw, order)
+    expected = ref.interp_backward(dy, x.shape, **reference_kwargs(params))
+    assert_close(dx, expected, dtype, scale=4.0)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_backward_is_the_adjoint_of_forward(seed):
     params, x, ref_shape, out = interp_config(seed)
@@ -136,7 +155,7 @@ def test_backward_is_the_adjoint_of_forward(seed):
 def test_gradients_match_finite_differences(seed):
     params, x, ref_shape, _ = interp_config(seed)
     layer, bottoms = run(params, x, ref_shape)
-    check_gradients(layer, *bottoms, exhaustive=x.size <= 60)
+    check_gradients(layer, *bottoms, exhaustive=x.size <= 40)
 
 
 def test_zoom_with_align_corners_reproduces_every_source_pixel():
@@ -259,7 +278,7 @@ def _torch_case(seed):
 
 
 @pytest.mark.parametrize("align_corners", [True, False])
-@pytest.mark.parametrize("seed", [s for s in SEEDS if s % 4 != 3][:16])
+@pytest.mark.parametrize("seed", [s for s in SEEDS if s % 4 != 3][:10])
 def test_bilinear_matches_torch_forward_and_backward(seed, align_corners, dtype):
     torch = pytest.importorskip("torch")
     params, x, ref_shape, out, window = _torch_case(seed)

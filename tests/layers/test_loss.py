@@ -159,6 +159,25 @@ def test_large_equal_logits_give_log_c(dtype):
     assert layer.forward(scores, np.ones((1, 3, 3))) == pytest.approx(np.log(4), rel=1e-6)
 
 
+def test_nan_score_gives_nan_loss(dtype, rng):
+    scores = rng.standard_normal((2, 4, 3, 5))
+    scores[1, 2, 0, 3] = np.nan                 # not the first class, nor the max
+    loss = SoftmaxWithLoss(dtype=dtype).forward(scores, rng.integers(0, 4, (2, 3, 5)))
+    assert np.isnan(loss)
+
+
+@pytest.mark.parametrize("shape", [(2, 70, 13, 11), (3, 9000)])
+def test_many_classes_match_reference(shape, dtype, rng):
+    scores = rng.standard_normal(shape) * 2
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    labels.reshape(-1)[::7] = 255
+    layer = SoftmaxWithLoss(ignore_label=255, dtype=dtype)
+    loss = layer.forward(scores.astype(dtype), labels)
+    want_loss, want_grad = ref.softmax_loss(scores.astype(dtype), labels, 255, "VALID")
+    assert_close(loss, want_loss, dtype, scale=10)
+    assert_close(layer.backward()[0], want_grad, dtype)
+
+
 # ---------------------------------------------------------------- SoftmaxWithLoss: scaling
 
 def test_loss_weight_scales_loss_and_default_backward(rng):
@@ -336,7 +355,7 @@ def test_bad_normalization_is_an_error():
         SoftmaxWithLoss(normalization="MEAN", name="l")
 
 
-@pytest.mark.parametrize("axis", [0, 2, -1, True])
+@pytest.mark.parametrize("axis", [0, 2, -1, True, 1.0])
 def test_axis_other_than_one_is_an_error(axis):
     with pytest.raises(ConfigError, match=r"axis must be 1 .*got"):
         SoftmaxWithLoss(axis=axis)

@@ -1,0 +1,169 @@
+// BatchNorm: per-channel statistics and gradient sums (one block per channel, double
+// accumulators, fixed order: deterministic), element-wise normalisation and input gradient.
+#include <math.h>
+
+#include "common.cuh"
+
+using namespace convnet;
+
+namespace convnet {
+namespace normalization_impl {
+
+__device__ inline const float* channel_value(const float* a, int64_t j, int64_t c,
+                                             int64_t channels, int64_t spatial) {
+    return a + ((j / spatial) * channels + c) * spatial + j % spatial;
+}
+
+__global__ void stats_kernel(const float* x, float* mean, float* var, int64_t batch,
+                             int64_t channels, int64_t spatial) {
+    const int64_t c = blockIdx.x;
+    const int64_t count = batch * spatial;
+    double acc = 0.0;
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
+        acc += *channel_value(x, j, c, channels, spatial);
+    }
+    const double mu = block_sum(acc) / static_cast<double>(count);
+    acc = 0.0;
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
+        const double d = *channel_value(x, j, c, channels, spatial) - mu;
+        acc += d * d;
+    }
+    const double sigma2 = block_sum(acc) / static_cast<double>(count);
+    if (threadIdx.x == 0) {
+        mean[c] = static_cast<float>(mu);
+        var[c] = static_cast<float>(sigma2);
+    }
+}
+
+__global__ void update_kernel(float* running_mean, float* running_var, const float* mean,
+                              const float* var, float fraction, float correction,
+                              int64_t channels) {
+    CONVNET_GRID_STRIDE(c, channels) {
+        running_mean[c] = fraction * running_mean[c] + (1.0f - fraction) * mean[c];
+        running_var[c] = fraction * running_var[c] + (1.0f - fraction) * correction * var[c];
+    }
+}
+
+__global__ void forward_kernel(const float* x, const float* mean, const float* var, float eps,
+                               const float* scale, const float* bias, float* y, int64_t n,
+                               int64_t channels, int64_t spatial) {
+    CONVNET_GRID_STRIDE(i, n) {
+        const int64_t c = (i / spatial) % channels;
+        float a = 1.0f / sqrtf(var[c] + eps);
+        if (scale != nullptr) a *= scale[c];
+        float b = -mean[c] * a;
+        if (bias != nullptr) b += bias[c];
+        y[i] = x[i] * a + b;
+    }
+}
+
+// sums[2c] = sum dy, sums[2c + 1] = sum dy * xhat; dscale / dbias += them.
+__global__ void grad_sums_kernel(const float* dy, const float* x, const float* mean,
+                                 const float* var, float eps, double* sums, float* dscale,
+                                 float* dbias, int64_t batch, int64_t channels,
+                                 int64_t spatial) {
+    const int64_t c = blockIdx.x;
+    const int64_t count = batch * spatial;
+    const float inv_std = 1.0f / sqrtf(var[c] + eps);
+    const float mu = mean[c];
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
+        const float g = *channel_value(dy, j, c, channels, spatial);
+        const float xhat = (*channel_value(x, j, c, channels, spatial) - mu) * inv_std;
+        sum_dy += g;
+        sum_dy_xhat += static_cast<double>(g) * xhat;
+    }
+    sum_dy = block_sum(sum_dy);
+    sum_dy_xhat = block_sum(sum_dy_xhat);
+    if (threadIdx.x == 0) {
+        sums[2 * c] = sum_dy;
+        sums[2 * c + 1] = sum_dy_xhat;
+        if (dscale != nullptr) dscale[c] += static_cast<float>(sum_dy_xhat);
+        if (dbias != nullptr) dbias[c] += static_cast<float>(sum_dy);
+    }
+}
+
+__global__ void dx_kernel(const float* dy, const float* x, const float* mean, const float* var,
+                          float eps, const float* scale, const double* sums, float* dx,
+                          int64_t n, int64_t channels, int64_t spatial, int64_t count) {
+    CONVNET_GRID_STRIDE(i, n) {
+        const int64_t c = (i / spatial) % channels;
+        const float inv_std = 1.0f / sqrtf(var[c] + eps);
+        const float gain = scale != nullptr ? inv_std * scale[c] : inv_std;
+        if (sums == nullptr) {
+            dx[i] = dy[i] * gain;
+        } else {
+            const float xhat = (x[i] - mean[c]) * inv_std;
+            const float mean_dy = static_cast<float>(sums[2 * c] / count);
+            const float mean_dy_xhat = static_cast<float>(sums[2 * c + 1] / count);
+            dx[i] = gain * (dy[i] - xhat * mean_dy_xhat - mean_dy);
+        }
+    }
+}
+
+}  // namespace normalization_impl
+}  // namespace convnet
+
+using namespace convnet::normalization_impl;
+
+extern "C" {
+
+CONVNET_API convnet_status convnet_batch_norm_stats(const float* x, float* mean, float* var,
+                                                    int64_t batch, int64_t channels,
+                                                    int64_t spatial, void* stream) {
+    clear_error();
+    const char* name = "convnet_batch_norm_stats";
+    CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, name, "negative size");
+    CONVNET_REQUIRE(channels == 0 || batch * spatial > 0, name, "no values per channel");
+    return launch_blocks(name, channels, as_stream(stream), stats_kernel, x, mean, var, batch,
+                         channels, spatial);
+}
+
+CONVNET_API convnet_status convnet_batch_norm_update(float* running_mean, float* running_var,
+                                                     const float* mean, const float* var,
+                                                     float fraction, float var_correction,
+                                                     int64_t channels, void* stream) {
+    clear_error();
+    CONVNET_REQUIRE(channels >= 0, "convnet_batch_norm_update", "negative size");
+    return launch("batch_norm_update", channels, as_stream(stream), update_kernel,
+                  running_mean, running_var, mean, var, fraction, var_correction, channels);
+}
+
+CONVNET_API convnet_status convnet_batch_norm_forward(const float* x, const float* mean,
+                                                      const float* var, float eps,
+                                                      const float* scale, const float* bias,
+                                                      float* y, int64_t batch,
+                                                      int64_t channels, int64_t spatial,
+                                                      void* stream) {
+    clear_error();
+    CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, "convnet_batch_norm_forward",
+                    "negative size");
+    const int64_t n = batch * channels * spatial;
+    return launch("batch_norm_forward", n, as_stream(stream), forward_kernel, x, mean, var, eps,
+                  scale, bias, y, n, channels, spatial);
+}
+
+CONVNET_API convnet_status convnet_batch_norm_backward(
+    const float* dy, const float* x, const float* mean, const float* var, float eps,
+    const float* scale, float* dx, float* dscale, float* dbias, int32_t batch_stats,
+    int64_t batch, int64_t channels, int64_t spatial, void* stream) {
+    clear_error();
+    const char* name = "convnet_batch_norm_backward";
+    CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, name, "negative size");
+    cudaStream_t s = as_stream(stream);
+    const int64_t n = batch * channels * spatial;
+    const bool need_sums =
+        dscale != nullptr || dbias != nullptr || (dx != nullptr && batch_stats);
+    Scratch sums(s);
+    if (need_sums && n > 0) {
+        CONVNET_TRY(sums.allocate(2 * channels * sizeof(double), name));
+        CONVNET_TRY(launch_blocks(name, channels, s, grad_sums_kernel, dy, x, mean, var, eps,
+                                  sums.as<double>(), dscale, dbias, batch, channels, spatial));
+    }
+    if (dx == nullptr) return CONVNET_OK;
+    const double* used = batch_stats ? sums.as<double>() : nullptr;
+    return launch(name, n, s, dx_kernel, dy, x, mean, var, eps, scale, used, dx, n, channels,
+                  spatial, batch * spatial);
+}
+
+}  // extern "C"

@@ -1,0 +1,287 @@
+"""The CUDA backend: the built library against the ctypes table (no GPU needed), the loader's
+behaviour without a GPU, and, on a GPU, every layer on device='cuda' against the CPU backend."""
+
+import ctypes
+import inspect
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from convnet import cuda
+from convnet.backend import cpu as cpu_backend
+from convnet.cuda import _lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = os.path.join(ROOT, "include", "convnet_cuda.h")
+
+
+def built_library():
+    path = _lib.library_path()
+    if not os.path.exists(path):
+        pytest.skip(f"the CUDA library is not built ({path}); it needs nvcc")
+    return path
+
+
+def exported_symbols(path):
+    """Names the library exports: through dlopen (the CUDA runtime is linked statically, so
+    no driver is needed to load it), else from the dynamic symbol table."""
+    try:
+        lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL | os.RTLD_LAZY)
+    except OSError:
+        nm = shutil.which("nm")
+        if nm is None:
+            pytest.skip("the library does not load here and nm is missing")
+        out = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True,
+                             text=True, check=True).stdout
+        return {line.split()[-1] for line in out.splitlines() if " T " in line}
+    return {name for name, _, _ in _lib.FUNCTIONS if hasattr(lib, name)}
+
+
+def header_prototypes():
+    """(name, argument count) of every CONVNET_API function, in header order."""
+    text = re.sub(r"/\*.*?\*/", "", open(HEADER).read(), flags=re.S)
+    found = []
+    for m in re.finditer(r"CONVNET_API\s+[\w\s\*]+?\b(convnet_\w+)\s*\(([^)]*)\)", text):
+        args = m.group(2).strip()
+        found.append((m.group(1), 0 if args in ("", "void") else args.count(",") + 1))
+    return found
+
+
+def test_built_library_exports_every_function_of_the_ctypes_table():
+    symbols = exported_symbols(built_library())
+    missing = [name for name, _, _ in _lib.FUNCTIONS if name not in symbols]
+    assert not missing
+
+
+def test_built_library_exports_nothing_but_the_api():
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm is missing")
+    out = subprocess.run([nm, "-D", "--defined-only", built_library()], capture_output=True,
+                         text=True, check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if " T " in line}
+    assert exported == {name for name, _, _ in _lib.FUNCTIONS}
+
+
+def test_ctypes_table_matches_the_header_in_order_and_argument_count():
+    table = [(name, len(argtypes)) for name, _, argtypes in _lib.FUNCTIONS]
+    assert table == header_prototypes()
+
+
+def test_library_reports_the_abi_version_the_loader_expects():
+    built_library()
+    assert _lib.load().convnet_abi_version() == _lib.ABI_VERSION
+
+
+def test_every_status_has_a_name():
+    built_library()
+    lib = _lib.load()
+    names = [lib.convnet_status_string(s).decode() for s in range(7)]
+    assert names == ["CONVNET_OK", "CONVNET_ERR_CUDA", "CONVNET_ERR_INVALID_ARGUMENT",
+                     "CONVNET_ERR_BAD_INDEX", "CONVNET_ERR_CUBLAS_MISSING", "CONVNET_ERR_CUBLAS",
+                     "CONVNET_ERR_OUT_OF_MEMORY"]
+
+
+def test_invalid_argument_raises_cuda_error_with_status_and_message():
+    built_library()
+    with pytest.raises(cuda.CudaError, match="CONVNET_ERR_INVALID_ARGUMENT: convnet_malloc: "
+                                             "negative size") as info:
+        _lib.call("convnet_malloc", _lib.ref(_lib.void_p()), -1)
+    assert info.value.status == _lib.ERR_INVALID_ARGUMENT
+
+
+def test_missing_cublas_is_a_clear_status_naming_the_places_tried():
+    built_library()
+    status = _lib.call_status("convnet_cublas_load")
+    if status == _lib.OK:
+        pytest.skip("cuBLAS is installed here")
+    assert status == _lib.ERR_CUBLAS_MISSING
+    assert re.search(r"no libcublas could be loaded \(tried libcublas\.so\.13", _lib.last_error())
+
+
+def test_is_available_is_a_bool_with_a_reason_when_false():
+    available = cuda.is_available()
+    assert isinstance(available, bool)
+    assert (cuda.unavailable_reason() == "") == available
+
+
+def test_is_available_never_raises_for_a_missing_library(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVNET_CUDA_LIB", str(tmp_path / "nothing.so"))
+    monkeypatch.setattr(_lib, "_lib", None)
+    monkeypatch.setattr(_lib, "_load_error", None)
+    monkeypatch.setattr(cuda, "_available", None)
+    assert cuda.is_available() is False
+    assert "nothing.so does not exist" in cuda.unavailable_reason()
+
+
+def test_cuda_backend_has_every_cpu_backend_function_with_the_same_signature():
+    from convnet.backend import cuda as cuda_backend
+    for name, fn in inspect.getmembers(cpu_backend, inspect.isfunction):
+        if name.startswith("_") or fn.__module__ != cpu_backend.__name__:
+            continue
+        twin = getattr(cuda_backend, name, None)
+        assert twin is not None, name
+        assert inspect.signature(twin) == inspect.signature(fn), name
+
+
+# ------------------------------------------------------------------ on a GPU
+
+def _layers_and_inputs(rng):
+    """(name, layer factory, bottoms as float64 NumPy arrays) covering every layer."""
+    from convnet.layers import (BatchNorm, Concat, Convolution, Crop, Deconvolution, Dropout,
+                                Eltwise, EuclideanLoss, Interp, Pooling, ReLU,
+                                SoftmaxWithLoss, Unpooling)
+    cases = []
+    for i in range(6):
+        n, c = int(rng.integers(1, 3)), int(rng.integers(1, 3)) * 2
+        h, w = int(rng.integers(5, 12)), int(rng.integers(5, 12))
+        k, s, p, d = int(rng.integers(1, 4)), int(rng.integers(1, 3)), int(rng.integers(0, 2)), \
+            int(rng.integers(1, 3))
+        g = int(rng.choice([1, 2]))
+        x = rng.standard_normal((n, c, h, w))
+        cases.append((f"conv{i}", lambda k=k, s=s, p=p, d=d, g=g: Convolution(
+            num_output=4, kernel_size=k, stride=s, pad=p, dilation=d, group=g), [x]))
+        cases.append((f"deconv{i}", lambda k=k, s=s, p=p, g=g: Deconvolution(
+            num_output=4, kernel_size=k, stride=s, pad=min(p, k - 1), group=g), [x]))
+        kp = (int(rng.integers(2, 4)), int(rng.integers(1, 4)))
+        pool_pad = (int(rng.integers(0, kp[0])), int(rng.integers(0, kp[1])))
+        tie_free = rng.permutation(x.size).reshape(x.shape).astype(np.float64)
+        cases.append((f"maxpool{i}", lambda kp=kp, s=s, pp=pool_pad: Pooling(
+            kernel_size=kp, stride=s, pad=pp), [tie_free]))
+        cases.append((f"avepool{i}", lambda kp=kp, s=s, pp=pool_pad: Pooling(
+            kernel_size=kp, stride=s, pad=pp, pool="AVE"), [x]))
+        cases.append((f"interp{i}", lambda: Interp(zoom_factor=2), [x]))
+        cases.append((f"interp_nearest{i}", lambda h=h: Interp(height=h + 3, width=7,
+                                                               mode="nearest"), [x]))
+        cases.append((f"interp_pytorch{i}", lambda: Interp(shrink_factor=2, align_corners=False),
+                      [x]))
+        cases.append((f"relu{i}", lambda: ReLU(negative_slope=0.1), [x]))
+        cases.append((f"dropout{i}", lambda: Dropout(dropout_ratio=0.3, seed=5), [x]))
+        cases.append((f"batchnorm{i}", lambda: BatchNorm(), [x]))
+        cases.append((f"crop{i}", lambda: Crop(axis=2, offset=1),
+                      [x, np.zeros((n, 1, h - 2, w - 3))]))
+        cases.append((f"concat{i}", lambda: Concat(axis=1), [x, rng.standard_normal(x.shape)]))
+        for op in ("SUM", "PROD", "MAX"):
+            cases.append((f"eltwise_{op}{i}", lambda op=op: Eltwise(op),
+                          [x, rng.standard_normal(x.shape), rng.standard_normal(x.shape)]))
+        labels = rng.integers(0, c, size=(n, h, w))
+        labels[0, 0, 0] = 255
+        cases.append((f"softmax{i}", lambda: SoftmaxWithLoss(ignore_label=255), [x, labels]))
+        cases.append((f"euclidean{i}", lambda: EuclideanLoss(),
+                      [x, rng.standard_normal(x.shape)]))
+        pooled = rng.standard_normal((n, c, 3, 4))
+        mask = np.stack([rng.permutation(6 * 8)[:12] for _ in range(n * c)]).reshape(pooled.shape)
+        cases.append((f"unpool{i}", lambda: Unpooling(kernel_size=2, stride=2, out_size=(6, 8)),
+                      [pooled, mask.astype(np.float32)]))
+    return cases
+
+
+def _run(layer, bottoms, top_seed):
+    from convnet.backend import get
+    be = get(layer.device)
+    out = layer.forward(*[be.asarray(b) for b in bottoms])
+    tops = out if isinstance(out, tuple) else (out,)
+    if layer.is_loss:
+        values = [np.float64(out)]
+        diffs = layer.backward()
+    else:
+        values = [be.to_numpy(t).astype(np.float64) for t in tops]
+        rng = np.random.default_rng(top_seed)
+        grads = [rng.standard_normal(v.shape).astype(np.float32) for v in values]
+        diffs = layer.backward(*[be.asarray(g) for g in grads])
+    diffs = diffs if isinstance(diffs, tuple) else (diffs,)
+    values += [be.to_numpy(d).astype(np.float64) for d in diffs if d is not None]
+    values += [be.to_numpy(p.diff).astype(np.float64) for p in layer.params]
+    return values
+
+
+@pytest.mark.cuda
+def test_every_layer_on_cuda_matches_the_cpu_backend_in_float32():
+    rng = np.random.default_rng(7)
+    for name, make, bottoms in _layers_and_inputs(rng):
+        bottoms = [b.astype(np.float32) if b.dtype.kind == "f" else b for b in bottoms]
+        layer = make()
+        state = layer.get_rng_state()
+        expected = _run(layer, bottoms, 1)
+        for p in layer.params:
+            p.zero_diff()
+        layer.set_rng_state(state)
+        layer.to("cuda")
+        for p in layer.params:
+            p.zero_diff()
+        got = _run(layer, bottoms, 1)
+        assert len(got) == len(expected), name
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.cuda
+def test_cuda_backward_passes_are_deterministic():
+    rng = np.random.default_rng(8)
+    for name, make, bottoms in _layers_and_inputs(rng):
+        bottoms = [b.astype(np.float32) if b.dtype.kind == "f" else b for b in bottoms]
+        layer = make()
+        layer.forward(*bottoms)
+        layer.to("cuda")
+        state = layer.get_rng_state()
+        runs = []
+        for _ in range(2):
+            layer.set_rng_state(state)
+            for p in layer.params:
+                p.zero_diff()
+            runs.append(_run(layer, bottoms, 2))
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.cuda
+def test_unpooling_bad_mask_on_cuda_is_a_data_error():
+    from convnet.errors import DataError
+    from convnet.layers import Unpooling
+    layer = Unpooling(kernel_size=2, stride=2).to("cuda")
+    x = np.ones((1, 1, 2, 2), np.float32)
+    mask = np.array([[[[0, 1], [99, 2]]]], np.int64)
+    with pytest.raises(DataError, match="invalid max index 99 at \\(0, 0, 1, 0\\)"):
+        layer.forward(x, mask)
+
+
+@pytest.mark.cuda
+def test_softmax_bad_label_on_cuda_is_a_data_error():
+    from convnet.errors import DataError
+    from convnet.layers import SoftmaxWithLoss
+    layer = SoftmaxWithLoss().to("cuda")
+    with pytest.raises(DataError, match="label 7 at position \\(0, 1, 0\\)"):
+        layer.forward(np.zeros((1, 3, 2, 1), np.float32), np.array([[[0], [7]]]))
+
+
+@pytest.mark.cuda
+def test_device_array_round_trip_fill_copy_and_interface():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    d = cuda.to_device(a)
+    np.testing.assert_array_equal(d.get(), a)
+    np.testing.assert_array_equal(d.reshape(6, -1).get(), a.reshape(6, 4))
+    c = d.copy()
+    d[...] = 1.5
+    np.testing.assert_array_equal(c.get(), a)
+    np.testing.assert_array_equal(d.get(), np.full_like(a, 1.5))
+    d[...] = c
+    np.testing.assert_array_equal(d.get(), a)
+    iface = d.__cuda_array_interface__
+    assert iface["version"] == 3 and iface["shape"] == (2, 3, 4) and iface["typestr"] == "<f4"
+    labels = cuda.to_device(np.array([3, -1, 7], np.int64))
+    labels[...] = 9
+    np.testing.assert_array_equal(labels.get(), [9, 9, 9])
+    d.close()
+
+
+@pytest.mark.cuda
+def test_mixing_a_numpy_array_into_a_cuda_backend_call_is_a_device_error():
+    from convnet.backend import cuda as cuda_backend
+    from convnet.errors import DeviceError
+    y = cuda_backend.empty((4,), np.float32)
+    with pytest.raises(DeviceError, match="cannot be mixed"):
+        cuda_backend.activation_relu_forward(np.ones(4, np.float32), 0.0, y)

@@ -1,0 +1,238 @@
+"""scripts/train_segmentation.py and scripts/segment.py on tiny settings: flags, outputs, exit
+statuses, resume, eval-only, Ctrl-C. Most runs call main() in-process (fast); the command line
+itself and SIGINT run in a subprocess."""
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(ROOT, "scripts")
+TINY = ["--batch-size", "2", "--width", "4", "--train-images", "8", "--val-images", "4",
+        "--threads", "1"]
+FINAL_LINE = re.compile(r"^val mIoU=\d\.\d{3} pixel_acc=\d\.\d{3}$")
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, name + ".py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def train_script():
+    return load_script("train_segmentation")
+
+
+@pytest.fixture(scope="module")
+def segment_script():
+    return load_script("segment")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, train_script):
+    """One tiny training run shared by the tests that need its outputs."""
+    out = tmp_path_factory.mktemp("run")
+    assert train_script.main(["--iters", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def subprocess_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def write_folder(root, n=3, size=(16, 24), drop_mask=None):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        rgb = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+        Image.fromarray(rgb).save(root / "images" / f"img{i}.png")
+        if i != drop_mask:
+            lab = rng.choice(np.array([0, 1, 2, 255], dtype=np.uint8), size=size)
+            Image.fromarray(lab).save(root / "labels" / f"img{i}.png")
+    return root
+
+
+def test_command_line_run_prints_progress_and_final_line_and_writes_outputs(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(SCRIPTS, "train_segmentation.py"),
+                           "--iters", "3", "--out", str(out), *TINY],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert FINAL_LINE.match(lines[-1]), lines[-1]
+    assert re.search(r"^Iteration 3, loss = \d+\.\d{4}, lr = \S+, \d+\.\d img/s, ETA 0:00:00$",
+                     proc.stdout, re.M), proc.stdout
+    for name in ("weights.npz", "snapshot.npz", "predictions.png"):
+        assert (out / name).stat().st_size > 0
+    with Image.open(out / "predictions.png") as grid:
+        assert grid.mode == "RGB"
+        # 3 rows (input, truth, prediction) of 64x64 tiles, 2-pixel gaps, zoomed x2
+        assert grid.size == (2 * (4 * 64 + 3 * 2), 2 * (3 * 64 + 2 * 2))
+
+
+@pytest.mark.filterwarnings("ignore:.*resuming with hyper-parameters that differ")
+def test_resume_continues_from_the_snapshot_iteration(trained, train_script, tmp_path, capsys):
+    out = tmp_path / "resumed"
+    status = train_script.main(["--iters", "3", "--resume", str(trained / "snapshot.npz"),
+                                "--out", str(out), *TINY])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "Resumed from" in text and "at iteration 2" in text
+    assert "Iteration 3," in text and "Iteration 1," not in text
+    assert FINAL_LINE.match(text.strip().splitlines()[-1])
+
+
+def test_eval_only_reports_the_trained_weights_score(trained, train_script, tmp_path, capsys):
+    out = tmp_path / "eval"
+    status = train_script.main(["--eval-only", "--weights", str(trained / "weights.npz"),
+                                "--out", str(out), *TINY])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "Iteration" not in text
+    assert FINAL_LINE.match(text.strip().splitlines()[-1])
+    assert (out / "predictions.png").exists() and not (out / "weights.npz").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--iters", "0"], "--iters must be >= 1"),
+    (["--batch-size", "-2"], "--batch-size must be >= 1"),
+    (["--lr", "nan"], "--lr must be a positive number"),
+    (["--device", "tpu"], "invalid choice"),
+    (["--eval-only"], "--eval-only needs --weights"),
+    (["--weights", "w.npz"], "--weights is only used with --eval-only"),
+    (["--num-classes", "3"], "--num-classes goes with --data"),
+    (["--data", "d", "--size", "30", "32"], "--size must be multiples of 8"),
+    (["--no-such-flag"], "unrecognized arguments"),
+])
+def test_bad_flags_exit_with_status_2_and_a_message(train_script, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        train_script.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def one_line_error(capsys):
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_missing_data_folder_exits_2(train_script, tmp_path, capsys):
+    assert train_script.main(["--data", str(tmp_path / "nowhere"), *TINY]) == 2
+    assert "nowhere: no such folder" in one_line_error(capsys)
+
+
+def test_image_without_mask_exits_2_naming_the_file(train_script, tmp_path, capsys):
+    root = write_folder(tmp_path / "d", drop_mask=1)
+    assert train_script.main(["--data", str(root), *TINY]) == 2
+    assert re.search(r"img1.png has no label mask", one_line_error(capsys))
+
+
+def test_folder_of_odd_sized_images_needs_size(train_script, tmp_path, capsys):
+    root = write_folder(tmp_path / "d", size=(15, 20))
+    assert train_script.main(["--data", str(root), *TINY]) == 2
+    assert "pass --size H W" in one_line_error(capsys)
+
+
+def test_missing_resume_snapshot_exits_2(train_script, tmp_path, capsys):
+    assert train_script.main(["--resume", str(tmp_path / "none.npz"), *TINY]) == 2
+    assert "none.npz: no such file" in one_line_error(capsys)
+
+
+def test_garbage_snapshot_exits_2(train_script, tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"garbage")
+    assert train_script.main(["--resume", str(bad), "--out", str(tmp_path), *TINY]) == 2
+    assert "bad.npz" in one_line_error(capsys)
+
+
+def test_trains_on_a_user_folder_with_inferred_classes(train_script, tmp_path, capsys):
+    root = write_folder(tmp_path / "d", n=4)
+    status = train_script.main(["--data", str(root), "--iters", "2", "--size", "16", "16",
+                                "--out", str(tmp_path / "out"), *TINY])
+    text = capsys.readouterr().out
+    assert status == 0
+    assert "3 classes" in text and FINAL_LINE.match(text.strip().splitlines()[-1])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_non_finite_loss_stops_naming_the_iteration_and_keeps_the_snapshot(
+        trained, train_script, tmp_path, capsys):
+    out = tmp_path / "nan"
+    out.mkdir()
+    snapshot = out / "snapshot.npz"
+    snapshot.write_bytes((trained / "snapshot.npz").read_bytes())
+    before = snapshot.read_bytes()
+    status = train_script.main(["--iters", "6", "--lr", "1e30", "--out", str(out), *TINY])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert re.search(r"loss is (nan|inf) at iteration \d+", err)
+    assert "last good snapshot is kept" in err
+    assert snapshot.read_bytes() == before
+
+
+def test_ctrl_c_writes_a_snapshot_and_exits_130(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-u", os.path.join(SCRIPTS, "train_segmentation.py"),
+                             "--iters", "100000", "--out", str(out), *TINY],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=subprocess_env())
+    try:
+        deadline = time.time() + 60
+        for line in proc.stdout:
+            if line.startswith("Iteration 1,") or time.time() > deadline:
+                break
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Interrupted at iteration" in rest and "--resume" in rest
+    assert (out / "snapshot.npz").stat().st_size > 0
+
+
+def test_segment_writes_a_mask_of_the_image_size(trained, segment_script, tmp_path, capsys):
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (21, 30, 3), dtype=np.uint8)
+                    ).save(image)
+    out = tmp_path / "mask.png"
+    assert segment_script.main(["--weights", str(trained / "weights.npz"), "--image",
+                                str(image), "--out", str(out)]) == 0
+    with Image.open(out) as mask:
+        assert mask.size == (30, 21) and mask.mode == "RGB"
+        colours = {tuple(c) for c in np.asarray(mask).reshape(-1, 3)}
+    from convnet.data import palette
+    assert colours <= {tuple(c) for c in palette(5)}
+    assert "21x30 mask, 5 classes" in capsys.readouterr().out
+
+
+def test_segment_errors_exit_2(trained, segment_script, tmp_path, capsys):
+    weights = str(trained / "weights.npz")
+    assert segment_script.main(["--weights", weights, "--image", str(tmp_path / "no.png"),
+                                "--out", str(tmp_path / "m.png")]) == 2
+    assert "no.png: no such file" in one_line_error(capsys)
+    image = tmp_path / "im.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    assert segment_script.main(["--weights", weights, "--image", str(image), "--out",
+                                str(tmp_path / "m.png"), "--num-classes", "7"]) == 2
+    assert "predict 5 classes" in one_line_error(capsys)
+    with pytest.raises(SystemExit) as exc:
+        segment_script.main(["--weights", weights, "--image", str(image)])
+    assert exc.value.code == 2
