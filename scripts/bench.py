@@ -327,7 +327,7 @@ def run(args):
     convnet.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)
-    ctx = {"rng": np.random.default_rng(args.seed), "torch": torch,
+    ctx = {"rng": np.random.default_rng(args.seed), "torch": torch, "threads": args.threads,
            "torch_device": "cuda" if args.device == "cuda" else "cpu"}
     sync = torch.cuda.synchronize if (torch is not None and args.device == "cuda") else None
     wanted = args.cases.split(",") if args.cases else [c.name for c in CASES] + ["train_step"]
