@@ -107,7 +107,8 @@ def cython_extensions():
         "embedsignature": True,
     }
     return cythonize(extensions, compiler_directives=directives, include_path=["pyx"],
-                     build_dir=os.path.join("build", "cython"), quiet=True)
+                     build_dir=os.path.join("build", "cython-debug" if DEBUG else "cython"),
+                     quiet=True)
 
 
 def find_nvcc():

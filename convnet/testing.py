@@ -212,4 +212,5 @@ def _check_one(layer, host, kind, idx, analytic, objective, eps, rtol, atol, exh
 
 
 def _loc(shape, flat, num, ana):
-    return f"index {np.unravel_index(flat, shape)} (numeric {num:.6g}, analytic {ana:.6g})"
+    index = tuple(int(i) for i in np.unravel_index(flat, shape))
+    return f"index {index} (numeric {num:.6g}, analytic {ana:.6g})"

@@ -46,7 +46,6 @@ Measured on the 2-core AVX-512 (AMD EPYC) machine, float32, N=8, while other job
 
 from cython cimport floating
 from cython.parallel cimport prange
-from libc.string cimport memset
 
 from _blas cimport gemm
 from _openmp cimport omp_get_thread_num

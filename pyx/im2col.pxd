@@ -6,10 +6,10 @@
 # contiguous block [g*Cg*kh*kw, (g+1)*Cg*kh*kw). col2im is its adjoint: it zeroes the planes
 # and adds every col entry back into the pixel it came from.
 #
-# Both work on a block of channels [c0, c1) and output rows [oh0, oh1): the block's col has
-# rows ((c - c0)*kh + i)*kw + j and columns (oh - oh0)*OW + ow, row stride ld, so a block
-# fits in cache and callers can split one image over threads (col2im writes only the planes
-# of its own channels: no races between channel blocks). Sizes are validated in
+# Both work on a block of channels [c0, c1) (im2col also on output rows [oh0, oh1)): the
+# block's col has rows ((c - c0)*kh + i)*kw + j and columns (oh - oh0)*OW + ow, row stride
+# ld, so a block fits in cache and callers can split one image over threads (col2im writes
+# only the planes of its own channels: no races between channel blocks). Sizes are validated in
 # Python; OH and OW are arguments (a Deconvolution with output_padding has rows no input
 # reaches), every index is bounds-checked against H and W here.
 

@@ -340,7 +340,8 @@ def run(args):
           f"{'PyTorch ' + torch.__version__ if torch is not None else 'no PyTorch'}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"threads={args.threads}, device={args.device}, reps={args.reps}, "
-          f"GLIBC_TUNABLES={'set' if os.environ.get('GLIBC_TUNABLES') == TUNABLES else 'default'}")
+          f"GLIBC_TUNABLES={'set' if os.environ.get('GLIBC_TUNABLES') == TUNABLES else 'default'}, "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'auto')}")
     header = (f"{'case':<15}{'pass':<5}{'convnet ms':>11}{'torch ms':>10}{'ratio':>7}"
               f"{'GFLOP/s':>9}{'%sgemm':>8}{'GB/s':>7}{'%copy':>7}{'x copy t':>9}")
     print(header)

@@ -247,6 +247,49 @@ def case_cheap(gen):
     return {"kind": int(kind)}
 
 
+class WrongReport(Exception):
+    """A DataError that names another value or position than the first bad one."""
+
+
+def case_first_bad(gen):
+    """Masks and labels with a few bad values: the DataError must name the first one in
+    row-major order (the kernels scan planes in parallel, the report must not depend on it)."""
+    shape = (int(gen.rng.integers(1, 4)), int(gen.rng.integers(1, 5)),
+             int(gen.rng.integers(1, 7)), int(gen.rng.integers(1, 7)))
+    unpool = gen.chance(0.5)
+    if unpool:
+        k = 2
+        plane = (shape[2] * k) * (shape[3] * k)
+        values = gen.rng.integers(0, plane, shape)
+        bad_values = [-1, plane, plane + 7, 2 ** 40]
+    else:
+        classes = shape[1]
+        values = gen.rng.integers(0, classes, (shape[0],) + shape[2:])
+        bad_values = [-1, classes, classes + 3, 2 ** 40]
+    dtype = gen.pick([np.int64, np.int32, np.float32, np.float64])
+    if dtype is np.int32:
+        bad_values = bad_values[:-1]          # 2**40 would wrap to a valid int32
+    flat = values.reshape(-1)
+    spots = gen.rng.choice(flat.size, size=min(flat.size, int(gen.rng.integers(1, 4))),
+                           replace=False)
+    for spot in spots:
+        flat[spot] = gen.pick(bad_values)
+    values = values.astype(dtype)
+    first = tuple(int(i) for i in np.unravel_index(int(min(spots)), values.shape))
+    try:
+        if unpool:
+            Unpooling(kernel_size=2, stride=2, name="fuzz").forward(
+                gen.array(shape, special=0), values)
+        else:
+            SoftmaxWithLoss(name="fuzz").forward(gen.array(shape, special=0), values)
+    except ConvnetError as exc:
+        if f"{first}" not in str(exc) or type(exc).__name__ != "DataError":
+            raise WrongReport(f"expected a DataError at {first}, got {type(exc).__name__}: "
+                              f"{exc}") from None
+        raise
+    raise WrongReport(f"no error for bad values at {sorted(spots)}")
+
+
 def huge_outputs():
     """Requested outputs no machine can hold (2**31 to 2**62 elements): each must be refused
     with a convnet error before any allocation, not a NumPy MemoryError or ValueError."""
@@ -268,7 +311,7 @@ def huge_outputs():
 
 
 CASES = [case_conv, case_conv, case_pool, case_unpool, case_unpool, case_interp,
-         case_softmax, case_softmax, case_cheap]
+         case_softmax, case_softmax, case_cheap, case_first_bad]
 
 
 #: address-space cap: a huge output that slips past the checks fails with MemoryError (a

@@ -15,8 +15,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from convnet import (AdamSolver, ConfigError, DataError, FileFormatError, Net, SGDSolver,
-                     ShapeError, StateError)
+import convnet
+from convnet import (AdamSolver, ConfigError, ConvnetError, DataError, FileFormatError, Net,
+                     SGDSolver, ShapeError, StateError)
 from convnet.layers import (BatchNorm, Concat, Convolution, Crop, Deconvolution, Dropout,
                             Eltwise, EuclideanLoss, Interp, Pooling, ReLU, SoftmaxWithLoss,
                             Unpooling)
@@ -455,7 +456,8 @@ SOLVER_CASES = [
      FileFormatError, r"s\.npz: snapshot was written by a AdamSolver, cannot restore it into "
                       r"a SGDSolver"),
     ("snapshot_other_net", restore(saved_snapshot, net=lambda: tiny_net(num_output=4)),
-     ShapeError, r"s\.npz: 'conv1/weight' has shape 3x3x3x3 in the file but 4x3x3x3"),
+     ShapeError, r"s\.npz: solver history 'history/0/conv1/weight' has shape 3x3x3x3, the "
+                 r"param has 4x3x3x3"),
     ("snapshot_truncated", restore(lambda t: truncated(t, saved_snapshot(t))),
      FileFormatError, r"cut\.npz: snapshot is truncated or corrupted"),
     ("snapshot_empty", restore(lambda t: write_bytes(t, "empty.npz", b"")),
@@ -545,36 +547,236 @@ def test_bad_input_raises_specific_error_naming_the_culprit(tmp_path, run, exc, 
     assert "\n" not in str(info.value).strip()
 
 
-# --------------------------------------------------------------------------- command line
-def run_script(args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+# --------------------------------------------------------------------------- known defects
+# Bad inputs that still escape as a non-convnet exception, a misleading message or a partial
+# state change; each is strict-xfail until its owner fixes it (then the mark goes).
+def snapshot_with_meta(tmp, **changes):
+    """A snapshot of a net with Dropout and a data iterator, its metadata changed."""
+    from convnet.data import BatchIterator, SyntheticShapes
+    solver = SGDSolver(dropout_net(), data=BatchIterator(
+        SyntheticShapes("val", num_images=4, size=16), 2))
+    solver.step()
+    path = os.path.join(tmp, "s.npz")
+    solver.snapshot(path)
+
+    def change(arrays):
+        meta = json.loads(str(arrays["__format__"][()]))
+        for key, value in changes.items():
+            meta[key] = value(meta[key]) if callable(value) else value
+        arrays["__format__"] = np.array(json.dumps(meta))
+    return rewrite_npz(path, os.path.join(tmp, "bad_meta.npz"), change)
 
 
-SCRIPT_CASES = [
-    ("iters_zero", ["--iters", "0"], r"--iters must be >= 1, got 0"),
-    ("negative_lr", ["--lr", "-1"], r"--lr must be a positive number, got -1"),
-    ("not_a_number", ["--batch-size", "many"], r"--batch-size: invalid int value: 'many'"),
-    ("unknown_flag", ["--epochs", "3"], r"unrecognized arguments: --epochs 3"),
-    ("size_not_multiple_of_8", ["--data", ".", "--size", "60", "64"],
-     r"--size must be multiples of 8.*got 60 64"),
-    ("eval_without_weights", ["--eval-only"], r"--eval-only needs --weights FILE"),
-    ("missing_data_folder", ["--data", "no_such_dir", "--iters", "1"],
-     r"--data no_such_dir: no such folder"),
-    ("missing_resume_file", ["--resume", "no_such.npz", "--iters", "1"],
-     r"--resume no_such.npz: no such file"),
+def dropout_net():
+    net = Net("drop")
+    conv = Convolution(num_output=5, kernel_size=3, pad=1, name="conv1")
+    conv.rng = np.random.default_rng(0)
+    net.add(conv, bottom=["data"], top=["c"])
+    net.add(Dropout(seed=1, name="drop1"), bottom=["c"], top=["c"])
+    net.add(SoftmaxWithLoss(name="loss"), bottom=["c", "label"], top=["loss"])
+    return net
+
+
+def restore_leaves_solver_untouched(**changes):
+    """Restore a damaged snapshot; the error must come before any weight or the iteration
+    changes."""
+    def run(tmp):
+        from convnet.data import BatchIterator, SyntheticShapes
+        path = snapshot_with_meta(tmp, **changes)
+        solver = SGDSolver(dropout_net(), data=BatchIterator(
+            SyntheticShapes("val", num_images=4, size=16), 2))
+        solver.net.setup(data=(2, 3, 16, 16), label=(2, 16, 16))
+        before = solver.net.layer("conv1").weight.data.copy()
+        try:
+            solver.restore(path)
+        finally:
+            assert solver.iter == 0
+            np.testing.assert_array_equal(solver.net.layer("conv1").weight.data, before)
+    return run
+
+
+def net_set_rng_state_junk(tmp):
+    net = Net("n")
+    net.add(Dropout(seed=1, name="drop1"), bottom=["x"], top=["y"])
+    net.set_rng_state({"drop1": "junk"})
+
+
+class ListData:
+    def next_batch(self):
+        return [np.zeros((1, 3, 6, 5), np.float32), np.zeros((1, 6, 5), np.int64)]
+
+
+DEFECT_CASES = [
+    ("string_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
+        np.array([[[["a"]]]])),
+     r"Convolution 'c1': bottom 0 .*(str|<U1)",
+     "layers/base.py Layer._convert_bottom (backend.asarray): a string array escapes as "
+     "NumPy's ValueError 'could not convert string to float'"),
+    ("ragged_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
+        [[[[1.0], [1.0, 2.0]]]]),
+     r"Convolution 'c1': bottom 0 ",
+     "layers/base.py Layer._convert_bottom: a ragged nested list escapes as NumPy's "
+     "ValueError 'inhomogeneous shape'"),
+    ("complex_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
+        np.ones((1, 1, 2, 2), np.complex64) * 1j),
+     r"Convolution 'c1': bottom 0 .*complex",
+     "layers/base.py Layer._convert_bottom: a complex bottom is silently cast to its real "
+     "part (a ComplexWarning only)"),
+    ("object_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
+        np.array([[[[None]]]], dtype=object)),
+     r"Convolution 'c1': bottom 0 .*object",
+     "layers/base.py Layer._convert_bottom: an object array of None becomes NaN silently"),
+    ("string_top_diff", lambda t: (lambda c: (c.forward(x4(c=1)), c.backward("x")))(
+        Convolution(num_output=1, kernel_size=1, name="c1")),
+     r"Convolution 'c1': top diff 0 ",
+     "layers/base.py Layer.backward: a non-numeric top diff escapes as NumPy's ValueError"),
+    ("unpool_uint64_mask", unpool_with_mask(np.array([0, 1, 2, 2 ** 64 - 1], np.uint64)),
+     r"Unpooling 'up1': invalid max index 18446744073709551615 at \(0, 0, 1, 1\)",
+     "layers/pooling.py Unpooling._convert_bottom casts uint64 to int64, so the message "
+     "names index -1 instead of 18446744073709551615"),
+    ("param_lr_mult_string",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{"lr_mult": "x"}], name="c1"),
+     r"Convolution 'c1': .*lr_mult.*'x'",
+     "layers/base.py Layer.__init__ accepts param=[{'lr_mult': 'x'}]; setup then fails with "
+     "ValueError from float('x') in Param()"),
+    ("param_lr_mult_nan",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{"lr_mult": float("nan")}],
+                           name="c1"),
+     r"Convolution 'c1': .*lr_mult.*nan",
+     "layers/base.py Layer.__init__ accepts a NaN lr_mult (every update then writes NaN)"),
+    ("too_many_param_specs",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{}, {}, {}], name="c1").setup(
+         (1, 1, 2, 2)),
+     r"Convolution 'c1': .*3 param.* 2",
+     "layers/base.py: three param specs for a layer with two params are silently ignored "
+     "(Caffe: 'Too many params specified for layer')"),
+    ("seed_not_int", lambda t: convnet.seed("x"),
+     r"seed.*'x'",
+     "fillers.py seed('x') escapes as NumPy's TypeError from SeedSequence"),
+    ("net_rng_state_junk", net_set_rng_state_junk,
+     r"Dropout 'drop1'.*state",
+     "net.py Net.set_rng_state / activation.py Dropout.set_rng_state raise a bare TypeError "
+     "'state must be a dict' naming no layer"),
+    ("solver_data_not_a_dict", lambda t: SGDSolver(tiny_net(), data=ListData()).step(),
+     r"SGDSolver: .*next_batch\(\).*list",
+     "solvers.py Solver.step: a data object whose next_batch() returns a list escapes as "
+     "TypeError 'argument after ** must be a mapping'"),
+    ("save_into_missing_folder",
+     lambda t: tiny_net().save(os.path.join(t, "nodir", "w.npz")),
+     r"nodir.w\.npz: ",
+     "snapshot.py write_npz_atomic: a missing target folder raises a raw FileNotFoundError "
+     "naming the temp file '.w.npz.XXXX.tmp', not the target"),
+    ("snapshot_into_missing_folder",
+     lambda t: SGDSolver(tiny_net()).snapshot(os.path.join(t, "nodir", "s.npz")),
+     r"nodir.s\.npz: ",
+     "snapshot.py write_npz_atomic: as above for solver.snapshot"),
+    ("snapshot_rng_state_junk", restore_leaves_solver_untouched(rng_state={"drop1": "junk"}),
+     r"bad_meta\.npz: .*drop1",
+     "snapshot.py load_snapshot: a corrupted rng_state raises a bare TypeError from "
+     "Dropout.set_rng_state after the weights were already overwritten (partial restore)"),
+    ("snapshot_rng_state_wrong_generator",
+     restore_leaves_solver_untouched(rng_state={"drop1": {"bit_generator": "MT19937"}}),
+     r"bad_meta\.npz: .*drop1",
+     "snapshot.py load_snapshot: a wrong rng_state raises a bare ValueError 'state must be "
+     "for a PCG64 RNG' after the weights were overwritten"),
+    ("snapshot_data_state_junk", restore_leaves_solver_untouched(data_state={"x": 1}),
+     r"bad_meta\.npz: .*data",
+     "snapshot.py load_snapshot: a corrupted data_state raises BatchIterator's ConfigError "
+     "(naming no file) after the weights and the iteration were restored (partial restore)"),
+    ("snapshot_negative_iteration", restore_leaves_solver_untouched(iter=-5),
+     r"bad_meta\.npz: .*-5",
+     "snapshot.py load_snapshot accepts iteration -5 (the lr policies then compute with a "
+     "negative iteration)"),
 ]
 
 
-@pytest.mark.parametrize("args, pattern", [pytest.param(*c[1:], id=c[0])
-                                           for c in SCRIPT_CASES])
-def test_script_rejects_bad_flag_with_status_2_and_one_line(tmp_path, args, pattern):
-    result = run_script(args, str(tmp_path))
+@pytest.mark.filterwarnings("ignore:Casting complex values")
+@pytest.mark.parametrize("run, pattern", [
+    pytest.param(*c[1:3], id=c[0], marks=pytest.mark.xfail(strict=True, reason=c[3]))
+    for c in DEFECT_CASES])
+def test_known_defect_bad_input_raises_convnet_error_naming_the_culprit(tmp_path, run,
+                                                                        pattern):
+    with pytest.raises(ConvnetError, match=pattern):
+        run(str(tmp_path))
+
+
+# --------------------------------------------------------------------------- command line
+SCRIPTS = os.path.join(ROOT, "scripts")
+GARBAGE = {"junk.npz": b"PK\x03\x04 definitely not a zip", "photo.png": b"\x89PNG broken"}
+
+
+def run_script(script, args, cwd):
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+SCRIPT_CASES = [
+    ("iters_zero", "train_segmentation.py", ["--iters", "0"], r"--iters must be >= 1, got 0"),
+    ("negative_lr", "train_segmentation.py", ["--lr", "-1"],
+     r"--lr must be a positive number, got -1"),
+    ("nan_lr", "train_segmentation.py", ["--lr", "nan"], r"--lr must be a positive number"),
+    ("not_a_number", "train_segmentation.py", ["--batch-size", "many"],
+     r"--batch-size: invalid int value: 'many'"),
+    ("unknown_flag", "train_segmentation.py", ["--epochs", "3"],
+     r"unrecognized arguments: --epochs 3"),
+    ("size_not_multiple_of_8", "train_segmentation.py", ["--data", ".", "--size", "60", "64"],
+     r"--size must be multiples of 8.*got 60 64"),
+    ("eval_without_weights", "train_segmentation.py", ["--eval-only"],
+     r"--eval-only needs --weights FILE"),
+    ("missing_data_folder", "train_segmentation.py", ["--data", "no_such_dir", "--iters", "1"],
+     r"--data no_such_dir: no such folder"),
+    ("data_image_without_mask", "train_segmentation.py", ["--data", "set", "--iters", "1"],
+     r"FolderDataset .*a\.png has no label mask \(expected .*labels.a\.png\)"),
+    ("missing_resume_file", "train_segmentation.py", ["--resume", "no_such.npz", "--iters", "1"],
+     r"--resume no_such.npz: no such file"),
+    ("garbage_resume_file", "train_segmentation.py",
+     ["--resume", "junk.npz", "--iters", "1", "--width", "4", "--out", "run"],
+     r"junk\.npz: snapshot is truncated or corrupted"),
+    ("garbage_eval_weights", "train_segmentation.py",
+     ["--eval-only", "--weights", "junk.npz", "--width", "4", "--out", "run"],
+     r"junk\.npz: weights file is truncated or corrupted"),
+    ("segment_missing_weights", "segment.py",
+     ["--weights", "nope.npz", "--image", "photo.png", "--out", "m.png"],
+     r"--weights nope\.npz: no such file"),
+    ("segment_out_not_png", "segment.py",
+     ["--weights", "junk.npz", "--image", "photo.png", "--out", "m.jpg"],
+     r"--out must name a \.png file, got m\.jpg"),
+    ("segment_unreadable_image", "segment.py",
+     ["--weights", "junk.npz", "--image", "photo.png", "--out", "m.png"],
+     r"--image photo\.png: cannot read it"),
+    ("bench_too_few_reps", "bench.py", ["--reps", "3"], r"--reps must be at least 10"),
+    # known defects (strict xfail): the reason is the fifth field
+    ("bench_zero_threads", "bench.py", ["--threads", "0", "--no-torch"], r"--threads",
+     "scripts/bench.py: --threads 0 ends in a ConfigError traceback from set_num_threads "
+     "(status 1), not a parser error"),
+    ("bench_unknown_case", "bench.py", ["--cases", "nope", "--no-torch"], r"nope",
+     "scripts/bench.py: an unknown --cases name exits through sys.exit(message), status 1, "
+     "not 2"),
+]
+
+
+def script_params():
+    params = []
+    for case in SCRIPT_CASES:
+        marks = [pytest.mark.xfail(strict=True, reason=case[4])] if len(case) > 4 else []
+        params.append(pytest.param(*case[1:4], id=case[0], marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("script, args, pattern", script_params())
+def test_script_rejects_bad_flag_with_status_2_and_one_line(tmp_path, script, args, pattern):
+    from PIL import Image
+    for name, data in GARBAGE.items():
+        (tmp_path / name).write_bytes(data)
+    os.makedirs(tmp_path / "set" / "images")
+    os.makedirs(tmp_path / "set" / "labels")
+    Image.new("RGB", (8, 8)).save(tmp_path / "set" / "images" / "a.png")
+    result = run_script(script, args, str(tmp_path))
     assert result.returncode == 2, result.stderr
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     error_lines = [ln for ln in lines if "error:" in ln]
     assert len(error_lines) == 1, result.stderr
     assert re.search(pattern, error_lines[0]), error_lines[0]
     assert "Traceback" not in result.stderr
-    assert not os.path.exists(os.path.join(tmp_path, "runs"))
+    assert not os.path.exists(os.path.join(tmp_path, "m.png"))

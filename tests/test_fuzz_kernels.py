@@ -4,7 +4,8 @@ tests/fuzz_worker.py runs a few hundred random layer configurations and bottoms 
 invalid shapes, parameters, dtypes, layouts, labels, masks, NaN/Inf values) with a fixed
 seed, under an address-space cap. A memory fault would kill the worker with a signal (a
 negative return code here, naming the last case it started); any exception other than a
-convnet error is listed in its JSON summary.
+convnet error is listed in its JSON summary, and so is a bad label or unpooling index whose
+DataError names another position than the first bad one in row-major order.
 """
 
 import json
@@ -16,6 +17,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "fuzz_worker.py")
+CASES = 300
 
 
 def run_worker(args, threads):
@@ -36,11 +38,11 @@ def describe(defects):
 
 @pytest.mark.parametrize("seed, threads", [(20261122, 2), (7, 1)])
 def test_random_layer_inputs_never_crash_and_fail_only_with_convnet_errors(seed, threads):
-    summary = run_worker([seed, 180], threads)
-    assert summary["cases"] == 180
+    summary = run_worker([seed, CASES], threads)
+    assert summary["cases"] == CASES
     assert not summary["defects"], describe(summary["defects"])
     # the generator must exercise both sides: runs that succeed and inputs that are refused
-    assert summary["ok"] >= 40 and summary["rejected"] >= 40, summary
+    assert summary["ok"] >= CASES // 5 and summary["rejected"] >= CASES // 5, summary
     assert {"ConfigError", "ShapeError", "DataError"} <= set(summary["kinds"]), summary
 
 

@@ -64,3 +64,47 @@ def test_thousand_training_iterations_keep_resident_memory_flat():
     # no steady creep either: the second half grows no more than the slack's half
     assert samples[1000] - samples[500] < SLACK_MB / 2, samples
     assert out["loss"] == out["loss"] and out["loss"] < 10
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+def test_thousand_gpu_training_iterations_keep_device_allocations_flat(monkeypatch):
+    """Every device allocation goes through convnet.cuda.array._Buffer: its live bytes,
+    counted from after a warm-up, must not grow (a cached or leaked DeviceArray per
+    iteration would)."""
+    import gc
+
+    import convnet
+    from convnet.cuda import array as cuda_array
+    from convnet.data import BatchIterator, SyntheticShapes
+    from convnet.models import deconvnet
+
+    live = [0]
+    init, free = cuda_array._Buffer.__init__, cuda_array._Buffer.free
+
+    def counted_init(self, nbytes):
+        init(self, nbytes)
+        live[0] += self.nbytes
+
+    def counted_free(self):
+        if self.ptr:
+            live[0] -= self.nbytes
+        free(self)
+
+    monkeypatch.setattr(cuda_array._Buffer, "__init__", counted_init)
+    monkeypatch.setattr(cuda_array._Buffer, "free", counted_free)
+    convnet.seed(0)
+    data = BatchIterator(SyntheticShapes("train", num_images=16, size=16), 2, seed=0)
+    net = deconvnet(SyntheticShapes.num_classes, width=4, levels=2)
+    net.setup(data=(2, 3, 16, 16), label=(2, 16, 16))
+    net.to("cuda")
+    solver = convnet.SGDSolver(net, base_lr=0.01, data=data)
+    for _ in range(100):
+        solver.step()
+    gc.collect()
+    after_warmup = live[0]
+    for _ in range(900):
+        loss = solver.step()
+    gc.collect()
+    assert live[0] - after_warmup <= 0, (after_warmup, live[0])
+    assert loss == loss

@@ -70,6 +70,19 @@ class _ConvolutionBase(Layer):
             self._check_param_shape(self.params[0], weight_shape, "weight")
             if self.bias_term:
                 self._check_param_shape(self.params[1], (bias_len,), "bias")
+        self._param_shapes = [weight_shape, (bias_len,)]
+
+    def _params_intact(self, diffs=False):
+        """The kernels index the params by the bottom's shape: refuse params that were
+        replaced since setup by arrays of another shape, dtype or layout."""
+        for p, shape in zip(self.params, self._param_shapes):
+            for what, a in (("data", p.data), ("diff", p.diff)) if diffs else (("data", p.data),):
+                contiguous = getattr(getattr(a, "flags", None), "c_contiguous", True)
+                if tuple(a.shape) != tuple(shape) or a.dtype != self.dtype or not contiguous:
+                    fail(self, f"{p.name} {what} must be a C-contiguous {self.dtype.name} array "
+                               f"of shape {shape_str(shape)}, got {a.dtype} "
+                               f"{shape_str(a.shape)}; it was replaced after setup",
+                         ShapeError)
 
     def _move_state(self, device):
         super()._move_state(device)
@@ -140,6 +153,7 @@ class Convolution(_ConvolutionBase):
         return (n, self.num_output, oh, ow)
 
     def _forward(self, bottoms):
+        self._params_intact()
         x = bottoms[0]
         y = self.backend.empty(self.top_shapes[0], self.dtype)
         bias = self.params[1].data if self.bias_term else None
@@ -148,6 +162,7 @@ class Convolution(_ConvolutionBase):
         return [y]
 
     def _backward(self, top_diffs, propagate_down):
+        self._params_intact(diffs=True)
         dy = top_diffs[0]
         be = self.backend
         if self._learns(0):
@@ -249,6 +264,7 @@ class Deconvolution(_ConvolutionBase):
         return (n, self.num_output, oh, ow)
 
     def _forward(self, bottoms):
+        self._params_intact()
         x = bottoms[0]
         y = self.backend.empty(self.top_shapes[0], self.dtype)
         bias = self.params[1].data if self.bias_term else None
@@ -257,6 +273,7 @@ class Deconvolution(_ConvolutionBase):
         return [y]
 
     def _backward(self, top_diffs, propagate_down):
+        self._params_intact(diffs=True)
         dy = top_diffs[0]
         be = self.backend
         if self._learns(0):

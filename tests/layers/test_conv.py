@@ -215,8 +215,8 @@ def test_deconv_matches_torch(cfg, dtype, rng, torch1):
                  output_padding=layer.output_padding)
 
 
-def test_larger_shapes_match_torch_on_every_thread_path(dtype, rng, torch1):
-    """Bigger batches take the per-image prange path, N=1 the BLAS-threaded one."""
+def test_larger_shapes_match_torch_with_one_and_several_images(dtype, rng, torch1):
+    """One image is split into row tiles and channel blocks; five are split by image."""
     torch = torch1
     F = torch.nn.functional
     for n in (1, 5):
@@ -472,6 +472,7 @@ def test_channel_count_change_after_setup_is_named(layer_type):
     with pytest.raises(ShapeError, match=rf"{layer_type.__name__} 'c': weight has shape "
                                          r"[0-9x]+ but the bottom needs [0-9x]+"):
         layer.setup((1, 3, 6, 6))
+    assert layer.forward(np.ones((1, 2, 6, 6))).shape[1] == 4   # the layer still works
 
 
 @pytest.mark.parametrize("layer_type", [Convolution, Deconvolution])
@@ -492,3 +493,32 @@ def test_dimensions_beyond_32_bit_blas_are_refused():
     with pytest.raises(ShapeError, match=r"Convolution 'big': .* does not fit the 32-bit ints "
                                          r"of BLAS"):
         conv.setup((1, 1, 2 ** 16, 2 ** 16))
+
+
+@pytest.mark.parametrize("layer_type", [Convolution, Deconvolution])
+def test_params_replaced_after_setup_are_refused_not_read_out_of_bounds(layer_type, rng):
+    layer = layer_type(4, 3, name="c")
+    x = rng.standard_normal((1, 2, 6, 6))
+    y = layer.forward(x)
+    good = layer.weight.data
+    layer.weight.data = np.zeros((2, 2, 2, 2), np.float32)
+    with pytest.raises(ShapeError, match=r"'c': weight data must be a C-contiguous float32 "
+                                         r"array of shape [0-9x]+, got float32 2x2x2x2"):
+        layer.forward(x)
+    layer.weight.data = good.astype(np.float64)
+    with pytest.raises(ShapeError, match=r"weight data must be a C-contiguous float32"):
+        layer.forward(x)
+    layer.weight.data = good
+    layer.forward(x)
+    layer.bias.diff = np.zeros(3, np.float32)
+    with pytest.raises(ShapeError, match=r"bias diff must be .* of shape 4, got float32 3"):
+        layer.backward(np.ones(y.shape))
+
+
+def test_empty_batch_gives_empty_outputs():
+    conv = Convolution(3, 3, pad=1, dtype=np.float64)
+    x = np.zeros((0, 2, 5, 4))
+    y = conv.forward(x)
+    assert y.shape == (0, 3, 5, 4)
+    assert conv.backward(y).shape == x.shape
+    assert np.all(conv.weight.diff == 0) and np.all(conv.bias.diff == 0)
