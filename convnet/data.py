@@ -82,9 +82,10 @@ class SyntheticShapes:
     """Embedded synthetic segmentation dataset (deterministic, no download).
 
     Each scene is ``size`` x ``size`` with 1 to 4 shapes of random class, colour, size
-    (radius 10% to 25% of ``size``), position (possibly cut by the border) and rotation,
-    painted in order so later shapes occlude earlier ones (a ring's hole shows what lies
-    beneath). Backgrounds: a random colour under two random sinusoidal textures (period 4 to
+    (radius 12% to 25% of ``size``), position (possibly cut by the border) and orientation
+    (a multiple of 90 degrees: squares and triangles stand upright), painted in order so
+    later shapes occlude earlier ones (a ring's hole, 35% to 55% of its radius, shows what
+    lies beneath). Backgrounds: a random colour under two random sinusoidal textures (period 4 to
     12 pixels) and strong Gaussian noise; shapes are smooth (a colour with gentle shading and
     weak noise), so the texture, not the colour, tells object from background. Labels:
     0 background, 1 disc, 2 square, 3 triangle, 4 ring.
@@ -171,10 +172,11 @@ class SyntheticShapes:
         count = rng.integers(1, 5, n)
         for k in range(4):
             cls = rng.integers(1, self.num_classes, n)
-            radius = rng.uniform(0.1, 0.25, n) * s
+            radius = rng.uniform(0.12, 0.25, n) * s
             cx, cy = rng.uniform(0, s, n), rng.uniform(0, s, n)
-            theta = rng.uniform(0, 2 * np.pi, n)
-            hole = rng.uniform(0.45, 0.65, n)
+            # squares and triangles stand upright (a triangle points up, down, left or right)
+            theta = rng.integers(0, 4, n) * (np.pi / 2)
+            hole = rng.uniform(0.35, 0.55, n)
             colour = rng.uniform(0, 1, (n, 3))
             # keep each shape visible against the mean background: at least one channel
             # differs by 0.3 or more (otherwise move that image's colour half a turn away)

@@ -29,9 +29,14 @@ FILLERS = ("constant", "gaussian", "uniform", "xavier", "msra", "bilinear")
 
 
 def seed(value):
-    """Seed the global generator that fillers use when a layer has no ``rng`` of its own."""
+    """Seed the global generator that fillers use when a layer has no ``rng`` of its own
+    (``value``: a non-negative int, or None for fresh OS entropy)."""
     global _rng
-    _rng = np.random.default_rng(value)
+    if value is not None and (isinstance(value, (bool, np.bool_))
+                              or not isinstance(value, numbers.Integral) or value < 0):
+        fail("convnet.seed", f"seed must be a non-negative int or None, got {value!r}",
+             ConfigError)
+    _rng = np.random.default_rng(None if value is None else int(value))
 
 
 def global_rng():

@@ -35,6 +35,10 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     Convolution ``score`` and SoftmaxWithLoss (``ignore_label``, VALID normalisation).
 
     ``bn_fraction`` is BatchNorm's ``moving_average_fraction`` (0.9: short training runs).
+    Weights start as PyTorch's default, uniform in +-1/sqrt(fan_in): under BatchNorm a
+    convolution's output does not depend on its weights' scale, but the size of an update
+    relative to the weights does, and this scale (sqrt(6) times smaller than msra) lets Adam
+    learn the default 2-minute run about twice as fast.
 
     >>> net = deconvnet(5, width=8)
     >>> out = net.forward(data=x, label=y)      # {"loss": ...}; net.blobs["score"]
@@ -46,13 +50,21 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     levels = _int(levels, "levels", 1)
     net = Net("deconvnet")
 
+    def uniform(fan_in):
+        bound = 1.0 / np.sqrt(fan_in)
+        return dict(type="uniform", min=-bound, max=bound)
+
+    channels_of = {"data": 3}
+
     def cbr(name, bottom, channels):
         net.add(Convolution(num_output=channels, kernel_size=3, pad=1, bias_term=False,
-                            name=name, dtype=dtype), bottom=[bottom], top=[name])
+                            weight_filler=uniform(9 * channels_of[bottom]), name=name,
+                            dtype=dtype), bottom=[bottom], top=[name])
         bn = name + "_bn"
         net.add(BatchNorm(moving_average_fraction=bn_fraction, name=bn, dtype=dtype),
                 bottom=[name], top=[bn])
         net.add(ReLU(name=name + "_relu", dtype=dtype), bottom=[bn], top=[bn])
+        channels_of[bn] = channels
         return bn
 
     widths = [width * 2 ** min(i, 2) for i in range(levels)]
@@ -63,14 +75,17 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
         net.add(Pooling(kernel_size=2, stride=2, pool="MAX", return_mask=True, name=pool,
                         dtype=dtype), bottom=[x], top=[pool, pool + "_mask"])
         last = i == levels - 1
+        channels_of[pool] = channels_of[x]
         x = cbr("center" if last else f"conv{i + 2}", pool, widths[i if last else i + 1])
     for i in reversed(range(levels)):
         unpool = f"unpool{i + 1}"
         net.add(Unpooling(kernel_size=2, stride=2, name=unpool, dtype=dtype),
                 bottom=[x, f"pool{i + 1}_mask"], top=[unpool])
+        channels_of[unpool] = channels_of[x]
         x = cbr(f"deconv{i + 1}", unpool, widths[max(i - 1, 0)])
-    net.add(Convolution(num_output=num_classes, kernel_size=1, name="score", dtype=dtype),
-            bottom=[x], top=["score"])
+    net.add(Convolution(num_output=num_classes, kernel_size=1, name="score", dtype=dtype,
+                        weight_filler=uniform(channels_of[x]),
+                        bias_filler=uniform(channels_of[x])), bottom=[x], top=["score"])
     if loss:
         net.add(SoftmaxWithLoss(ignore_label=ignore_label, name="loss", dtype=dtype),
                 bottom=["score", "label"], top=["loss"])

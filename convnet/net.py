@@ -23,6 +23,7 @@ unless ``force_backward=True`` (Caffe's ``force_backward``).
 
 import difflib
 import json
+import warnings
 
 import numpy as np
 
@@ -41,6 +42,10 @@ _PREFIX = {
     "SoftmaxWithLoss": "loss", "EuclideanLoss": "loss", "Interp": "interp",
     "Concat": "concat", "Crop": "crop", "Eltwise": "eltwise",
 }
+
+
+class NonFiniteWeightsWarning(UserWarning):
+    """A loaded weights file or snapshot holds NaN or Inf values."""
 
 
 class _Node:
@@ -559,12 +564,17 @@ class Net:
             want, _ = targets[key]
             got = arrays[key].shape
             if tuple(got) != tuple(want):
-                fail(source, f"'{key}' has shape {shape_str(got)} in the file but "
-                             f"{shape_str(want)} in net '{self.name}' (rename the layer to "
+                fail(source, f"'{key}' has shape {_shape_text(got)} in the file but "
+                             f"{_shape_text(want)} in net '{self.name}' (rename the layer to "
                              f"leave it out of the load)", ShapeError)
             if arrays[key].dtype.kind != "f" and arrays[key].size:
                 fail(source, f"'{key}' holds {arrays[key].dtype} values, expected floats",
                      FileFormatError)
+        nonfinite = [k for k in matched
+                     if arrays[k].dtype.kind == "f" and not np.all(np.isfinite(arrays[k]))]
+        if nonfinite:
+            warnings.warn(f"{source}: non-finite (NaN or Inf) values in {', '.join(nonfinite)}; "
+                          f"the net will output NaN", NonFiniteWeightsWarning, stacklevel=3)
         for key in matched:
             _, assign = targets[key]
             assign(arrays[key])
@@ -594,13 +604,23 @@ class Net:
         return out
 
     def set_rng_state(self, state):
-        """Restore what :meth:`get_rng_state` returned."""
+        """Restore what :meth:`get_rng_state` returned; all or nothing (a bad state for one
+        layer leaves every layer's stream as it was)."""
+        if not isinstance(state, dict):
+            fail(self, f"rng state must be the dict get_rng_state() returned (layer name -> "
+                       f"state), got {type(state).__name__}")
         for name in state:
             if name not in self._by_name:
                 fail(self, f"random state for unknown layer '{name}'"
                            f"{self._suggest(name, self._by_name)}")
-        for name, s in state.items():
-            self._by_name[name].layer.set_rng_state(s)
+        previous = self.get_rng_state()
+        try:
+            for name, s in state.items():
+                self._by_name[name].layer.set_rng_state(s)
+        except BaseException:
+            for name, s in previous.items():
+                self._by_name[name].layer.set_rng_state(s)
+            raise
 
 
 def _param_keys(layer):
@@ -650,6 +670,11 @@ def _read_meta(arrays, path, expected_format, max_version):
         fail(str(path), f"has {expected_format} format version {version!r}; this convnet "
                         f"reads versions up to {max_version}", FileFormatError)
     return meta
+
+
+def _shape_text(shape):
+    """``2x3`` for a shape, ``() (a scalar)`` for a 0-d one."""
+    return shape_str(shape) or "() (a scalar)"
 
 
 def _copy(x):

@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from convnet.errors import FileFormatError, ShapeError, fail
+from convnet.errors import ConvnetError, FileFormatError, ShapeError, fail
 
 SNAPSHOT_FORMAT = "convnet-snapshot"
 SNAPSHOT_VERSION = 1
@@ -59,8 +59,16 @@ def write_npz_atomic(path, arrays):
     atomically (temp file in the same directory, fsync, os.replace, fsync of the directory)."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                               dir=directory)
+    if not os.path.isdir(directory):
+        fail(path, f"cannot write: the folder {directory} does not exist", FileFormatError)
+    if os.path.isdir(path):
+        fail(path, "cannot write: it is a directory", FileFormatError)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+    except OSError as exc:
+        fail(path, f"cannot write: creating a temp file in {directory} failed "
+                   f"({exc.strerror or exc})", FileFormatError)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -68,11 +76,16 @@ def write_npz_atomic(path, arrays):
             os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, FileFormatError):
+            kept = ("the previous file is unchanged" if os.path.exists(path)
+                    else "no file was written")
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise FileFormatError(f"{path}: cannot write ({reason}); {kept}") from exc
         raise
     _fsync_dir(directory)
 
@@ -160,6 +173,9 @@ def load_snapshot(solver, path):
         hyper = dict(meta["hyper"])
     except (KeyError, TypeError, ValueError) as exc:
         fail(path, f"snapshot metadata is incomplete ({exc!r})", FileFormatError)
+    if isinstance(meta["iter"], bool) or not isinstance(meta["iter"], int) or it < 0:
+        fail(path, f"snapshot iteration must be an int >= 0, got {meta['iter']!r}",
+             FileFormatError)
     if kind != type(solver).__name__:
         fail(path, f"snapshot was written by a {kind}, cannot restore it into a "
                    f"{type(solver).__name__}", FileFormatError)
@@ -192,27 +208,48 @@ def load_snapshot(solver, path):
         if history:
             fail(path, f"snapshot has history for params the net lacks: "
                        f"{', '.join(sorted(history))}", FileFormatError)
-    data_state = from_json(meta.get("data_state"))
-    rng_state = from_json(meta.get("rng_state") or {})
-
+    try:
+        data_state = from_json(meta.get("data_state"))
+        rng_state = from_json(meta.get("rng_state") or {})
+    except (TypeError, ValueError, AttributeError) as exc:
+        fail(path, f"snapshot has a corrupted data or random state ({exc})", FileFormatError)
+    if not isinstance(rng_state, dict):
+        fail(path, f"snapshot random state must map layer names to states, got "
+                   f"{type(rng_state).__name__}", FileFormatError)
     unknown_layers = [name for name in rng_state if name not in net._by_name]
     if unknown_layers:
         fail(path, f"snapshot has random state for layers the net lacks: "
                    f"{', '.join(unknown_layers)}", FileFormatError)
 
-    net.load_arrays(weights, path, strict=True)
-    if rng_state:
-        net.set_rng_state(rng_state)
+    # the data and random states are applied first, each all or nothing, and rolled back
+    # if anything later fails: a bad snapshot leaves the solver as it was
+    data = solver.data
+    restore_data = data_state is not None and data is not None and hasattr(data, "set_state")
+    if data_state is not None and not restore_data:
+        warnings.warn(f"{path}: the snapshot holds a data iterator state but the solver "
+                      f"has no data object with set_state(); batches will differ from "
+                      f"the original run", stacklevel=3)
+    old_data = data.get_state() if restore_data and hasattr(data, "get_state") else None
+    old_rng = net.get_rng_state()
+    try:
+        if restore_data:
+            try:
+                data.set_state(data_state)
+            except (ConvnetError, TypeError, ValueError, KeyError) as exc:
+                fail(path, f"snapshot has a data iterator state this data object rejects "
+                           f"({exc})", FileFormatError)
+        try:
+            net.set_rng_state(rng_state)
+        except (ConvnetError, TypeError, ValueError, KeyError) as exc:
+            fail(path, f"snapshot has an unusable random state ({exc})", FileFormatError)
+        net.load_arrays(weights, path, strict=True)
+    except BaseException:
+        net.set_rng_state(old_rng)
+        if old_data is not None:
+            data.set_state(old_data)
+        raise
     solver.set_history(restored_history if started else None)
     solver.iter = it
-    data = solver.data
-    if data_state is not None:
-        if data is not None and hasattr(data, "set_state"):
-            data.set_state(data_state)
-        else:
-            warnings.warn(f"{path}: the snapshot holds a data iterator state but the solver "
-                          f"has no data object with set_state(); batches will differ from "
-                          f"the original run", stacklevel=3)
     changed = {k: (v, hyper[k]) for k, v in solver.hyper_params().items()
                if k in hyper and _differs(v, hyper[k])}
     if changed:

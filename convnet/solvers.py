@@ -31,6 +31,7 @@ sigmoid    base_lr / (1 + exp(-gamma * (it - stepsize)))    gamma, stepsize
 import math
 import numbers
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -149,26 +150,20 @@ class Solver:
                  StateError)
         net = self.net
         net.zero_diffs()
-        total = 0.0
-        for _ in range(self.iter_size):
-            batch = inputs if inputs else self.data.next_batch()
-            net.forward(**batch)
-            loss = net.loss
-            if not math.isfinite(loss):
-                where = ""
-                if net.debug and net.first_nonfinite:
-                    where = f"; the first non-finite output came from {net.first_nonfinite}"
-                elif not net.debug:
-                    where = "; Net(debug=True) names the first layer whose output goes non-finite"
-                fail(self, f"loss is {loss} at iteration {self.iter} (no update applied, the "
-                           f"weights are unchanged){where}", DataError)
-            net.backward()
-            total += loss
+        # forwards update BatchNorm's moving averages: a refused step must not keep them
+        saved = [(layer, {k: v.copy() for k, v in layer.buffers.items()})
+                 for layer in net.layers if layer.buffers]
+        try:
+            total = self._forward_backward(inputs)
+            self._check_finite_diffs()
+        except BaseException:
+            for layer, buffers in saved:
+                layer.buffers.update(buffers)
+            raise
         params = net.learnable_params
         if not self._first_step_done:
             self._warn_zero_weights()
             self._first_step_done = True
-        self._check_finite_diffs()
         if self._history is None:
             self._history = [[_backend.get(p.device).zeros(p.shape, p.dtype)
                               for _ in range(self.history_slots)] for p in params]
@@ -187,6 +182,29 @@ class Solver:
         self.iter += 1
         self.loss = total / self.iter_size
         return self.loss
+
+    def _forward_backward(self, inputs):
+        """``iter_size`` forwards and backwards (diffs accumulate); the summed loss."""
+        net = self.net
+        total = 0.0
+        for _ in range(self.iter_size):
+            batch = inputs if inputs else self.data.next_batch()
+            if not isinstance(batch, Mapping):
+                fail(self, f"data.next_batch() must return a dict of arrays by input name "
+                           f"(e.g. {{'data': x, 'label': y}}), got {type(batch).__name__}")
+            net.forward(**batch)
+            loss = net.loss
+            if not math.isfinite(loss):
+                where = ""
+                if net.debug and net.first_nonfinite:
+                    where = f"; the first non-finite output came from {net.first_nonfinite}"
+                elif not net.debug:
+                    where = "; Net(debug=True) names the first layer whose output goes non-finite"
+                fail(self, f"loss is {loss} at iteration {self.iter} (no update applied, the "
+                           f"weights are unchanged){where}", DataError)
+            net.backward()
+            total += loss
+        return total
 
     def _update(self, be, param, history, local_rate, local_decay):
         raise NotImplementedError

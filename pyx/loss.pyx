@@ -67,6 +67,63 @@ cdef extern from *:
     """
     float convnet_expf_nonpos(float x) noexcept nogil
 
+cdef extern from *:
+    """
+    /* log(x) for a softmax denominator x in [1, C] (its largest term is exp(0) = 1), in
+       float and branch-free so that GCC vectorizes the loop around it (a libm call per pixel
+       cost the forward a third of its time): Cephes' logf reduction and polynomial (about
+       1 ulp), NaN stays NaN. */
+    #include <string.h>
+    static inline float convnet_logf_ge1(float x) {
+        int bits, big;
+        float m, f, z, y, e;
+        memcpy(&bits, &x, 4);
+        e = (float) ((bits >> 23) - 127);
+        bits = (bits & 0x007fffff) | 0x3f800000;                  /* mantissa in [1, 2) */
+        memcpy(&m, &bits, 4);
+        big = m > 1.41421356f;                          /* to [sqrt(1/2), sqrt(2)) */
+        m = big ? 0.5f * m : m;
+        e = e + (float) big;
+        f = m - 1.0f;
+        z = f * f;
+        y = ((((((((7.0376836292e-2f * f - 1.1514610310e-1f) * f + 1.1676998740e-1f) * f
+                  - 1.2420140846e-1f) * f + 1.4249322787e-1f) * f - 1.6668057665e-1f) * f
+               + 2.0000714765e-1f) * f - 2.4999993993e-1f) * f + 3.3333331174e-1f) * f * z;
+        y = y - 2.12194440e-4f * e - 0.5f * z;
+        return (f + y + 0.693359375f * e) + (x - x);              /* x - x: NaN for NaN */
+    }
+    """
+    float convnet_logf_ge1(float x) noexcept nogil
+
+cdef extern from *:
+    """
+    /* sum((a - b)^2) in double over 16 independent lanes, added in a fixed order: the
+       lanes let GCC vectorize the loop (one accumulator is a serial chain, and a reduction
+       is not reassociated without -ffast-math) and keep the result independent of the
+       thread count. */
+    #define CONVNET_SQDIFF(NAME, T)                                                 \
+    static double NAME(const T *a, const T *b, Py_ssize_t n) {                      \
+        double acc[16] = {0};                                                       \
+        double total = 0.0;                                                         \
+        Py_ssize_t i, j, end = n - n % 16;                                          \
+        for (i = 0; i < end; i += 16)                                               \
+            for (j = 0; j < 16; j++) {                                              \
+                double d = (double) (T) (a[i + j] - b[i + j]);                      \
+                acc[j] += d * d;                                                    \
+            }                                                                       \
+        for (i = end; i < n; i++) {                                                 \
+            double d = (double) (T) (a[i] - b[i]);                                  \
+            acc[i - end] += d * d;                                                  \
+        }                                                                           \
+        for (j = 0; j < 16; j += 2) total += acc[j] + acc[j + 1];                   \
+        return total;                                                               \
+    }
+    CONVNET_SQDIFF(convnet_sqdiff_sum_f, float)
+    CONVNET_SQDIFF(convnet_sqdiff_sum_d, double)
+    """
+    double convnet_sqdiff_sum_f(const float *a, const float *b, Py_ssize_t n) noexcept nogil
+    double convnet_sqdiff_sum_d(const double *a, const double *b, Py_ssize_t n) noexcept nogil
+
 ctypedef fused label_t:
     int32_t
     int64_t
@@ -113,8 +170,13 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
                          bint has_ignore,                      # IN
                          int64_t ignore_label,                 # IN  (used when has_ignore)
                          floating[:, :, ::1] prob,             # OUT (N, C, S) softmax
-                         int32_t[:, ::1] label_index):         # OUT (N, S) class or -1
+                         int32_t[:, ::1] label_index,          # OUT (N, S) class or -1
+                         floating[:, ::1] inv_sum=None):       # OUT (N, S) or None
     """Softmax over C per pixel and the summed cross-entropy of the valid pixels.
+
+    With ``inv_sum``, ``prob`` receives exp(x - max) unnormalised and inv_sum the
+    reciprocal of its sum over C per pixel (prob * inv_sum is the softmax): a pass fewer,
+    and softmax_loss_backward folds the scale into its per-pixel weight for free.
 
     Returns (loss_sum, valid_count, bad): loss_sum = -sum log prob[n, label, s] over the
     pixels whose label is not ignore_label (a float), valid_count their number, bad the flat
@@ -128,19 +190,21 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
     cdef Py_ssize_t B = block_length(C)
     cdef Py_ssize_t nblocks = (S + B - 1) // B
     cdef Py_ssize_t units = N * nblocks
-    cdef Py_ssize_t per_thread = (C + 2) * B
+    cdef Py_ssize_t per_thread = (C + 3) * B
     cdef int nthreads = omp_get_max_threads()
     cdef Py_ssize_t u, n, s0, length, s, c, k, cnt, first_bad
     cdef floating v, e
     cdef floating* buf
     cdef floating* mx
     cdef floating* sm
+    cdef floating* lsm
     cdef double acc, loss_sum = 0.0
     cdef Py_ssize_t count = 0, bad = -1
     cdef floating* work
     cdef double* unit_loss
     cdef Py_ssize_t* unit_count
     cdef Py_ssize_t* unit_bad
+    cdef bint normalize = inv_sum is None
     if units == 0:
         return 0.0, 0, -1
     work = <floating*> malloc(nthreads * per_thread * sizeof(floating))
@@ -158,6 +222,7 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
                 buf = work + omp_get_thread_num() * per_thread
                 mx = buf + C * B
                 sm = mx + B
+                lsm = sm + B
                 n = u // nblocks
                 s0 = (u - n * nblocks) * B
                 length = min(B, S - s0)
@@ -170,20 +235,36 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
                         buf[c * B + s] = v
                         mx[s] = v if v > mx[s] else mx[s]     # a select: vectorizes
                 for c in range(C):
-                    for s in range(length):
-                        if floating is float:
-                            e = convnet_expf_nonpos(buf[c * B + s] - mx[s])
-                        else:
-                            e = exp(buf[c * B + s] - mx[s])
-                        buf[c * B + s] = e
-                        sm[s] = sm[s] + e
+                    if normalize:
+                        for s in range(length):
+                            if floating is float:
+                                e = convnet_expf_nonpos(buf[c * B + s] - mx[s])
+                            else:
+                                e = exp(buf[c * B + s] - mx[s])
+                            buf[c * B + s] = e
+                            sm[s] = sm[s] + e
+                    else:
+                        for s in range(length):
+                            if floating is float:
+                                e = convnet_expf_nonpos(buf[c * B + s] - mx[s])
+                            else:
+                                e = exp(buf[c * B + s] - mx[s])
+                            prob[n, c, s0 + s] = e
+                            sm[s] = sm[s] + e
+                # the logs apart from the label loop, which does not vectorize
+                for s in range(length):
+                    if floating is float:
+                        lsm[s] = convnet_logf_ge1(sm[s])
+                    else:
+                        lsm[s] = log(sm[s])
+                    sm[s] = 1 / sm[s]
                 acc = 0.0
                 cnt = 0
                 first_bad = -1
                 for s in range(length):
                     k = class_of(labels[n, s0 + s], C, has_ignore, ignore_label)
                     if k >= 0:
-                        acc = acc + (log(<double> sm[s])
+                        acc = acc + (<double> lsm[s]
                                      - (<double> scores[n, k, s0 + s] - <double> mx[s]))
                         cnt = cnt + 1
                     elif k == BAD:
@@ -191,10 +272,13 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
                             first_bad = n * S + s0 + s
                         k = IGNORED
                     label_index[n, s0 + s] = <int32_t> k
-                    sm[s] = 1 / sm[s]
-                for c in range(C):
+                if normalize:
+                    for c in range(C):
+                        for s in range(length):
+                            prob[n, c, s0 + s] = buf[c * B + s] * sm[s]
+                else:
                     for s in range(length):
-                        prob[n, c, s0 + s] = buf[c * B + s] * sm[s]
+                        inv_sum[n, s0 + s] = sm[s]
                 unit_loss[u] = acc
                 unit_count[u] = cnt
                 unit_bad[u] = first_bad
@@ -214,9 +298,12 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
 def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
                           const int32_t[:, ::1] label_index,      # IN  (N, S) class or -1
                           floating weight,                        # IN
-                          floating[:, :, ::1] grad):              # OUT (N, C, S)
+                          floating[:, :, ::1] grad,               # OUT (N, C, S)
+                          const floating[:, ::1] inv_sum=None):   # IN  (N, S) or None
     """grad = weight * (prob - onehot(label)) at pixels with label_index >= 0, 0 at the
-    others. label_index holds values in [-1, C) (written by softmax_loss_forward)."""
+    others. label_index holds values in [-1, C) (written by softmax_loss_forward). With
+    ``inv_sum`` (from softmax_loss_forward), prob holds the unnormalised exponentials and
+    the softmax is prob * inv_sum."""
     cdef Py_ssize_t N = prob.shape[0]
     cdef Py_ssize_t C = prob.shape[1]
     cdef Py_ssize_t S = prob.shape[2]
@@ -227,6 +314,7 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
     cdef Py_ssize_t u, n, s0, length, s, c
     cdef floating* w
     cdef floating* work
+    cdef bint scaled = inv_sum is not None
     if units == 0:
         return
     work = <floating*> malloc(nthreads * B * sizeof(floating))
@@ -241,6 +329,9 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
                 length = min(B, S - s0)
                 for s in range(length):
                     w[s] = weight if label_index[n, s0 + s] >= 0 else 0
+                if scaled:
+                    for s in range(length):
+                        w[s] = w[s] * inv_sum[n, s0 + s]
                 # one streaming pass per class row, the one-hot folded in
                 for c in range(C):
                     for s in range(length):
@@ -299,6 +390,65 @@ def euclidean_loss_forward(const floating[::1] a,        # IN  (M,)
     finally:
         free(partial)
     return total
+
+
+def euclidean_loss_sum(const floating[::1] a,            # IN  (M,)
+                       const floating[::1] b):           # IN  (M,)
+    """sum((a - b) ** 2) as a float (accumulated in double, fixed order): the forward
+    without a stored difference, for a layer that keeps its bottoms for backward."""
+    cdef Py_ssize_t M = a.shape[0]
+    cdef Py_ssize_t nchunks = (M + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t ch, start, stop
+    cdef double total = 0.0
+    cdef double* partial
+    if nchunks == 0:
+        return 0.0
+    partial = <double*> malloc(nchunks * sizeof(double))
+    if not partial:
+        raise MemoryError()
+    try:
+        with nogil:
+            for ch in prange(nchunks, schedule='static'):
+                start = ch * CHUNK
+                stop = min(start + <Py_ssize_t> CHUNK, M)
+                if floating is float:
+                    partial[ch] = convnet_sqdiff_sum_f(&a[start], &b[start], stop - start)
+                else:
+                    partial[ch] = convnet_sqdiff_sum_d(&a[start], &b[start], stop - start)
+            for ch in range(nchunks):
+                total = total + partial[ch]
+    finally:
+        free(partial)
+    return total
+
+
+def euclidean_loss_grad(const floating[::1] a,           # IN  (M,)
+                        const floating[::1] b,           # IN  (M,)
+                        floating alpha,                  # IN
+                        floating[::1] grad_a,            # OUT (M,) alpha * (a - b), or None
+                        floating[::1] grad_b):           # OUT (M,) -alpha * (a - b), or None
+    """grad_a = alpha * (a - b) and grad_b = -alpha * (a - b), each skipped when None."""
+    cdef Py_ssize_t M = a.shape[0]
+    cdef Py_ssize_t nchunks = (M + CHUNK - 1) // CHUNK
+    cdef bint want_a = grad_a is not None
+    cdef bint want_b = grad_b is not None
+    cdef Py_ssize_t ch, i, start, stop
+    cdef floating g
+    with nogil:
+        for ch in prange(nchunks, schedule='static'):
+            start = ch * CHUNK
+            stop = min(start + <Py_ssize_t> CHUNK, M)
+            if want_a and want_b:
+                for i in range(start, stop):
+                    g = alpha * (a[i] - b[i])
+                    grad_a[i] = g
+                    grad_b[i] = -g
+            elif want_a:
+                for i in range(start, stop):
+                    grad_a[i] = alpha * (a[i] - b[i])
+            elif want_b:
+                for i in range(start, stop):
+                    grad_b[i] = -(alpha * (a[i] - b[i]))
 
 
 def euclidean_loss_backward(const floating[::1] diff,    # IN  (M,) a - b

@@ -39,6 +39,167 @@ from _openmp cimport omp_get_max_threads, omp_get_thread_num
 
 import numpy as np
 
+cdef extern from *:
+    """
+    /* Mask values to validated indices, branch-free so that GCC vectorizes the loop (the
+       scalar check, with a branch per comparison, was most of unpool_forward's time):
+       out[i] = m[i] when it is an integer in [0, size), else 0; returns how many were not.
+       A float is first replaced by +0 (through its bits: no float select) unless it lies
+       in [0, size), so the conversion to an integer is always defined. */
+    #include <stdint.h>
+    #include <string.h>
+    #define CONVNET_FLOAT_MASK(NAME, M, BITS, I)                                            \
+    static Py_ssize_t NAME(const M *m, I *out, Py_ssize_t n, Py_ssize_t size) {         \
+        Py_ssize_t i, bad = 0;                                                              \
+        const M fsize = (M) size;                                                           \
+        for (i = 0; i < n; i++) {                                                           \
+            M v = m[i];                                                                     \
+            BITS b;                                                                         \
+            I k, ok;                                                                        \
+            memcpy(&b, &v, sizeof b);                                                       \
+            ok = (I) ((v >= 0) & (v < fsize));                                              \
+            b &= -(BITS) ok;                                                                \
+            memcpy(&v, &b, sizeof b);                                                       \
+            k = (I) v;                                                                      \
+            ok &= (I) (((M) k == v) & (k < size));                                          \
+            bad += !ok;                                                                     \
+            out[i] = k & -ok;                                                               \
+        }                                                                                   \
+        return bad;                                                                         \
+    }
+    #define CONVNET_INT_MASK(NAME, M, I)                                                    \
+    static Py_ssize_t NAME(const M *m, I *out, Py_ssize_t n, Py_ssize_t size) {         \
+        Py_ssize_t i, bad = 0;                                                              \
+        for (i = 0; i < n; i++) {                                                           \
+            M v = m[i];                                                                     \
+            I ok = (I) ((v >= 0) & (v < size));                                             \
+            bad += !ok;                                                                     \
+            out[i] = (I) v & -ok;                                                           \
+        }                                                                                   \
+        return bad;                                                                         \
+    }
+    CONVNET_FLOAT_MASK(convnet_mask_f_i32, float, int32_t, int32_t)
+    CONVNET_FLOAT_MASK(convnet_mask_f_i64, float, int32_t, int64_t)
+    CONVNET_FLOAT_MASK(convnet_mask_d_i32, double, int64_t, int32_t)
+    CONVNET_FLOAT_MASK(convnet_mask_d_i64, double, int64_t, int64_t)
+    CONVNET_INT_MASK(convnet_mask_i32_i32, int32_t, int32_t)
+    CONVNET_INT_MASK(convnet_mask_i32_i64, int32_t, int64_t)
+    CONVNET_INT_MASK(convnet_mask_i64_i32, int64_t, int32_t)
+    CONVNET_INT_MASK(convnet_mask_i64_i64, int64_t, int64_t)
+    """
+    Py_ssize_t convnet_mask_f_i32(const float *m, int32_t *out, Py_ssize_t n,
+                                  Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_f_i64(const float *m, int64_t *out, Py_ssize_t n,
+                                  Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_d_i32(const double *m, int32_t *out, Py_ssize_t n,
+                                  Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_d_i64(const double *m, int64_t *out, Py_ssize_t n,
+                                  Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_i32_i32(const int32_t *m, int32_t *out, Py_ssize_t n,
+                                    Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_i32_i64(const int32_t *m, int64_t *out, Py_ssize_t n,
+                                    Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_i64_i32(const int64_t *m, int32_t *out, Py_ssize_t n,
+                                    Py_ssize_t size) noexcept nogil
+    Py_ssize_t convnet_mask_i64_i64(const int64_t *m, int64_t *out, Py_ssize_t n,
+                                    Py_ssize_t size) noexcept nogil
+
+cdef extern from *:
+    """
+    /* One row of k2 s2 max pooling over input rows r0, r1: pairwise selects made of bit
+       operations (GCC turns a float ?: into a branch, which random data mispredicts), so
+       GCC vectorizes the loop; the first maximum in row-major window order wins and a
+       NaN wins over any number (the last NaN), as in a scan. a receives the flat index
+       base + column (+ W for the second row); m, when not NULL, the same in the float type. */
+    static inline float convnet_select_f(uint32_t c, float x, float y) {
+        uint32_t bx, by;
+        memcpy(&bx, &x, 4);
+        memcpy(&by, &y, 4);
+        bx = (bx & -c) | (by & ~-c);
+        memcpy(&x, &bx, 4);
+        return x;
+    }
+    static inline double convnet_select_d(uint64_t c, double x, double y) {
+        uint64_t bx, by;
+        memcpy(&bx, &x, 8);
+        memcpy(&by, &y, 8);
+        bx = (bx & -c) | (by & ~-c);
+        memcpy(&x, &bx, 8);
+        return x;
+    }
+    #define CONVNET_MAX2X2(NAME, T, B, I, SEL)                                              \
+    static void NAME(const T *r0, const T *r1, T *y, I *a, T *m, Py_ssize_t n,              \
+                     Py_ssize_t base, Py_ssize_t W) {                                       \
+        Py_ssize_t ow;                                                                      \
+        for (ow = 0; ow < n; ow++) {                                                        \
+            T va = r0[2 * ow], vb = r0[2 * ow + 1], vc = r1[2 * ow], vd = r1[2 * ow + 1];   \
+            I i0 = (I) ((vb > va) | (vb != vb));                                            \
+            I i1 = (I) ((vd > vc) | (vd != vd));                                            \
+            T m0 = SEL((B) i0, vb, va);                                                     \
+            T m1 = SEL((B) i1, vd, vc);                                                     \
+            I i2 = (I) ((m1 > m0) | (m1 != m1));                                            \
+            I k0 = (I) (base + 2 * ow) + i0;                                                \
+            I k1 = (I) (base + 2 * ow + W) + i1;                                            \
+            y[ow] = SEL((B) i2, m1, m0);                                                    \
+            a[ow] = (k1 & -i2) | (k0 & ~-i2);                                               \
+        }                                                                                   \
+        if (m)                                                                              \
+            for (ow = 0; ow < n; ow++)                                                      \
+                m[ow] = (T) a[ow];                                                          \
+    }
+    /* The adjoint of one k2 s2 row where the 2x2 blocks tile rows d0, d1: each of the four
+       positions of block ow gets g[ow] where it is the argmax, else 0 (written once, no
+       zero-fill and no scatter: vectorised). Returns nonzero when some argmax lies outside
+       its block (another geometry): the caller then redoes the plane by scatter. */
+    #define CONVNET_UNMAX2X2(NAME, T, B, I, SEL)                                            \
+    static int NAME(const T *g, const I *a, T *d0, T *d1, Py_ssize_t n,                     \
+                    Py_ssize_t base, Py_ssize_t W) {                                        \
+        Py_ssize_t ow;                                                                      \
+        const T zero = 0;                                                                   \
+        I bad = 0;                                                                          \
+        for (ow = 0; ow < n; ow++) {                                                        \
+            I k = a[ow] - (I) (base + 2 * ow);                                              \
+            T v = g[ow];                                                                    \
+            d0[2 * ow] = SEL((B) (k == 0), v, zero);                                        \
+            d0[2 * ow + 1] = SEL((B) (k == 1), v, zero);                                    \
+            d1[2 * ow] = SEL((B) (k == (I) W), v, zero);                                    \
+            d1[2 * ow + 1] = SEL((B) (k == (I) W + 1), v, zero);                            \
+            bad |= (I) ((k != 0) & (k != 1) & (k != (I) W) & (k != (I) W + 1));             \
+        }                                                                                   \
+        return bad != 0;                                                                    \
+    }
+    CONVNET_UNMAX2X2(convnet_unmax2x2_f_i32, float, uint32_t, int32_t, convnet_select_f)
+    CONVNET_UNMAX2X2(convnet_unmax2x2_f_i64, float, uint32_t, int64_t, convnet_select_f)
+    CONVNET_UNMAX2X2(convnet_unmax2x2_d_i32, double, uint64_t, int32_t, convnet_select_d)
+    CONVNET_UNMAX2X2(convnet_unmax2x2_d_i64, double, uint64_t, int64_t, convnet_select_d)
+    CONVNET_MAX2X2(convnet_max2x2_f_i32, float, uint32_t, int32_t, convnet_select_f)
+    CONVNET_MAX2X2(convnet_max2x2_f_i64, float, uint32_t, int64_t, convnet_select_f)
+    CONVNET_MAX2X2(convnet_max2x2_d_i32, double, uint64_t, int32_t, convnet_select_d)
+    CONVNET_MAX2X2(convnet_max2x2_d_i64, double, uint64_t, int64_t, convnet_select_d)
+    """
+    void convnet_max2x2_f_i32(const float *r0, const float *r1, float *y, int32_t *a, float *m,
+                              Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil
+    void convnet_max2x2_f_i64(const float *r0, const float *r1, float *y, int64_t *a, float *m,
+                              Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil
+    void convnet_max2x2_d_i32(const double *r0, const double *r1, double *y, int32_t *a,
+                              double *m, Py_ssize_t n, Py_ssize_t base,
+                              Py_ssize_t W) noexcept nogil
+    void convnet_max2x2_d_i64(const double *r0, const double *r1, double *y, int64_t *a,
+                              double *m, Py_ssize_t n, Py_ssize_t base,
+                              Py_ssize_t W) noexcept nogil
+    int convnet_unmax2x2_f_i32(const float *g, const int32_t *a, float *d0, float *d1,
+                               Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil
+    int convnet_unmax2x2_f_i64(const float *g, const int64_t *a, float *d0, float *d1,
+                               Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil
+    int convnet_unmax2x2_d_i32(const double *g, const int32_t *a, double *d0, double *d1,
+                               Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil
+    int convnet_unmax2x2_d_i64(const double *g, const int64_t *a, double *d0, double *d1,
+                               Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil
+    void __builtin_prefetch(const void *addr) noexcept nogil
+
+cdef enum:
+    PREFETCH = 256        # elements of lookahead for the unpooling gather
+
 ctypedef fused index_t:
     int32_t
     int64_t
@@ -93,10 +254,9 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
     cdef floating* yp
     cdef index_t* ap
     cdef floating* mp
-    cdef floating best, v, a, b, c, d
+    cdef floating best, v
     cdef const floating* r0
     cdef const floating* r1
-    cdef Py_ssize_t i0, i1, i2
     # k2 s2 p0 windows that lie inside the image take an unrolled path
     cdef bint fast2 = (kernel_h == 2 and kernel_w == 2 and stride_h == 2 and stride_w == 2
                        and pad_h == 0 and pad_w == 0)
@@ -114,23 +274,22 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
                 o = oh * OW
                 ow = 0
                 if fast2 and he - hs == 2:
-                    # pairwise selects instead of a scan: no branches to mispredict, and the
-                    # same result (first maximum, last NaN) as the row-major scan below
+                    # pairwise selects instead of a scan (vectorised, and no branches to
+                    # mispredict), the same result as the row-major scan below
                     r0 = xp + hs * W
                     r1 = r0 + W
-                    while ow < full_w:
-                        a = r0[2 * ow]
-                        b = r0[2 * ow + 1]
-                        c = r1[2 * ow]
-                        d = r1[2 * ow + 1]
-                        i0 = 1 if (b > a or b != b) else 0
-                        a = b if i0 else a
-                        i1 = 1 if (d > c or d != d) else 0
-                        c = d if i1 else c
-                        i2 = 1 if (c > a or c != c) else 0
-                        yp[o + ow] = c if i2 else a
-                        ap[o + ow] = <index_t> (hs * W + 2 * ow + (W + i1 if i2 else i0))
-                        ow = ow + 1
+                    mp = (&mask[0] + p * OH * OW + o) if with_mask else NULL
+                    if floating is float:
+                        if index_t is int32_t:
+                            convnet_max2x2_f_i32(r0, r1, yp + o, ap + o, mp, full_w, hs * W, W)
+                        else:
+                            convnet_max2x2_f_i64(r0, r1, yp + o, ap + o, mp, full_w, hs * W, W)
+                    else:
+                        if index_t is int32_t:
+                            convnet_max2x2_d_i32(r0, r1, yp + o, ap + o, mp, full_w, hs * W, W)
+                        else:
+                            convnet_max2x2_d_i64(r0, r1, yp + o, ap + o, mp, full_w, hs * W, W)
+                    ow = full_w
                 while ow < OW:
                     ws = cols[0, ow]
                     we = cols[1, ow]
@@ -144,42 +303,147 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
                                 best_i = ih * W + iw
                     yp[o + ow] = best
                     ap[o + ow] = <index_t> best_i
+                    if with_mask:
+                        mask[p * OH * OW + o + ow] = <floating> best_i
                     ow = ow + 1
-            if with_mask:
-                mp = &mask[0] + p * OH * OW
-                for o in range(OH * OW):
-                    mp[o] = <floating> ap[o]
 
 
 def max_backward(const floating[:, :, :, ::1] dy,       # IN   (N, C, OH, OW)
                  const index_t[:, :, :, ::1] argmax,    # IN   (N, C, OH, OW) from max_forward
                  floating[:, :, :, ::1] dx):            # OUT  (N, C, H, W), overwritten
-    """dx = 0, then dx[argmax] += dy, plane by plane (deterministic, race-free)."""
+    """dx = 0, then dx[argmax] += dy, plane by plane (deterministic, race-free).
+
+    Where the argmax of output (oh, ow) lies in the 2x2 block at (2 oh, 2 ow) for every
+    output of the plane's tiled part (k2 s2 pooling), that part is written block by block
+    instead (the same values, vectorised) and only the outputs past it are scattered; a
+    plane whose indices fail the test is redone by the scatter.
+    """
     cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
-    cdef Py_ssize_t HW = dx.shape[2] * dx.shape[3]
-    cdef Py_ssize_t OHW = dy.shape[2] * dy.shape[3]
-    cdef Py_ssize_t p, o
+    cdef Py_ssize_t H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t HW = H * W
+    cdef Py_ssize_t OHW = OH * OW
+    # the tiled part: fh x fw outputs whose 2x2 blocks lie inside the plane
+    cdef Py_ssize_t fh = min(OH, H // 2), fw = min(OW, W // 2)
+    cdef bint blocks = fh > 0 and fw > 0
+    cdef Py_ssize_t p, o, oh, ow
+    cdef int bad
     cdef const floating* gp
     cdef const index_t* ap
     cdef floating* dp
+    cdef floating* d0
     if planes == 0 or HW == 0:
         return
     with nogil:
         for p in prange(planes, schedule='static'):
             dp = &dx[0, 0, 0, 0] + p * HW
-            memset(dp, 0, HW * sizeof(floating))
-            if OHW == 0:
-                continue
             gp = &dy[0, 0, 0, 0] + p * OHW
             ap = &argmax[0, 0, 0, 0] + p * OHW
-            for o in range(OHW):
-                dp[ap[o]] += gp[o]
+            bad = 1
+            if blocks:
+                bad = 0
+                for oh in range(fh):
+                    d0 = dp + 2 * oh * W
+                    o = oh * OW
+                    if floating is float:
+                        if index_t is int32_t:
+                            bad = bad | convnet_unmax2x2_f_i32(gp + o, ap + o, d0, d0 + W, fw,
+                                                               2 * oh * W, W)
+                        else:
+                            bad = bad | convnet_unmax2x2_f_i64(gp + o, ap + o, d0, d0 + W, fw,
+                                                               2 * oh * W, W)
+                    else:
+                        if index_t is int32_t:
+                            bad = bad | convnet_unmax2x2_d_i32(gp + o, ap + o, d0, d0 + W, fw,
+                                                               2 * oh * W, W)
+                        else:
+                            bad = bad | convnet_unmax2x2_d_i64(gp + o, ap + o, d0, d0 + W, fw,
+                                                               2 * oh * W, W)
+                    if 2 * fw < W:
+                        memset(d0 + 2 * fw, 0, (W - 2 * fw) * sizeof(floating))
+                        memset(d0 + W + 2 * fw, 0, (W - 2 * fw) * sizeof(floating))
+                if 2 * fh < H:
+                    memset(dp + 2 * fh * W, 0, (H - 2 * fh) * W * sizeof(floating))
+            if bad:
+                memset(dp, 0, HW * sizeof(floating))
+                for o in range(OHW):
+                    dp[ap[o]] += gp[o]
+            else:
+                for oh in range(OH):
+                    ow = 0 if oh >= fh else fw
+                    while ow < OW:
+                        o = oh * OW + ow
+                        dp[ap[o]] += gp[o]
+                        ow = ow + 1
 
 
 def _inverse_sizes(rows, cols, dtype):
     """1 / pool_size for every output position, (OH, OW): one table shared by all planes, so
     the kernels multiply instead of dividing."""
     return np.ascontiguousarray(1.0 / np.outer(rows[2], cols[2]), dtype=dtype)
+
+
+def _padded_width(Py_ssize_t W, Py_ssize_t OW, Py_ssize_t kernel, Py_ssize_t stride,
+                  Py_ssize_t pad):
+    """The length of a row with ``pad`` zeros before it and enough after it that every
+    window [ow*stride, ow*stride + kernel) of the padded row lies inside."""
+    return max(pad + W, (OW - 1) * stride + kernel)
+
+
+cdef inline void _window_sums(const floating* bp,     # IN  (>= (OW-1)*sw + kw,) padded row
+                              floating* out,          # OUT (OW,)
+                              const floating* inv,    # IN  (OW,) 1 / pool_size
+                              Py_ssize_t OW,
+                              Py_ssize_t kw,
+                              Py_ssize_t sw) noexcept nogil:
+    """out[ow] = (bp[ow*sw] + ... + bp[ow*sw + kw - 1]) * inv[ow]: one pass over the outputs
+    per kernel column, each a vectorised loop (constant strides for sw 1 and 2)."""
+    cdef Py_ssize_t ow, j
+    if sw == 1:
+        for ow in range(OW):
+            out[ow] = bp[ow]
+        for j in range(1, kw):
+            for ow in range(OW):
+                out[ow] = out[ow] + bp[ow + j]
+    elif sw == 2:
+        for ow in range(OW):
+            out[ow] = bp[2 * ow]
+        for j in range(1, kw):
+            for ow in range(OW):
+                out[ow] = out[ow] + bp[2 * ow + j]
+    else:
+        for ow in range(OW):
+            out[ow] = bp[ow * sw]
+        for j in range(1, kw):
+            for ow in range(OW):
+                out[ow] = out[ow] + bp[ow * sw + j]
+    for ow in range(OW):
+        out[ow] = out[ow] * inv[ow]
+
+
+cdef inline void _window_spread(const floating* g,    # IN  (OW,) dy row / pool_size
+                                floating* bp,         # OUT (padded width,) overwritten
+                                Py_ssize_t Wp,
+                                Py_ssize_t OW,
+                                Py_ssize_t kw,
+                                Py_ssize_t sw) noexcept nogil:
+    """The adjoint of _window_sums before the scaling: bp = 0, then bp[ow*sw + j] += g[ow]
+    for every kernel column j, taken last to first so that each position adds its windows
+    in increasing ow (the order of a per-position gather)."""
+    cdef Py_ssize_t ow, j
+    memset(bp, 0, Wp * sizeof(floating))
+    j = kw - 1
+    while j >= 0:
+        if sw == 1:
+            for ow in range(OW):
+                bp[ow + j] = bp[ow + j] + g[ow]
+        elif sw == 2:
+            for ow in range(OW):
+                bp[2 * ow + j] = bp[2 * ow + j] + g[ow]
+        else:
+            for ow in range(OW):
+                bp[ow * sw + j] = bp[ow * sw + j] + g[ow]
+        j = j - 1
 
 
 def ave_forward(const floating[:, :, :, ::1] x,     # IN   (N, C, H, W)
@@ -194,7 +458,9 @@ def ave_forward(const floating[:, :, :, ::1] x,     # IN   (N, C, H, W)
     extent (Caffe's pool_size; PyTorch's count_include_pad=True).
 
     Separable: per output row, the window's input rows are summed into a row buffer (a
-    contiguous, vectorised loop), then each output sums kw entries of that buffer.
+    contiguous, vectorised loop) that has pad_w zeros on the left and enough on the right
+    for every window, so each output sums exactly kw buffer entries with no clipping and
+    the horizontal pass vectorises too (adding the zeros changes no sum).
     """
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
@@ -202,21 +468,21 @@ def ave_forward(const floating[:, :, :, ::1] x,     # IN   (N, C, H, W)
     rows_np = _windows(H, OH, kernel_h, stride_h, pad_h)
     cols_np = _windows(W, OW, kernel_w, stride_w, pad_w)
     cdef Py_ssize_t[:, ::1] rows = rows_np
-    cdef Py_ssize_t[:, ::1] cols = cols_np
     dt = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] inv = _inverse_sizes(rows_np, cols_np, dt)
-    cdef floating[:, ::1] scratch = np.empty((omp_get_max_threads(), max(W, 1)), dtype=dt)
-    cdef Py_ssize_t p, oh, ow, ih, iw, hs, he, ws, we, o
+    cdef Py_ssize_t Wp = _padded_width(W, OW, kernel_w, stride_w, pad_w)
+    # zero-filled once: only [pad_w, pad_w + W) of a thread's row is ever written
+    cdef floating[:, ::1] scratch = np.zeros((omp_get_max_threads(), Wp + 16), dtype=dt)
+    cdef Py_ssize_t p, oh, ih, iw, hs, he
     cdef const floating* xp
     cdef const floating* xr
     cdef floating* yp
     cdef floating* buf
-    cdef floating acc
     if planes == 0 or OH == 0 or OW == 0:
         return
     with nogil:
         for p in prange(planes, schedule='static'):
-            buf = &scratch[omp_get_thread_num(), 0]
+            buf = &scratch[omp_get_thread_num(), 0] + pad_w
             xp = &x[0, 0, 0, 0] + p * H * W
             yp = &y[0, 0, 0, 0] + p * OH * OW
             for oh in range(OH):
@@ -229,14 +495,7 @@ def ave_forward(const floating[:, :, :, ::1] x,     # IN   (N, C, H, W)
                     xr = xp + ih * W
                     for iw in range(W):
                         buf[iw] = buf[iw] + xr[iw]
-                o = oh * OW
-                for ow in range(OW):
-                    ws = cols[0, ow]
-                    we = cols[1, ow]
-                    acc = buf[ws]
-                    for iw in range(ws + 1, we):
-                        acc = acc + buf[iw]
-                    yp[o + ow] = acc * inv[oh, ow]
+                _window_sums(buf - pad_w, yp + oh * OW, &inv[oh, 0], OW, kernel_w, stride_w)
 
 
 def _covering(rows, Py_ssize_t size):
@@ -260,8 +519,9 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
     """dx[h, w] = sum over the windows containing (h, w) of dy / pool_size (the adjoint of
     ave_forward), plane by plane.
 
-    Separable: each output row's contributions are gathered along W into row oh of a per-thread
-    (OH, W) buffer; input row h is then the sum of the buffer rows whose windows cover it,
+    Separable: each output row's contributions are spread along W into row oh of a
+    per-thread (OH, padded W) buffer (vectorised passes, one per kernel column, as in
+    ave_forward); input row h is then the sum of the buffer rows whose windows cover it,
     so dx is written once, with contiguous vectorised loops.
     """
     cdef Py_ssize_t planes = dx.shape[0] * dx.shape[1]
@@ -270,17 +530,17 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
     rows_np = _windows(H, OH, kernel_h, stride_h, pad_h)
     cols_np = _windows(W, OW, kernel_w, stride_w, pad_w)
     cdef Py_ssize_t[:, ::1] cover = _covering(rows_np, H)
-    cdef Py_ssize_t[:, ::1] wcover = _covering(cols_np, W)
     dt = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] inv = _inverse_sizes(rows_np, cols_np, dt)
-    cdef floating[:, ::1] scratch = np.empty((omp_get_max_threads(), OH * W + OW), dtype=dt)
+    cdef Py_ssize_t Wp = _padded_width(W, OW, kernel_w, stride_w, pad_w)
+    cdef floating[:, ::1] scratch = np.empty((omp_get_max_threads(), OH * Wp + OW + 16),
+                                             dtype=dt)
     cdef Py_ssize_t p, oh, ow, ih, iw, o, lo, hi
     cdef const floating* gp
     cdef floating* dr
     cdef floating* buf
     cdef floating* br
     cdef floating* grow
-    cdef floating g
     if planes == 0 or H == 0 or W == 0:
         return
     with nogil:
@@ -290,29 +550,25 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
                 memset(dr, 0, H * W * sizeof(floating))
                 continue
             buf = &scratch[omp_get_thread_num(), 0]
-            grow = buf + OH * W
+            grow = buf + OH * Wp
             gp = &dy[0, 0, 0, 0] + p * OH * OW
             for oh in range(OH):
-                br = buf + oh * W
                 o = oh * OW
                 for ow in range(OW):
                     grow[ow] = gp[o + ow] * inv[oh, ow]
-                for iw in range(W):
-                    g = 0
-                    for ow in range(wcover[0, iw], wcover[1, iw]):
-                        g = g + grow[ow]
-                    br[iw] = g
+                _window_spread(grow, buf + oh * Wp, Wp, OW, kernel_w, stride_w)
+            buf = buf + pad_w
             for ih in range(H):
                 lo = cover[0, ih]
                 hi = cover[1, ih]
                 if lo == hi:
                     memset(dr, 0, W * sizeof(floating))
                 else:
-                    br = buf + lo * W
+                    br = buf + lo * Wp
                     for iw in range(W):
                         dr[iw] = br[iw]
                     for oh in range(lo + 1, hi):
-                        br = buf + oh * W
+                        br = buf + oh * Wp
                         for iw in range(W):
                             dr[iw] = dr[iw] + br[iw]
                 dr = dr + W
@@ -333,6 +589,31 @@ cdef inline Py_ssize_t _mask_index(mask_t m, Py_ssize_t size) noexcept nogil:
         good = m >= 0 and m < size
         i = <Py_ssize_t> m
     return i if good else -1
+
+
+cdef inline Py_ssize_t _to_index(const mask_t* mp, index_t* ip, Py_ssize_t n,
+                                 Py_ssize_t size) noexcept nogil:
+    """ip[i] = the valid index mp[i], or 0; returns the number of invalid values."""
+    if mask_t is float:
+        if index_t is int32_t:
+            return convnet_mask_f_i32(mp, ip, n, size)
+        else:
+            return convnet_mask_f_i64(mp, ip, n, size)
+    elif mask_t is double:
+        if index_t is int32_t:
+            return convnet_mask_d_i32(mp, ip, n, size)
+        else:
+            return convnet_mask_d_i64(mp, ip, n, size)
+    elif mask_t is int32_t:
+        if index_t is int32_t:
+            return convnet_mask_i32_i32(mp, ip, n, size)
+        else:
+            return convnet_mask_i32_i64(mp, ip, n, size)
+    else:
+        if index_t is int32_t:
+            return convnet_mask_i64_i32(mp, ip, n, size)
+        else:
+            return convnet_mask_i64_i64(mp, ip, n, size)
 
 
 cdef inline Py_ssize_t _first_bad(const mask_t* mp, Py_ssize_t n, Py_ssize_t size) noexcept nogil:
@@ -356,7 +637,7 @@ def unpool_forward(const floating[:, :, :, ::1] x,      # IN   (N, C, H, W)
     cdef Py_ssize_t planes = x.shape[0] * x.shape[1]
     cdef Py_ssize_t HW = x.shape[2] * x.shape[3]
     cdef Py_ssize_t OHW = y.shape[2] * y.shape[3]
-    cdef Py_ssize_t p, i, j, nbad
+    cdef Py_ssize_t p, i, nbad
     cdef const floating* xp
     cdef const mask_t* mp
     cdef floating* yp
@@ -374,14 +655,12 @@ def unpool_forward(const floating[:, :, :, ::1] x,      # IN   (N, C, H, W)
             xp = &x[0, 0, 0, 0] + p * HW
             mp = &mask[0, 0, 0, 0] + p * HW
             ip = &index[0, 0, 0, 0] + p * HW
+            # validate and convert first (a vectorised pass), then scatter into the
+            # zeroed plane, which is still in cache
+            nbad = _to_index(mp, ip, HW, OHW)
             memset(yp, 0, OHW * sizeof(floating))
-            nbad = 0
             for i in range(HW):
-                j = _mask_index(mp[i], OHW)
-                nbad = nbad + (j < 0)
-                j = j if j >= 0 else 0
-                ip[i] = <index_t> j
-                yp[j] = xp[i]
+                yp[ip[i]] = xp[i]
             if nbad:
                 bad[p] = _first_bad(mp, HW, OHW)
     for p in range(planes):
@@ -408,5 +687,10 @@ def unpool_backward(const floating[:, :, :, ::1] dy,    # IN   (N, C, OH, OW)
             dp = &dx[0, 0, 0, 0] + p * HW
             gp = &dy[0, 0, 0, 0] + p * OHW
             ip = &index[0, 0, 0, 0] + p * HW
-            for i in range(HW):
+            # the gather's reads of dy wander over two rows at a time and outrun the
+            # hardware prefetcher: ask for the lines PREFETCH elements ahead
+            for i in range(HW - PREFETCH):
+                __builtin_prefetch(gp + ip[i + PREFETCH])
+                dp[i] = gp[ip[i]]
+            for i in range(max(HW - PREFETCH, 0), HW):
                 dp[i] = gp[ip[i]]

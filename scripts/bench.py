@@ -331,10 +331,6 @@ def run(args):
            "torch_device": "cuda" if args.device == "cuda" else "cpu"}
     sync = torch.cuda.synchronize if (torch is not None and args.device == "cuda") else None
     wanted = args.cases.split(",") if args.cases else [c.name for c in CASES] + ["train_step"]
-    known = {c.name for c in CASES} | {"train_step"}
-    unknown = [w for w in wanted if w not in known]
-    if unknown:
-        sys.exit(f"unknown case(s) {unknown}; known: {sorted(known)}")
 
     print(f"# convnet {convnet.__version__} vs "
           f"{'PyTorch ' + torch.__version__ if torch is not None else 'no PyTorch'}; "
@@ -441,6 +437,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.reps < 10:
         parser.error("--reps must be at least 10")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    known = [c.name for c in CASES] + ["train_step"]
+    unknown = [c for c in args.cases.split(",") if c and c not in known]
+    if unknown:
+        parser.error(f"--cases: unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if not args.default_malloc and os.environ.get("GLIBC_TUNABLES") != TUNABLES:
         env = dict(os.environ, GLIBC_TUNABLES=TUNABLES)
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)

@@ -410,6 +410,23 @@ def loss_softmax_backward(prob, label_index, weight, grad):
     _loss_kernels().softmax_loss_backward(prob, label_index, weight, grad)
 
 
+def loss_softmax_forward_exp(scores, labels, ignore_label, expo, inv_sum, label_index):
+    """loss_softmax_forward without the normalising pass: OUT expo (N, C, S) =
+    exp(scores - max over C), inv_sum (N, S) = 1 / its sum over C (expo * inv_sum is the
+    softmax); label_index and the returned (loss_sum, valid_count, bad) as there."""
+    has_ignore = ignore_label is not None
+    loss_sum, count, bad = _loss_kernels().softmax_loss_forward(
+        scores, labels, has_ignore, int(ignore_label) if has_ignore else 0, expo, label_index,
+        inv_sum)
+    return float(loss_sum), int(count), int(bad)
+
+
+def loss_softmax_backward_exp(expo, inv_sum, label_index, weight, grad):
+    """OUT grad (N, C, S) = weight * (expo * inv_sum - onehot(label)) where label_index >= 0,
+    else 0 (expo, inv_sum from loss_softmax_forward_exp)."""
+    _loss_kernels().softmax_loss_backward(expo, label_index, weight, grad, inv_sum)
+
+
 def loss_euclidean_forward(a, b, diff):
     """IN a, b (M,); OUT diff (M,) = a - b. Returns sum(diff ** 2) (a float)."""
     return float(_loss_kernels().euclidean_loss_forward(a, b, diff))
@@ -419,6 +436,18 @@ def loss_euclidean_backward(diff, alpha, grad_a, grad_b):
     """OUT grad_a (M,) = alpha * diff and grad_b (M,) = -alpha * diff; either may be None
     (skipped)."""
     _loss_kernels().euclidean_loss_backward(diff, alpha, grad_a, grad_b)
+
+
+def loss_euclidean_sum(a, b):
+    """IN a, b (M,). Returns sum((a - b) ** 2) (a float); nothing is stored (the layer keeps
+    a and b for loss_euclidean_grad)."""
+    return float(_loss_kernels().euclidean_loss_sum(a, b))
+
+
+def loss_euclidean_grad(a, b, alpha, grad_a, grad_b):
+    """IN a, b (M,); OUT grad_a (M,) = alpha * (a - b) and grad_b (M,) = -alpha * (a - b);
+    either may be None (skipped)."""
+    _loss_kernels().euclidean_loss_grad(a, b, alpha, grad_a, grad_b)
 
 
 # ---- conv

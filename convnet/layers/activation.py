@@ -119,7 +119,17 @@ class Dropout(Layer):
         return copy.deepcopy(self.generator.bit_generator.state)
 
     def set_rng_state(self, state):
-        self.generator.bit_generator.state = copy.deepcopy(state)
+        if not isinstance(state, dict):
+            fail(self, f"rng state must be the dict get_rng_state() returned, got "
+                       f"{type(state).__name__} {state!r:.60}")
+        # validated on a fresh bit generator first: a bad state leaves the stream unchanged
+        trial = type(self.generator.bit_generator)()
+        try:
+            trial.state = copy.deepcopy(state)
+        except (TypeError, ValueError, KeyError) as exc:
+            fail(self, f"rng state is not a {type(trial).__name__} state from "
+                       f"get_rng_state(): {exc}")
+        self.generator.bit_generator.state = trial.state
 
     def _reshape(self, shapes):
         return shapes[0]

@@ -18,9 +18,11 @@ import numbers
 import numpy as np
 
 from convnet import backend as _backend
-from convnet.errors import ConfigError, ShapeError, StateError, fail
+from convnet.errors import ConfigError, DataError, ShapeError, StateError, fail
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: dtype kinds a bottom or top diff may have: bool, signed, unsigned, float
+NUMERIC_KINDS = "biuf"
 
 
 class Param:
@@ -131,11 +133,15 @@ class Layer:
                                       and all(isinstance(p, dict) for p in param)):
             fail(self, f"param must be a list of dicts like dict(lr_mult=1, decay_mult=1), "
                        f"got {param!r}")
-        self._param_specs = list(param or [])
-        for spec in self._param_specs:
+        self._param_specs = [dict(spec) for spec in param or []]
+        for i, spec in enumerate(self._param_specs):
             unknown = set(spec) - {"lr_mult", "decay_mult", "name"}
             if unknown:
                 fail(self, f"param entries take lr_mult and decay_mult, got {sorted(unknown)}")
+            for key in ("lr_mult", "decay_mult"):
+                if key in spec:
+                    spec[key] = check_number(spec[key], f"param[{i}] {key}", self,
+                                             minimum=0.0)
         self.params = []
         self.device = "cpu"
         self.phase = "TRAIN"
@@ -258,6 +264,11 @@ class Layer:
         shapes = tuple(shapes)
         if shapes != self.bottom_shapes:
             tops = self._reshape(shapes)
+            if len(self._param_specs) > len(self.params):
+                # Caffe: "Too many params specified for layer"
+                fail(self, f"{len(self._param_specs)} param specs given (param=[...]) but the "
+                           f"layer has {len(self.params)} param(s) "
+                           f"{[p.name for p in self.params]}")
             tops = [tuple(int(d) for d in t) for t in (tops if isinstance(tops, list) else [tops])]
             self.bottom_shapes = shapes
             self.top_shapes = tops
@@ -269,10 +280,29 @@ class Layer:
         Layers with integer bottoms (labels, masks) override this."""
         return self.backend.asarray(x, self.dtype)
 
+    def _check_numeric(self, x, what, check_kind=True):
+        """``x`` unchanged, or a list/scalar made an array; a ragged nested list raises
+        ShapeError and (with ``check_kind``) a complex, object or string dtype DataError
+        instead of being cast silently or failing inside NumPy."""
+        dt = getattr(x, "dtype", None)
+        if dt is None:
+            try:
+                x = np.asarray(x)
+            except (ValueError, TypeError) as exc:
+                fail(self, f"{what} is not a rectangular array (a ragged nested list?): "
+                           f"{exc}", ShapeError)
+            dt = x.dtype
+        if check_kind and getattr(dt, "kind", "f") not in NUMERIC_KINDS:
+            fail(self, f"{what} must hold real numbers (bool, int or float), got dtype "
+                       f"{np.dtype(dt).name}", DataError)
+        return x
+
     def forward(self, *bottoms):
         """Compute the top(s): one array, a tuple for several tops, a float for a loss."""
         self._check_count(len(bottoms))
-        bottoms = [self._convert_bottom(i, x) for i, x in enumerate(bottoms)]
+        # labels, masks and other non-diff bottoms check their dtype in _convert_bottom
+        bottoms = [self._convert_bottom(i, self._check_numeric(
+            x, f"bottom {i}", i not in self.nondiff_bottoms)) for i, x in enumerate(bottoms)]
         self.setup(*(b.shape for b in bottoms))
         self._forwarded = False
         tops = self._forward(bottoms)
@@ -314,7 +344,8 @@ class Layer:
                 fail(self, f"a loss takes at most one (scalar) top diff, got {len(top_diffs)}",
                      ShapeError)
             if top_diffs:
-                scale = np.asarray(self.backend.to_numpy(top_diffs[0]), dtype=np.float64)
+                scale = self._check_numeric(self.backend.to_numpy(top_diffs[0]), "top diff 0")
+                scale = np.asarray(scale, dtype=np.float64)
                 if scale.size != 1:
                     fail(self, f"the top diff of a loss must be a scalar, got shape "
                                f"{shape_str(scale.shape)}", ShapeError)
@@ -328,7 +359,7 @@ class Layer:
                            f"{len(top_diffs)}", ShapeError)
             converted = []
             for i, (d, want) in enumerate(zip(top_diffs, self.top_shapes)):
-                d = self.backend.asarray(d, self.dtype)
+                d = self.backend.asarray(self._check_numeric(d, f"top diff {i}"), self.dtype)
                 if tuple(d.shape) != tuple(want):
                     fail(self, f"top diff {i} must have the top's shape {shape_str(want)}, got "
                                f"{shape_str(d.shape)}", ShapeError)

@@ -17,6 +17,11 @@ def _show(p):
     return str(p[0]) if p[0] == p[1] else f"({p[0]}, {p[1]})"
 
 
+def _paren(p):
+    """An (h, w) pair in parentheses: ``(3)`` or ``(3, 5)``."""
+    return f"({p[0]})" if p[0] == p[1] else f"({p[0]}, {p[1]})"
+
+
 class _ConvolutionBase(Layer):
     """Parameters and checks shared by Convolution and Deconvolution."""
 
@@ -213,9 +218,9 @@ class Deconvolution(_ConvolutionBase):
                                           minimum=0)
         for axis in range(2):
             if self.output_padding[axis] >= max(self.stride[axis], self.dilation[axis]):
-                fail(self, f"output_padding ({_show(self.output_padding)}) must be smaller "
-                           f"than stride ({_show(self.stride)}) or dilation "
-                           f"({_show(self.dilation)})")
+                fail(self, f"output_padding {_paren(self.output_padding)} must be smaller "
+                           f"than stride {_paren(self.stride)} or dilation "
+                           f"{_paren(self.dilation)}")
         self._active_padding = self.output_padding
 
     def forward(self, *bottoms, output_size=None):

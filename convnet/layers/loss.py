@@ -64,6 +64,7 @@ class SoftmaxWithLoss(Layer):
         self.axis = axis
         self._prob = None
         self._label_index = None
+        self._inv_sum = None
         self._normalizer = 1.0
         super().__init__(name=name, dtype=dtype, loss_weight=loss_weight)
 
@@ -125,12 +126,21 @@ class SoftmaxWithLoss(Layer):
         be = self.backend
         prob = _reuse(be, self._prob, (n, c, pixels), self.dtype)
         label_index = _reuse(be, self._label_index, (n, pixels), np.int32)
-        loss_sum, valid, bad = be.loss_softmax_forward(
-            scores.reshape(n, c, pixels), labels.reshape(n, pixels), self.ignore_label,
-            prob, label_index)
+        if hasattr(be, "loss_softmax_forward_exp"):
+            # the exponentials and 1 / their sum instead of the softmax: forward saves its
+            # normalising pass and backward applies the scale in its per-pixel weight
+            inv_sum = _reuse(be, self._inv_sum, (n, pixels), self.dtype)
+            loss_sum, valid, bad = be.loss_softmax_forward_exp(
+                scores.reshape(n, c, pixels), labels.reshape(n, pixels), self.ignore_label,
+                prob, inv_sum, label_index)
+        else:
+            inv_sum = None
+            loss_sum, valid, bad = be.loss_softmax_forward(
+                scores.reshape(n, c, pixels), labels.reshape(n, pixels), self.ignore_label,
+                prob, label_index)
         if bad >= 0:
             self._raise_bad_label(labels, bad, c)
-        self._prob, self._label_index = prob, label_index
+        self._prob, self._label_index, self._inv_sum = prob, label_index, inv_sum
         self._normalizer = self._normalizer_for(n, pixels, valid)
         return loss_sum / self._normalizer
 
@@ -143,7 +153,9 @@ class SoftmaxWithLoss(Layer):
                        f"{shape_str(host.shape)} is not an integer class id", DataError)
         ignore = ("no ignore_label is set" if self.ignore_label is None
                   else f"ignore_label is {self.ignore_label}")
-        fail(self, f"label {int(value)} at position {position} of labels {shape_str(host.shape)} "
+        # a float label too large for an int64 prints as 1e+300, not as 301 digits
+        shown = int(value) if abs(value) < 2 ** 63 else f"{value:g}"
+        fail(self, f"label {shown} at position {position} of labels {shape_str(host.shape)} "
                    f"is outside [0, {classes}) and {ignore}", DataError)
 
     def _backward(self, top_diffs, propagate_down):
@@ -151,8 +163,12 @@ class SoftmaxWithLoss(Layer):
             return [None, None]
         scores_shape = self.bottom_shapes[0]
         grad = self.backend.empty(self._prob.shape, self.dtype)
-        self.backend.loss_softmax_backward(self._prob, self._label_index,
-                                           top_diffs[0] / self._normalizer, grad)
+        weight = top_diffs[0] / self._normalizer
+        if self._inv_sum is not None:
+            self.backend.loss_softmax_backward_exp(self._prob, self._inv_sum,
+                                                   self._label_index, weight, grad)
+        else:
+            self.backend.loss_softmax_backward(self._prob, self._label_index, weight, grad)
         return [grad.reshape(scores_shape), None]
 
 
@@ -166,7 +182,8 @@ class EuclideanLoss(Layer):
         d loss / d b = -(a - b) / N * top_diff
 
     each gradient computed only for a bottom with propagate_down. An empty batch (N = 0)
-    has loss 0.
+    has loss 0. On the CPU the layer keeps references to a and b (as Convolution keeps its
+    input) and backward recomputes a - b from them: forward only reads its bottoms.
 
     Parameters: ``loss_weight`` (1.0).
 
@@ -180,6 +197,7 @@ class EuclideanLoss(Layer):
 
     def __init__(self, loss_weight=1.0, name=None, dtype=np.float32):
         self._diff = None
+        self._bottoms = None
         super().__init__(name=name, dtype=dtype, loss_weight=loss_weight)
 
     def _reshape(self, shapes):
@@ -193,17 +211,28 @@ class EuclideanLoss(Layer):
 
     def _forward(self, bottoms):
         a, b = bottoms
-        diff = _reuse(self.backend, self._diff, (a.size,), self.dtype)
-        total = self.backend.loss_euclidean_forward(a.reshape(-1), b.reshape(-1), diff)
-        self._diff = diff
+        be = self.backend
+        if hasattr(be, "loss_euclidean_sum"):
+            # forward only reads; backward recomputes a - b from the kept bottoms (as
+            # Convolution keeps x), which saves writing and re-reading a stored difference
+            total = be.loss_euclidean_sum(a.reshape(-1), b.reshape(-1))
+            self._bottoms, self._diff = (a.reshape(-1), b.reshape(-1)), None
+        else:
+            diff = _reuse(be, self._diff, (a.size,), self.dtype)
+            total = be.loss_euclidean_forward(a.reshape(-1), b.reshape(-1), diff)
+            self._bottoms, self._diff = None, diff
         batch = a.shape[0]
         return total / (2 * batch) if batch else 0.0
 
     def _backward(self, top_diffs, propagate_down):
         shape = self.bottom_shapes[0]
         be = self.backend
-        grads = [be.empty(self._diff.shape, self.dtype) if flag else None
-                 for flag in propagate_down]
+        size = math.prod(shape)
+        grads = [be.empty((size,), self.dtype) if flag else None for flag in propagate_down]
         if any(propagate_down) and shape[0]:
-            be.loss_euclidean_backward(self._diff, top_diffs[0] / shape[0], *grads)
+            alpha = top_diffs[0] / shape[0]
+            if self._diff is None:
+                be.loss_euclidean_grad(*self._bottoms, alpha, *grads)
+            else:
+                be.loss_euclidean_backward(self._diff, alpha, *grads)
         return [g.reshape(shape) if g is not None else None for g in grads]

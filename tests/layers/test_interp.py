@@ -139,6 +139,24 @@ def test_both_backward_programs_match_reference(seed, order, dtype):
     assert_close(dx, expected, dtype, scale=4.0)
 
 
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("seed", [s for s in SEEDS if s % 4 != 3][:10])
+def test_both_forward_programs_match_reference(seed, order, dtype):
+    # likewise for forward: columns first (DeepLab's order) or rows first, each forced
+    from convnet._cpu import interp as kernels
+    params, x, _, out = interp_config(seed)
+    x = x.astype(dtype)
+    he = x.shape[2] + params["pad_beg"] + params["pad_end"]
+    we = x.shape[3] + params["pad_beg"] + params["pad_end"]
+    ac, off = params["align_corners"], -params["pad_beg"]
+    rows, rw = bilinear_table(he, out[0], ac, dtype, off)
+    cols, cw = bilinear_table(we, out[1], ac, dtype, off)
+    y = np.full(x.shape[:2] + out, np.nan, dtype)
+    kernels.bilinear_forward(x, y, rows, rw, cols, cw, order)
+    expected = ref.interp_forward(x.astype(np.float64), *out, **reference_kwargs(params))
+    assert_close(y, expected, dtype)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_backward_is_the_adjoint_of_forward(seed):
     params, x, ref_shape, out = interp_config(seed)
