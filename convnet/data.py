@@ -82,7 +82,7 @@ class SyntheticShapes:
     """Embedded synthetic segmentation dataset (deterministic, no download).
 
     Each scene is ``size`` x ``size`` with 1 to 4 shapes of random class, colour, size
-    (radius 12% to 25% of ``size``), position (possibly cut by the border) and orientation
+    (radius 15% to 30% of ``size``), position (possibly cut by the border) and orientation
     (a multiple of 90 degrees: squares and triangles stand upright), painted in order so
     later shapes occlude earlier ones (a ring's hole, 35% to 55% of its radius, shows what
     lies beneath). Backgrounds: a random colour under two random sinusoidal textures (period 4 to
@@ -172,7 +172,7 @@ class SyntheticShapes:
         count = rng.integers(1, 5, n)
         for k in range(4):
             cls = rng.integers(1, self.num_classes, n)
-            radius = rng.uniform(0.12, 0.25, n) * s
+            radius = rng.uniform(0.15, 0.3, n) * s
             cx, cy = rng.uniform(0, s, n), rng.uniform(0, s, n)
             # squares and triangles stand upright (a triangle points up, down, left or right)
             theta = rng.integers(0, 4, n) * (np.pi / 2)

@@ -35,10 +35,10 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     Convolution ``score`` and SoftmaxWithLoss (``ignore_label``, VALID normalisation).
 
     ``bn_fraction`` is BatchNorm's ``moving_average_fraction`` (0.9: short training runs).
-    Weights start as PyTorch's default, uniform in +-1/sqrt(fan_in): under BatchNorm a
-    convolution's output does not depend on its weights' scale, but the size of an update
-    relative to the weights does, and this scale (sqrt(6) times smaller than msra) lets Adam
-    learn the default 2-minute run about twice as fast.
+    Weights start as PyTorch's default, uniform in +-1/sqrt(fan_in) (the score layer's bias
+    too): under BatchNorm a convolution's output does not depend on its weights' scale, but an
+    Adam step's size relative to the weights does, so this matches the training dynamics of
+    the same network written in PyTorch (msra's scale is sqrt(6) times larger).
 
     >>> net = deconvnet(5, width=8)
     >>> out = net.forward(data=x, label=y)      # {"loss": ...}; net.blobs["score"]

@@ -540,7 +540,8 @@ class Net:
         arrays = read_npz(path, "weights file")
         meta = _read_meta(arrays, path, WEIGHTS_FORMAT, WEIGHTS_VERSION)
         if any(n.layer.bottom_shapes is None for n in self._nodes) and meta.get("input_shapes"):
-            self.setup(**meta["input_shapes"])
+            from convnet.snapshot import _setup_from_meta
+            _setup_from_meta(self, meta["input_shapes"], str(path))
         self._require_setup("loading")
         return self.load_arrays(arrays, str(path), strict)
 
@@ -666,7 +667,8 @@ def _read_meta(arrays, path, expected_format, max_version):
         fail(str(path), f"is a {got!r} file, expected a {expected_format!r} file",
              FileFormatError)
     version = meta.get("version")
-    if not isinstance(version, int) or version > max_version:
+    if (isinstance(version, bool) or not isinstance(version, int)
+            or not 1 <= version <= max_version):
         fail(str(path), f"has {expected_format} format version {version!r}; this convnet "
                         f"reads versions up to {max_version}", FileFormatError)
     return meta

@@ -179,9 +179,12 @@ def load_snapshot(solver, path):
     if kind != type(solver).__name__:
         fail(path, f"snapshot was written by a {kind}, cannot restore it into a "
                    f"{type(solver).__name__}", FileFormatError)
+    if slots != solver.history_slots:
+        fail(path, f"snapshot has {slots} history slot(s) per param, a {kind} keeps "
+                   f"{solver.history_slots}", FileFormatError)
     net = solver.net
     if any(lyr.bottom_shapes is None for lyr in net.layers) and meta.get("input_shapes"):
-        net.setup(**meta["input_shapes"])
+        _setup_from_meta(net, meta["input_shapes"], path)
     net._require_setup("restoring a snapshot")
 
     weights = {k[4:]: v for k, v in arrays.items() if k.startswith("net/")}
@@ -258,6 +261,17 @@ def load_snapshot(solver, path):
         warnings.warn(f"{path}: resuming with hyper-parameters that differ from the "
                       f"snapshot's: {listing}", stacklevel=3)
     return solver
+
+
+def _setup_from_meta(net, input_shapes, path):
+    """Set ``net`` up from a file's recorded input shapes; FileFormatError naming ``path``
+    when they are not a {name: shape} dict of int lists."""
+    if not isinstance(input_shapes, dict) or not all(
+            isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                        for d in s) for s in input_shapes.values()):
+        fail(path, f"has corrupted input_shapes metadata (expected {{name: [ints]}}, got "
+                   f"{input_shapes!r:.80})", FileFormatError)
+    net.setup(**input_shapes)
 
 
 def _differs(a, b):

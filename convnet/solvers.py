@@ -140,7 +140,8 @@ class Solver:
     def step(self, **inputs):
         """Run one iteration (see the module docstring) and return the loss averaged over
         ``iter_size`` forwards. Inputs are given by name, or drawn from ``data`` when none
-        are given. A non-finite loss or gradient raises DataError before any weight changes.
+        are given. A non-finite loss or gradient raises DataError before any weight changes,
+        and a refused step leaves BatchNorm's moving averages as they were.
         """
         if inputs and self.iter_size > 1:
             fail(self, f"iter_size={self.iter_size} accumulates {self.iter_size} batches per "
@@ -189,9 +190,11 @@ class Solver:
         total = 0.0
         for _ in range(self.iter_size):
             batch = inputs if inputs else self.data.next_batch()
-            if not isinstance(batch, Mapping):
+            if not isinstance(batch, Mapping) or not all(isinstance(k, str) for k in batch):
+                got = (type(batch).__name__ if not isinstance(batch, Mapping)
+                       else f"a dict with keys {list(batch)!r:.80}")
                 fail(self, f"data.next_batch() must return a dict of arrays by input name "
-                           f"(e.g. {{'data': x, 'label': y}}), got {type(batch).__name__}")
+                           f"(e.g. {{'data': x, 'label': y}}), got {got}")
             net.forward(**batch)
             loss = net.loss
             if not math.isfinite(loss):

@@ -24,24 +24,31 @@ at 1 and 2 threads).
 The nearest and copy kernels move raw bits (``bits_t``, by item size) so that label maps of
 any integer dtype keep their values and dtype.
 
-Measured on the 2-core development VM (float32, best of 25, torch 2.13 F.interpolate(bilinear,
-align_corners=True) and autograd on the same inputs, ONE thread each: the VM's load average
-stayed at 5-8 from other jobs, which made every 2-thread timing of both libraries swing by
-5-10x; the bench's 2-thread numbers still need a quiet machine):
+Bilinear forward likewise runs columns first (DeepLab's order, above) or rows first
+(``cw (rw x)``: the same value up to rounding), whichever does less work: rows first halves
+the gathers when shrinking. From memory the rows-first forward needs a software prefetch
+of the source rows PREFETCH_ROWS output rows ahead: its two-rows-per-output-row pattern
+outran the hardware prefetcher (interp_down 4.9 ms without, 1.9 ms with; columns first
+2.7 ms), which is why an earlier rows-first attempt had measured slower.
 
-=============  ============================  ===========  ===========  ================
-case           shape                         fwd ms       bwd ms       torch / convnet
-=============  ============================  ===========  ===========  ================
-interp_zoom8   8x21x32x32 -> 249x249         1.87         3.4          fwd 6.4, bwd 7.9
-interp_down    8x64x128x128 -> 65x65         2.8          3.0          fwd 1.5, bwd 2.5
-=============  ============================  ===========  ===========  ================
+Measured (AMD EPYC with AVX-512, -march=native; float32; ``scripts/bench.py --threads 1``,
+alternating with torch 2.13 ``F.interpolate(bilinear, align_corners=True)`` and autograd,
+median of 10, ms; "before" is this module as committed in 77c11b6, rebuilt the same way;
+the VM's two cores were busy with other jobs, which made 2-thread timings of both
+libraries swing by 5-10x, see pooling.pyx):
 
-(torch: 12.0 / 26.8 / 4.2 / 7.5 ms; geomean of the four ratios 3.7.) A one-thread copy of the
-same bytes (x + y) takes 0.5 ms, so these kernels run at 3.5-6.5x the copy time: they are
-compute-bound at one thread (the same time per plane with the data in cache), on the SSE2
-baseline the build targets. The rows-first forward was measured and dropped (interp_down 4.1
-ms vs 2.8 ms columns first); so was a two-rows-per-pass column gather (faster in cache,
-slower from memory).
+=============  ============================  ==============  ==============  ========
+case           shape                         before (ratio)  after (ratio)   torch
+=============  ============================  ==============  ==============  ========
+interp_zoom8   8x21x32x32 -> 249x249   fwd   1.8 (6.9x)      1.7-2.0 (6.4x)  12
+                                       bwd   3.0 (9.0x)      3.0-3.6 (7.6x)  27
+interp_down    8x64x128x128 -> 65x65   fwd   2.7 (1.7x)      2.0 (2.8x)      4.7-5.7
+                                       bwd   3.6 (2.4x)      3.5 (2.5-3.4x)  8-12
+=============  ============================  ==============  ==============  ========
+
+Both zoom8 passes and the interp_down backward are unchanged code (their spread is noise);
+the backward passes are compute-bound (the same time per plane with the data in cache): the two-tap scatter of the
+adjoint is scalar.
 """
 
 from cython cimport floating

@@ -4,31 +4,46 @@ Softmax loss. Scores are viewed as (N, C, S) with S = H*W: the class axis C is t
 so a pixel's C scores lie S elements apart. The work unit is a block of B consecutive pixels
 of one image (B = BLOCK, fewer for large C). Forward reads the block's C rows once into a
 contiguous per-thread buffer while taking the per-pixel max, exponentiates there summing
-per pixel, adds the block's loss, and writes prob = exp / sum: one read of the scores and
-one write of the probabilities, which backward reuses (one pass, prob * weight minus weight
-at the label). The log-probability is (x_label - max) - log(sum exp(x - max)): no exp
+per pixel, adds the block's loss, and writes prob = exp / sum, or (given ``inv_sum``, as the
+layer does) exp straight into prob and 1 / sum per pixel: one read of the scores and one
+write of the probabilities, which backward reuses (one pass, prob * weight minus weight at
+the label, the 1 / sum folded into the per-pixel weight). The log-probability is (x_label - max) - log(sum exp(x - max)): no exp
 overflows at any logit and no log of an underflowed probability (Caffe takes
 log(max(p, FLT_MIN)), which caps a pixel's loss at 87.3).
 
-EuclideanLoss. Chunks of CHUNK elements of the flattened bottoms; forward writes a - b (for
-backward) and sums its squares, backward writes +/- alpha * (a - b) in one pass.
+EuclideanLoss. Chunks of CHUNK elements of the flattened bottoms. euclidean_loss_sum only
+sums the squares of a - b, and euclidean_loss_grad writes +/- alpha * (a - b) in one pass
+(the layer keeps a and b); euclidean_loss_forward / _backward are the variant that stores
+a - b for backward.
 
 Determinism: each work unit (pixel block, chunk) sums into its own slot of a partial array,
 and the slots are added in order after the parallel loop, so loss and gradients are
 bit-identical at any thread count.
 
-Measured (float32, 8x21x128x128, 5% of labels ignored; 2-core shared VM under load from
-other jobs, so one thread on both sides; min of 25 runs; torch 2.13 CPU dispatching AVX-512,
-this module built for baseline x86-64, i.e. SSE2):
-    SoftmaxWithLoss  forward 4.0 ms   backward 2.2 ms    (kernel alone: forward 3.3 ms)
-    F.cross_entropy  forward 2.4 ms   backward 2.4 ms
-    EuclideanLoss    forward 0.92 ms  backward 0.72 ms
-    F.mse_loss       forward 1.1 ms   backward 1.9 ms
-    copy of the 11 MB scores (parallel_copy): 0.45 ms
-The softmax forward is compute-bound. A first version, exp written straight into prob with
-libm's expf (a call per element), took 36 ms: its class rows, 64 KiB apart, also thrashed
-the cache sets on every re-read. The per-block contiguous copy and the vectorizable expf
-below brought it to 3.3 ms. Backward reuses prob, so the exp runs once per step.
+Measured (AMD EPYC with AVX-512, -march=native; float32, 8x21x128x128, 5% of labels
+ignored; ``scripts/bench.py --threads 1``, alternating with torch 2.13 F.cross_entropy /
+((a - b) ** 2).sum() and autograd, median of 10, ms; "before" is this module as committed in
+77c11b6, rebuilt the same way; 2-thread timings on the busy VM: see pooling.pyx):
+
+    case                     before ms  ratio    after ms  ratio    torch ms
+    SoftmaxWithLoss   fwd       2.4      1.0x       1.7     1.5x       2.4-2.6
+                      bwd       1.1      2.1x       0.7     3.6x       2.4-2.6
+    EuclideanLoss     fwd       1.1      1.3x       0.6     2.5x       1.4-1.5
+                      bwd       0.97     2.3x       1.1     1.9x       2.1-2.3
+
+The softmax forward is compute-bound (0.13 ms per image with the data in cache, ~1 cycle
+per score). What paid: the per-pixel log as a vectorised Cephes logf instead of a libm call
+(4.5 -> 2.0 ms at the time); writing exp(x - max) straight into ``prob`` and keeping 1 / sum
+per pixel for backward instead of a normalising pass (1.3 -> 1.0 ms, kernel); prefetching
+the next block's C rows (C streams are more than the hardware prefetcher follows) in both
+passes (backward 1.1 -> 0.7 ms). EuclideanLoss forward no longer stores a - b (the layer
+keeps its bottoms, and backward recomputes it): it only reads, with the squares summed in 16
+double lanes that GCC vectorises (1.0 -> 0.5 ms); backward reads a and b instead of diff,
+a little slower, but the pair is faster. Tried and dropped: 512-bit vectors for the exp loop
+(no change: Zen 4 splits them), non-temporal stores for the Euclidean gradients (5%, noise).
+A first version, exp written straight into prob with libm's expf (a call per element), took
+36 ms: its class rows, 64 KiB apart, also thrashed the cache sets on every re-read, hence the
+per-block contiguous copy.
 """
 
 from cython cimport floating
@@ -124,6 +139,9 @@ cdef extern from *:
     double convnet_sqdiff_sum_f(const float *a, const float *b, Py_ssize_t n) noexcept nogil
     double convnet_sqdiff_sum_d(const double *a, const double *b, Py_ssize_t n) noexcept nogil
 
+cdef extern from *:
+    void __builtin_prefetch(const void *addr) noexcept nogil
+
 ctypedef fused label_t:
     int32_t
     int64_t
@@ -205,6 +223,7 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
     cdef Py_ssize_t* unit_count
     cdef Py_ssize_t* unit_bad
     cdef bint normalize = inv_sum is None
+    cdef Py_ssize_t line = 64 // sizeof(floating)
     if units == 0:
         return 0.0, 0, -1
     work = <floating*> malloc(nthreads * per_thread * sizeof(floating))
@@ -230,6 +249,13 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
                     mx[s] = scores[n, 0, s0 + s]
                     sm[s] = 0
                 for c in range(C):
+                    # ask for this row of the next block now, so that its memory latency
+                    # overlaps this block's exponentials (the C rows are C streams,
+                    # more than the hardware prefetcher follows)
+                    k = s0 + B
+                    while k < min(s0 + 2 * B, S):
+                        __builtin_prefetch(&scores[n, c, k])
+                        k = k + line
                     for s in range(length):
                         v = scores[n, c, s0 + s]
                         buf[c * B + s] = v
@@ -311,10 +337,11 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
     cdef Py_ssize_t nblocks = (S + B - 1) // B
     cdef Py_ssize_t units = N * nblocks
     cdef int nthreads = omp_get_max_threads()
-    cdef Py_ssize_t u, n, s0, length, s, c
+    cdef Py_ssize_t u, n, s0, length, s, c, k
     cdef floating* w
     cdef floating* work
     cdef bint scaled = inv_sum is not None
+    cdef Py_ssize_t line = 64 // sizeof(floating)
     if units == 0:
         return
     work = <floating*> malloc(nthreads * B * sizeof(floating))
@@ -332,8 +359,13 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
                 if scaled:
                     for s in range(length):
                         w[s] = w[s] * inv_sum[n, s0 + s]
-                # one streaming pass per class row, the one-hot folded in
+                # one streaming pass per class row, the one-hot folded in, with the
+                # next block's row prefetched as in the forward
                 for c in range(C):
+                    k = s0 + B
+                    while k < min(s0 + 2 * B, S):
+                        __builtin_prefetch(&prob[n, c, k])
+                        k = k + line
                     for s in range(length):
                         grad[n, c, s0 + s] = prob[n, c, s0 + s] * w[s] - (
                             weight if label_index[n, s0 + s] == c else 0)

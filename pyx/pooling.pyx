@@ -9,25 +9,35 @@ Window geometry (shared by max and average pooling): output row ``oh`` covers in
 ``[oh*sh - ph, oh*sh - ph + kh)`` clipped to ``[0, H)``; columns likewise. The layer
 guarantees every window meets the image (pad < kernel and the last-window rule).
 
-Measured (AMD EPYC, 2 vCPUs shared with other jobs; N=8 C=64 128x128 float32; PyTorch 2.13
-CPU; ``scripts/bench.py --threads 1`` with its malloc tunables, layer calls, best of 30, ms):
+Measured (AMD EPYC with AVX-512, built with -march=native; float32, N=8 C=64 128x128;
+``scripts/bench.py --threads 1``, which alternates the two sides under its malloc tunables;
+median of 10, ms; "before" is this module as committed in 77c11b6, rebuilt the same way and
+run just before "after"). The 2-core VM ran other agents' jobs at 100% on both cores
+throughout: at ``--threads 2`` every OpenMP region of either library (two runtimes, each
+spinning after its regions) waited for time slices, 8-15 ms per call on both sides; with
+OMP_WAIT_POLICY=passive for both, 2 threads gave the one-thread ratios again.
 
-    case                               convnet    torch   ratio
-    maxpool_idx k2 s2 + mask   fwd       3.22     45.5    14x
-                               bwd       1.70      7.9    4.6x
-    maxunpool 64->128          fwd       3.51      4.0    1.1x
-                               bwd       3.83      8.3    2.2x
-    avgpool k3 s2 p1 ceil      fwd       3.51     21.8    6.2x
-                               bwd       5.41     13.9    2.6x
+    case                           before ms  ratio    after ms  ratio    torch ms
+    maxpool_idx k2 s2 + mask  fwd     4.7      7.6x       3.6     9.2x       33-36
+                              bwd     1.9      2.5x       1.4     3.8x       4.8-5.4
+    maxunpool 64->128         fwd     3.6      1.1x       2.8     1.3x       3.7-4.1
+                              bwd     4.9      1.2x       2.0     2.5x       5.0-5.7
+    avgpool k3 s2 p1 ceil     fwd     4.2      3.3x       2.6     5.5x       14
+                              bwd     7.0      2.1x       3.1     4.5x       14-15
 
-Kernel CPU time alone (1 thread, preallocated outputs): maxpool k2s2 + mask 3.1, avgpool fwd
-3.4 / bwd 5.1, unpool fwd 3.1 (float32 mask) / 2.0 (int64 mask), unpool bwd 3.1; a NumPy copy
-of the 33.5 MB input takes 1.1-1.3. Wall-clock runs at 2 threads were dominated by the other
-jobs on the machine (load 4-8) and are not quoted. What paid: branch-free pairwise selects
-for k2 s2 max pooling (random data makes a scan's branches unpredictable), separable
-row-buffer sums for average pooling forward and backward (3x and 2x), and gathering instead
-of scattering along W in the average backward. Unpooling is bound by writing its zero-filled
-output, as PyTorch's is.
+What paid: bit-operation selects for the k2 s2 max (GCC turns a float ?: into a branch,
+which random data mispredicts: 30 ms) so that the row loop vectorises, with the float mask
+written in the same pass (3.8 -> 2.9 ms, kernel); the k2 s2 backward written block by
+block instead of zero-fill + scatter (2.0 -> 1.4 ms); for unpooling, the mask validated and
+converted in a vectorised pass before the scatter (kernel 3.4 -> 2.0 ms) and a software
+prefetch 256 elements ahead in the backward gather, whose reads of dy wander over two rows
+and outran the hardware prefetcher (3.7 -> 1.3 ms; the same planes in cache took 0.7 ms:
+it was memory stalls); for average pooling, rows zero-padded so that every window
+sums exactly kw entries in vectorised passes, forward and backward (4.3 -> 2.2 and
+7.4 -> 2.8 ms, kernel). Tried and dropped: building the unpooled plane in a cache-resident
+buffer and streaming it out with non-temporal stores (no gain: 2.0 vs 2.1 ms). Unpooling
+forward stays the closest to PyTorch: it writes the validated int32 index (for backward)
+that PyTorch does not keep.
 """
 
 from cython cimport floating
@@ -429,17 +439,37 @@ cdef inline void _window_spread(const floating* g,    # IN  (OW,) dy row / pool_
                                 Py_ssize_t sw) noexcept nogil:
     """The adjoint of _window_sums before the scaling: bp = 0, then bp[ow*sw + j] += g[ow]
     for every kernel column j, taken last to first so that each position adds its windows
-    in increasing ow (the order of a per-position gather)."""
-    cdef Py_ssize_t ow, j
+    in increasing ow (the order of a per-position gather). bp needs Wp + 2 * ceil(Wp / 2)
+    elements (the stride-2 path's phase rows follow the row)."""
+    cdef Py_ssize_t ow, j, q, d, r, Q
+    cdef floating* ph
+    if sw == 2:
+        # by phase: position 2q + r gathers g[q - d] for each kernel column j = 2d + r,
+        # contiguous shifted adds into ph (row r of the (2, Q) scratch after bp), then one
+        # interleaving pass; the same sums in the same order as the strided loop below
+        Q = (Wp + 1) // 2
+        for r in range(2):
+            ph = bp + Wp + r * Q
+            memset(ph, 0, Q * sizeof(floating))
+            j = kw - 1 if (kw - 1) % 2 == r else kw - 2
+            while j >= 0:
+                d = (j - r) // 2
+                for q in range(d, min(OW + d, Q)):
+                    ph[q] = ph[q] + g[q - d]
+                j = j - 2
+        ph = bp + Wp
+        for q in range(Wp // 2):
+            bp[2 * q] = ph[q]
+            bp[2 * q + 1] = ph[Q + q]
+        if Wp % 2:
+            bp[Wp - 1] = ph[Q - 1]
+        return
     memset(bp, 0, Wp * sizeof(floating))
     j = kw - 1
     while j >= 0:
         if sw == 1:
             for ow in range(OW):
                 bp[ow + j] = bp[ow + j] + g[ow]
-        elif sw == 2:
-            for ow in range(OW):
-                bp[2 * ow + j] = bp[2 * ow + j] + g[ow]
         else:
             for ow in range(OW):
                 bp[ow * sw + j] = bp[ow * sw + j] + g[ow]
@@ -533,8 +563,8 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
     dt = np.float32 if floating is float else np.float64
     cdef floating[:, ::1] inv = _inverse_sizes(rows_np, cols_np, dt)
     cdef Py_ssize_t Wp = _padded_width(W, OW, kernel_w, stride_w, pad_w)
-    cdef floating[:, ::1] scratch = np.empty((omp_get_max_threads(), OH * Wp + OW + 16),
-                                             dtype=dt)
+    cdef floating[:, ::1] scratch = np.empty(
+        (omp_get_max_threads(), OH * Wp + 2 * ((Wp + 1) // 2) + OW + 16), dtype=dt)
     cdef Py_ssize_t p, oh, ow, ih, iw, o, lo, hi
     cdef const floating* gp
     cdef floating* dr
@@ -550,7 +580,7 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
                 memset(dr, 0, H * W * sizeof(floating))
                 continue
             buf = &scratch[omp_get_thread_num(), 0]
-            grow = buf + OH * Wp
+            grow = buf + OH * Wp + 2 * ((Wp + 1) // 2)
             gp = &dy[0, 0, 0, 0] + p * OH * OW
             for oh in range(OH):
                 o = oh * OW
@@ -576,8 +606,8 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
 
 cdef inline Py_ssize_t _mask_index(mask_t m, Py_ssize_t size) noexcept nogil:
     """The mask value as an index into a plane of ``size``, or -1 when it is negative, too
-    large, NaN or not an integer. Selects, not branches: callers count the -1s and test the
-    count once per plane."""
+    large, NaN or not an integer (the scalar twin of _to_index, for finding the first bad
+    value once _to_index has counted some)."""
     cdef Py_ssize_t i
     cdef bint good
     if mask_t is float or mask_t is double:

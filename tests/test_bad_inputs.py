@@ -605,83 +605,164 @@ class ListData:
         return [np.zeros((1, 3, 6, 5), np.float32), np.zeros((1, 6, 5), np.int64)]
 
 
-DEFECT_CASES = [
+class DictData:
+    def __init__(self, batch):
+        self.batch = batch
+
+    def next_batch(self):
+        return self.batch
+
+
+def tiny_net_unset():
+    """tiny_net's layers, not set up: load() sets it up from the file's input_shapes."""
+    net = Net("tiny")
+    net.add(Convolution(num_output=3, kernel_size=3, pad=1, name="conv1"),
+            bottom=["data"], top=["score"])
+    net.add(SoftmaxWithLoss(name="loss"), bottom=["score", "label"], top=["loss"])
+    return net
+
+
+# Formerly strict xfails (issue #7), now fixed: each raises the exact convnet error.
+FIXED_DEFECT_CASES = [
     ("string_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
         np.array([[[["a"]]]])),
-     r"Convolution 'c1': bottom 0 .*(str|<U1)",
-     "layers/base.py Layer._convert_bottom (backend.asarray): a string array escapes as "
-     "NumPy's ValueError 'could not convert string to float'"),
+     DataError, r"Convolution 'c1': bottom 0 .*(str|<U1)"),
     ("ragged_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
         [[[[1.0], [1.0, 2.0]]]]),
-     r"Convolution 'c1': bottom 0 ",
-     "layers/base.py Layer._convert_bottom: a ragged nested list escapes as NumPy's "
-     "ValueError 'inhomogeneous shape'"),
+     ShapeError, r"Convolution 'c1': bottom 0 "),
     ("complex_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
         np.ones((1, 1, 2, 2), np.complex64) * 1j),
-     r"Convolution 'c1': bottom 0 .*complex",
-     "layers/base.py Layer._convert_bottom: a complex bottom is silently cast to its real "
-     "part (a ComplexWarning only)"),
+     DataError, r"Convolution 'c1': bottom 0 .*complex"),
     ("object_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
         np.array([[[[None]]]], dtype=object)),
-     r"Convolution 'c1': bottom 0 .*object",
-     "layers/base.py Layer._convert_bottom: an object array of None becomes NaN silently"),
+     DataError, r"Convolution 'c1': bottom 0 .*object"),
     ("string_top_diff", lambda t: (lambda c: (c.forward(x4(c=1)), c.backward("x")))(
         Convolution(num_output=1, kernel_size=1, name="c1")),
-     r"Convolution 'c1': top diff 0 ",
-     "layers/base.py Layer.backward: a non-numeric top diff escapes as NumPy's ValueError"),
+     DataError, r"Convolution 'c1': top diff 0 "),
+    ("param_lr_mult_string",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{"lr_mult": "x"}], name="c1"),
+     ConfigError, r"Convolution 'c1': .*lr_mult.*'x'"),
+    ("param_lr_mult_nan",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{"lr_mult": float("nan")}],
+                           name="c1"),
+     ConfigError, r"Convolution 'c1': .*lr_mult.*nan"),
+    ("too_many_param_specs",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{}, {}, {}], name="c1").setup(
+         (1, 1, 2, 2)),
+     ConfigError, r"Convolution 'c1': .*3 param.* 2"),
+    ("seed_not_int", lambda t: convnet.seed("x"),
+     ConfigError, r"seed.*'x'"),
+    ("net_rng_state_junk", net_set_rng_state_junk,
+     ConfigError, r"Dropout 'drop1'.*state"),
+    ("solver_data_not_a_dict", lambda t: SGDSolver(tiny_net(), data=ListData()).step(),
+     ConfigError, r"SGDSolver: .*next_batch\(\).*list"),
+    ("save_into_missing_folder",
+     lambda t: tiny_net().save(os.path.join(t, "nodir", "w.npz")),
+     FileFormatError, r"nodir.w\.npz: "),
+    ("snapshot_into_missing_folder",
+     lambda t: SGDSolver(tiny_net()).snapshot(os.path.join(t, "nodir", "s.npz")),
+     FileFormatError, r"nodir.s\.npz: "),
+    ("snapshot_rng_state_junk", restore_leaves_solver_untouched(rng_state={"drop1": "junk"}),
+     FileFormatError, r"bad_meta\.npz: .*drop1"),
+    ("snapshot_rng_state_wrong_generator",
+     restore_leaves_solver_untouched(rng_state={"drop1": {"bit_generator": "MT19937"}}),
+     FileFormatError, r"bad_meta\.npz: .*drop1"),
+    ("snapshot_data_state_junk", restore_leaves_solver_untouched(data_state={"x": 1}),
+     FileFormatError, r"bad_meta\.npz: .*data"),
+    ("snapshot_negative_iteration", restore_leaves_solver_untouched(iter=-5),
+     FileFormatError, r"bad_meta\.npz: .*-5"),
+    ("snapshot_iteration_not_int", restore_leaves_solver_untouched(iter=2.5),
+     FileFormatError, r"bad_meta\.npz: snapshot iteration must be an int >= 0, got 2\.5"),
+    ("save_onto_a_directory",
+     lambda t: (os.makedirs(os.path.join(t, "d.npz")), tiny_net().save(os.path.join(t, "d.npz"))),
+     FileFormatError, r"d\.npz: cannot write: it is a directory"),
+    ("param_decay_mult_negative",
+     lambda t: Convolution(num_output=1, kernel_size=1, param=[{}, {"decay_mult": -1}],
+                           name="c1"),
+     ConfigError, r"Convolution 'c1': param\[1\] decay_mult must be >= 0"),
+    ("param_spec_for_a_layer_without_params",
+     lambda t: ReLU(param=[{"lr_mult": 1}], name="r1").forward(x4()),
+     ConfigError, r"ReLU 'r1': 1 param specs given .* has 0 param"),
+    ("seed_negative", lambda t: convnet.seed(-1), ConfigError, r"seed .*got -1"),
+    ("dropout_rng_state_not_a_dict", lambda t: Dropout(seed=1, name="d1").set_rng_state(3),
+     ConfigError, r"Dropout 'd1': rng state must be the dict get_rng_state\(\) returned"),
+    ("net_rng_state_not_a_dict", lambda t: dropout_net().set_rng_state([1]),
+     ConfigError, r"Net 'drop': rng state must be the dict"),
+    ("none_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(None),
+     DataError, r"Convolution 'c1': bottom 0 must hold real numbers .*object"),
+    ("loss_string_top_diff",
+     lambda t: (lambda s: (s.forward(x4(c=3), np.zeros((1, 5, 6))), s.backward("x")))(
+         SoftmaxWithLoss(name="loss")),
+     DataError, r"SoftmaxWithLoss 'loss': top diff 0 must hold real numbers"),
+    ("weights_scalar_in_file",
+     lambda t: tiny_net().load(rewrite_npz(saved_weights(t), os.path.join(t, "s.npz"),
+                                           lambda a: a.update({"conv1/bias": np.float32(1)}))),
+     ShapeError, r"s\.npz: 'conv1/bias' has shape \(\) \(a scalar\) in the file but 3 "),
+    ("deconv_output_padding_pair",
+     lambda t: Deconvolution(num_output=1, kernel_size=3, stride=(2, 1),
+                             output_padding=(2, 1), name="up1"),
+     ConfigError, r"Deconvolution 'up1': output_padding \(2, 1\) must be smaller than "
+                  r"stride \(2, 1\) or dilation \(1\)$"),
+    ("snapshot_history_slots_changed", restore_leaves_solver_untouched(history_slots=0),
+     FileFormatError, r"bad_meta\.npz: snapshot has 0 history slot\(s\) per param, a "
+                      r"SGDSolver keeps 1"),
+    ("weights_input_shapes_corrupted",
+     lambda t: tiny_net_unset().load(rewrite_npz(saved_weights(t), os.path.join(t, "m.npz"),
+                                                 set_meta("input_shapes", [1, 2]))),
+     FileFormatError, r"m\.npz: has corrupted input_shapes metadata"),
+    ("weights_version_zero",
+     net_load(lambda t: rewrite_npz(saved_weights(t), os.path.join(t, "v0.npz"),
+                                    set_meta("version", 0))),
+     FileFormatError, r"v0\.npz: has convnet-weights format version 0"),
+    ("solver_data_with_int_keys",
+     lambda t: SGDSolver(tiny_net(), data=DictData({0: np.zeros((1, 3, 6, 5))})).step(),
+     ConfigError, r"SGDSolver: data\.next_batch\(\) must return a dict .*keys \[0\]"),
+    ("softmax_huge_float_label", softmax_labels(np.full((1, 2, 2), 1e300)),
+     DataError, r"SoftmaxWithLoss 'sm': label 1e\+300 at position \(0, 0, 0\)"),
+]
+
+
+def test_refused_restore_rolls_back_data_and_random_state(tmp_path):
+    """A snapshot whose states are fine but whose weights do not fit fails after the data
+    and random states were applied: both must be rolled back."""
+    from convnet.data import BatchIterator, SyntheticShapes
+    path = snapshot_with_meta(str(tmp_path), data_state=lambda s: dict(s, position=1))
+    bad = rewrite_npz(path, str(tmp_path / "bad.npz"), lambda a: a.update(
+        {"net/conv1/bias": np.zeros(7, np.float32)}))
+    data = BatchIterator(SyntheticShapes("val", num_images=4, size=16), 2)
+    solver = SGDSolver(dropout_net(), data=data)
+    solver.net.setup(data=(2, 3, 16, 16), label=(2, 16, 16))
+    data_before, rng_before = data.get_state(), solver.net.get_rng_state()
+    with pytest.raises(ShapeError, match=r"bad\.npz: 'conv1/bias' has shape 7"):
+        solver.restore(bad)
+    assert data.get_state() == data_before
+    assert solver.net.get_rng_state() == rng_before
+    assert solver.iter == 0
+
+
+def test_loading_non_finite_weights_warns_naming_them(tmp_path):
+    from convnet.net import NonFiniteWeightsWarning
+    path = rewrite_npz(saved_weights(str(tmp_path)), str(tmp_path / "nan.npz"),
+                       lambda a: a["conv1/bias"].__setitem__(0, np.nan))
+    with pytest.warns(NonFiniteWeightsWarning, match=r"nan\.npz: non-finite .* conv1/bias"):
+        tiny_net().load(path)
+
+
+@pytest.mark.parametrize("run, exc, pattern", [pytest.param(*c[1:], id=c[0])
+                                                for c in FIXED_DEFECT_CASES])
+def test_formerly_escaping_bad_input_raises_specific_error_naming_the_culprit(
+        tmp_path, run, exc, pattern):
+    with pytest.raises(exc, match=pattern) as info:
+        run(str(tmp_path))
+    assert type(info.value) is exc
+    assert "\n" not in str(info.value).strip()
+
+
+DEFECT_CASES = [
     ("unpool_uint64_mask", unpool_with_mask(np.array([0, 1, 2, 2 ** 64 - 1], np.uint64)),
      r"Unpooling 'up1': invalid max index 18446744073709551615 at \(0, 0, 1, 1\)",
      "layers/pooling.py Unpooling._convert_bottom casts uint64 to int64, so the message "
      "names index -1 instead of 18446744073709551615"),
-    ("param_lr_mult_string",
-     lambda t: Convolution(num_output=1, kernel_size=1, param=[{"lr_mult": "x"}], name="c1"),
-     r"Convolution 'c1': .*lr_mult.*'x'",
-     "layers/base.py Layer.__init__ accepts param=[{'lr_mult': 'x'}]; setup then fails with "
-     "ValueError from float('x') in Param()"),
-    ("param_lr_mult_nan",
-     lambda t: Convolution(num_output=1, kernel_size=1, param=[{"lr_mult": float("nan")}],
-                           name="c1"),
-     r"Convolution 'c1': .*lr_mult.*nan",
-     "layers/base.py Layer.__init__ accepts a NaN lr_mult (every update then writes NaN)"),
-    ("too_many_param_specs",
-     lambda t: Convolution(num_output=1, kernel_size=1, param=[{}, {}, {}], name="c1").setup(
-         (1, 1, 2, 2)),
-     r"Convolution 'c1': .*3 param.* 2",
-     "layers/base.py: three param specs for a layer with two params are silently ignored "
-     "(Caffe: 'Too many params specified for layer')"),
-    ("seed_not_int", lambda t: convnet.seed("x"),
-     r"seed.*'x'",
-     "fillers.py seed('x') escapes as NumPy's TypeError from SeedSequence"),
-    ("net_rng_state_junk", net_set_rng_state_junk,
-     r"Dropout 'drop1'.*state",
-     "net.py Net.set_rng_state / activation.py Dropout.set_rng_state raise a bare TypeError "
-     "'state must be a dict' naming no layer"),
-    ("solver_data_not_a_dict", lambda t: SGDSolver(tiny_net(), data=ListData()).step(),
-     r"SGDSolver: .*next_batch\(\).*list",
-     "solvers.py Solver.step: a data object whose next_batch() returns a list escapes as "
-     "TypeError 'argument after ** must be a mapping'"),
-    ("save_into_missing_folder",
-     lambda t: tiny_net().save(os.path.join(t, "nodir", "w.npz")),
-     r"nodir.w\.npz: ",
-     "snapshot.py write_npz_atomic: a missing target folder raises a raw FileNotFoundError "
-     "naming the temp file '.w.npz.XXXX.tmp', not the target"),
-    ("snapshot_into_missing_folder",
-     lambda t: SGDSolver(tiny_net()).snapshot(os.path.join(t, "nodir", "s.npz")),
-     r"nodir.s\.npz: ",
-     "snapshot.py write_npz_atomic: as above for solver.snapshot"),
-    ("snapshot_rng_state_junk", restore_leaves_solver_untouched(rng_state={"drop1": "junk"}),
-     r"bad_meta\.npz: .*drop1",
-     "snapshot.py load_snapshot: a corrupted rng_state raises a bare TypeError from "
-     "Dropout.set_rng_state after the weights were already overwritten (partial restore)"),
-    ("snapshot_rng_state_wrong_generator",
-     restore_leaves_solver_untouched(rng_state={"drop1": {"bit_generator": "MT19937"}}),
-     r"bad_meta\.npz: .*drop1",
-     "snapshot.py load_snapshot: a wrong rng_state raises a bare ValueError 'state must be "
-     "for a PCG64 RNG' after the weights were overwritten"),
-    ("snapshot_data_state_junk", restore_leaves_solver_untouched(data_state={"x": 1}),
-     r"bad_meta\.npz: .*data",
-     "snapshot.py load_snapshot: a corrupted data_state raises BatchIterator's ConfigError "
-     "(naming no file) after the weights and the iteration were restored (partial restore)"),
     ("deconvnet_size_not_multiple_of_8",
      lambda t: __import__("convnet.models").models.deconvnet(5, width=2).forward(
          data=np.zeros((1, 3, 12, 12), np.float32), label=np.zeros((1, 12, 12), np.int64)),
@@ -690,14 +771,9 @@ DEFECT_CASES = [
      "\"Unpooling 'unpool2': mask must have x's shape 1x4x4x4, got 1x4x3x3\", which does not "
      "say that H and W must be multiples of 8 (or give the Unpooling layers out_size so any "
      "size works)"),
-    ("snapshot_negative_iteration", restore_leaves_solver_untouched(iter=-5),
-     r"bad_meta\.npz: .*-5",
-     "snapshot.py load_snapshot accepts iteration -5 (the lr policies then compute with a "
-     "negative iteration)"),
 ]
 
 
-@pytest.mark.filterwarnings("ignore:Casting complex values")
 @pytest.mark.parametrize("run, pattern", [
     pytest.param(*c[1:3], id=c[0], marks=pytest.mark.xfail(strict=True, reason=c[3]))
     for c in DEFECT_CASES])

@@ -296,12 +296,11 @@ def test_full_disk_raises_and_keeps_the_previous_files_whole(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
-@pytest.mark.xfail(strict=True, reason="snapshot.py write_npz_atomic lets the bare OSError "
-                   "'[Errno 27] File too large' (or ENOSPC) through: the message names no "
-                   "file and does not say that the previous file was kept")
 def test_full_disk_error_names_the_file_it_could_not_write(tmp_path):
     snap_error, weights_error = run_disk_full_child(str(tmp_path))
     assert "snap.npz" in snap_error[1] and "w.npz" in weights_error[1]
+    for error in (snap_error, weights_error):
+        assert error[0] == "FileFormatError" and "previous file is unchanged" in error[1]
 
 
 # --------------------------------------------------------------------------- damaged files

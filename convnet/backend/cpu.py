@@ -392,39 +392,30 @@ def _loss_kernels():
     return loss
 
 
-def loss_softmax_forward(scores, labels, ignore_label, prob, label_index):
+#: loss_softmax_forward / _backward take ``inv_sum`` (the layer passes it when this is set)
+SOFTMAX_INV_SUM = True
+
+
+def loss_softmax_forward(scores, labels, ignore_label, prob, label_index, inv_sum=None):
     """IN scores (N, C, S) float; labels (N, S) int32/int64/float32/float64 class ids;
     ignore_label an int or None. OUT prob (N, C, S) the softmax over C; label_index (N, S)
     int32, the class of each pixel or -1 (ignored). Returns (loss_sum, valid_count, bad):
     loss_sum = -sum log prob[n, label, s] over the pixels not ignored, bad = the flat index
     in (N, S) of the first label that is neither an integer in [0, C) nor ignore_label, or
-    -1 (a bad label is treated as ignored; the caller raises)."""
+    -1 (a bad label is treated as ignored; the caller raises). With ``inv_sum`` (N, S), prob
+    receives exp(scores - max over C) unnormalised and inv_sum 1 / its sum over C (prob *
+    inv_sum is the softmax): the normalising pass is left to backward's per-pixel weight."""
     has_ignore = ignore_label is not None
     loss_sum, count, bad = _loss_kernels().softmax_loss_forward(
-        scores, labels, has_ignore, int(ignore_label) if has_ignore else 0, prob, label_index)
-    return float(loss_sum), int(count), int(bad)
-
-
-def loss_softmax_backward(prob, label_index, weight, grad):
-    """OUT grad (N, C, S) = weight * (prob - onehot(label)) where label_index >= 0, else 0."""
-    _loss_kernels().softmax_loss_backward(prob, label_index, weight, grad)
-
-
-def loss_softmax_forward_exp(scores, labels, ignore_label, expo, inv_sum, label_index):
-    """loss_softmax_forward without the normalising pass: OUT expo (N, C, S) =
-    exp(scores - max over C), inv_sum (N, S) = 1 / its sum over C (expo * inv_sum is the
-    softmax); label_index and the returned (loss_sum, valid_count, bad) as there."""
-    has_ignore = ignore_label is not None
-    loss_sum, count, bad = _loss_kernels().softmax_loss_forward(
-        scores, labels, has_ignore, int(ignore_label) if has_ignore else 0, expo, label_index,
+        scores, labels, has_ignore, int(ignore_label) if has_ignore else 0, prob, label_index,
         inv_sum)
     return float(loss_sum), int(count), int(bad)
 
 
-def loss_softmax_backward_exp(expo, inv_sum, label_index, weight, grad):
-    """OUT grad (N, C, S) = weight * (expo * inv_sum - onehot(label)) where label_index >= 0,
-    else 0 (expo, inv_sum from loss_softmax_forward_exp)."""
-    _loss_kernels().softmax_loss_backward(expo, label_index, weight, grad, inv_sum)
+def loss_softmax_backward(prob, label_index, weight, grad, inv_sum=None):
+    """OUT grad (N, C, S) = weight * (prob - onehot(label)) where label_index >= 0, else 0;
+    with ``inv_sum`` (from loss_softmax_forward), prob * inv_sum stands for prob."""
+    _loss_kernels().softmax_loss_backward(prob, label_index, weight, grad, inv_sum)
 
 
 def loss_euclidean_forward(a, b, diff):

@@ -280,20 +280,21 @@ class Layer:
         Layers with integer bottoms (labels, masks) override this."""
         return self.backend.asarray(x, self.dtype)
 
-    def _check_numeric(self, x, what, check_kind=True):
+    def _check_numeric(self, x, what, index, check_kind=True):
         """``x`` unchanged, or a list/scalar made an array; a ragged nested list raises
         ShapeError and (with ``check_kind``) a complex, object or string dtype DataError
-        instead of being cast silently or failing inside NumPy."""
+        instead of being cast silently or failing inside NumPy. ``what index`` names ``x``
+        in messages ("bottom 0", "top diff 1")."""
         dt = getattr(x, "dtype", None)
         if dt is None:
             try:
                 x = np.asarray(x)
             except (ValueError, TypeError) as exc:
-                fail(self, f"{what} is not a rectangular array (a ragged nested list?): "
+                fail(self, f"{what} {index} is not a rectangular array (a ragged nested list?): "
                            f"{exc}", ShapeError)
             dt = x.dtype
         if check_kind and getattr(dt, "kind", "f") not in NUMERIC_KINDS:
-            fail(self, f"{what} must hold real numbers (bool, int or float), got dtype "
+            fail(self, f"{what} {index} must hold real numbers (bool, int or float), got dtype "
                        f"{np.dtype(dt).name}", DataError)
         return x
 
@@ -302,7 +303,7 @@ class Layer:
         self._check_count(len(bottoms))
         # labels, masks and other non-diff bottoms check their dtype in _convert_bottom
         bottoms = [self._convert_bottom(i, self._check_numeric(
-            x, f"bottom {i}", i not in self.nondiff_bottoms)) for i, x in enumerate(bottoms)]
+            x, "bottom", i, i not in self.nondiff_bottoms)) for i, x in enumerate(bottoms)]
         self.setup(*(b.shape for b in bottoms))
         self._forwarded = False
         tops = self._forward(bottoms)
@@ -344,7 +345,7 @@ class Layer:
                 fail(self, f"a loss takes at most one (scalar) top diff, got {len(top_diffs)}",
                      ShapeError)
             if top_diffs:
-                scale = self._check_numeric(self.backend.to_numpy(top_diffs[0]), "top diff 0")
+                scale = self._check_numeric(self.backend.to_numpy(top_diffs[0]), "top diff", 0)
                 scale = np.asarray(scale, dtype=np.float64)
                 if scale.size != 1:
                     fail(self, f"the top diff of a loss must be a scalar, got shape "
@@ -359,7 +360,7 @@ class Layer:
                            f"{len(top_diffs)}", ShapeError)
             converted = []
             for i, (d, want) in enumerate(zip(top_diffs, self.top_shapes)):
-                d = self.backend.asarray(self._check_numeric(d, f"top diff {i}"), self.dtype)
+                d = self.backend.asarray(self._check_numeric(d, "top diff", i), self.dtype)
                 if tuple(d.shape) != tuple(want):
                     fail(self, f"top diff {i} must have the top's shape {shape_str(want)}, got "
                                f"{shape_str(d.shape)}", ShapeError)

@@ -126,18 +126,16 @@ class SoftmaxWithLoss(Layer):
         be = self.backend
         prob = _reuse(be, self._prob, (n, c, pixels), self.dtype)
         label_index = _reuse(be, self._label_index, (n, pixels), np.int32)
-        if hasattr(be, "loss_softmax_forward_exp"):
+        extra = {}
+        inv_sum = None
+        if getattr(be, "SOFTMAX_INV_SUM", False):
             # the exponentials and 1 / their sum instead of the softmax: forward saves its
             # normalising pass and backward applies the scale in its per-pixel weight
             inv_sum = _reuse(be, self._inv_sum, (n, pixels), self.dtype)
-            loss_sum, valid, bad = be.loss_softmax_forward_exp(
-                scores.reshape(n, c, pixels), labels.reshape(n, pixels), self.ignore_label,
-                prob, inv_sum, label_index)
-        else:
-            inv_sum = None
-            loss_sum, valid, bad = be.loss_softmax_forward(
-                scores.reshape(n, c, pixels), labels.reshape(n, pixels), self.ignore_label,
-                prob, label_index)
+            extra = {"inv_sum": inv_sum}
+        loss_sum, valid, bad = be.loss_softmax_forward(
+            scores.reshape(n, c, pixels), labels.reshape(n, pixels), self.ignore_label,
+            prob, label_index, **extra)
         if bad >= 0:
             self._raise_bad_label(labels, bad, c)
         self._prob, self._label_index, self._inv_sum = prob, label_index, inv_sum
@@ -163,12 +161,9 @@ class SoftmaxWithLoss(Layer):
             return [None, None]
         scores_shape = self.bottom_shapes[0]
         grad = self.backend.empty(self._prob.shape, self.dtype)
-        weight = top_diffs[0] / self._normalizer
-        if self._inv_sum is not None:
-            self.backend.loss_softmax_backward_exp(self._prob, self._inv_sum,
-                                                   self._label_index, weight, grad)
-        else:
-            self.backend.loss_softmax_backward(self._prob, self._label_index, weight, grad)
+        extra = {} if self._inv_sum is None else {"inv_sum": self._inv_sum}
+        self.backend.loss_softmax_backward(self._prob, self._label_index,
+                                           top_diffs[0] / self._normalizer, grad, **extra)
         return [grad.reshape(scores_shape), None]
 
 

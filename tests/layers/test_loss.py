@@ -239,6 +239,63 @@ def test_softmax_loss_matches_torch_cross_entropy(reduction, seed, dtype):
 
 # ---------------------------------------------------------------- threads
 
+@pytest.mark.parametrize("seed", range(6))
+def test_softmax_backend_variants_agree_with_reference(seed, dtype):
+    # the layer passes inv_sum on the CPU (exponentials + 1/sum); without it (the other
+    # backends' contract) the same probabilities, loss and gradient must come out
+    from convnet.backend import cpu
+    r = np.random.default_rng(seed)
+    n, c, s = 2, int(r.integers(1, 7)), int(r.integers(1, 600))
+    scores = (r.standard_normal((n, c, s)) * 3).astype(dtype)
+    labels = r.integers(0, c, (n, s))
+    labels[r.random(labels.shape) < 0.2] = 255
+    prob = np.empty_like(scores)
+    expo = np.empty_like(scores)
+    inv_sum = np.empty((n, s), dtype)
+    index_a = np.empty((n, s), np.int32)
+    index_b = np.empty((n, s), np.int32)
+    loss_a, count_a, bad_a = cpu.loss_softmax_forward(scores, labels, 255, prob, index_a)
+    loss_b, count_b, bad_b = cpu.loss_softmax_forward(scores, labels, 255, expo, index_b,
+                                                      inv_sum=inv_sum)
+    assert (count_a, bad_a) == (count_b, bad_b) == (int((labels != 255).sum()), -1)
+    assert loss_a == loss_b
+    np.testing.assert_array_equal(index_a, index_b)
+    x = scores.astype(np.float64)
+    p_ref = np.exp(x - x.max(axis=1, keepdims=True))
+    p_ref /= p_ref.sum(axis=1, keepdims=True)
+    assert_close(prob, p_ref, dtype)
+    assert_close(expo * inv_sum[:, None, :], p_ref, dtype)
+    onehot = (np.arange(c)[None, :, None] == labels[:, None, :]).astype(np.float64)
+    g_ref = 0.5 * (p_ref - onehot) * (labels != 255)[:, None, :]
+    grad_a = np.empty_like(scores)
+    grad_b = np.empty_like(scores)
+    cpu.loss_softmax_backward(prob, index_a, 0.5, grad_a)
+    cpu.loss_softmax_backward(expo, index_b, 0.5, grad_b, inv_sum=inv_sum)
+    assert_close(grad_a, g_ref, dtype)
+    assert_close(grad_b, g_ref, dtype)
+
+
+@pytest.mark.parametrize("m", [1, 17, 16384 * 2 + 5])
+def test_euclidean_backend_variants_agree_with_reference(m, dtype):
+    # the layer sums without storing a - b on the CPU; the storing variant (the other
+    # backends' contract) must give the same loss and gradients
+    from convnet.backend import cpu
+    r = np.random.default_rng(m)
+    a = r.standard_normal(m).astype(dtype)
+    b = r.standard_normal(m).astype(dtype)
+    diff = np.empty_like(a)
+    d = a.astype(np.float64) - b.astype(np.float64)
+    assert_close(cpu.loss_euclidean_forward(a, b, diff), float((d * d).sum()), dtype)
+    assert_close(cpu.loss_euclidean_sum(a, b), float((d * d).sum()), dtype)
+    grads = [np.empty_like(a) for _ in range(4)]
+    cpu.loss_euclidean_backward(diff, 0.25, grads[0], grads[1])
+    cpu.loss_euclidean_grad(a, b, 0.25, grads[2], grads[3])
+    for g, sign in zip(grads, (1, -1, 1, -1)):
+        assert_close(g, sign * 0.25 * d, dtype)
+    np.testing.assert_array_equal(grads[0], grads[2])
+    np.testing.assert_array_equal(grads[1], grads[3])
+
+
 def at_threads(n, fn):
     before = convnet.get_num_threads()
     convnet.set_num_threads(n)

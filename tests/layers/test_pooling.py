@@ -163,6 +163,26 @@ def test_fast_k2s2_path_matches_reference_on_odd_and_even_sizes(dtype, rng):
             np.testing.assert_array_equal(mask, idx_ref)
 
 
+@pytest.mark.parametrize("k, s, p", [(2, 2, 0), (1, 2, 0), (3, 2, 1), (2, 1, 0), (1, 1, 0),
+                                     (3, 3, 0), (2, 3, 0)])
+def test_max_backward_block_path_and_its_fallback_match_reference(k, s, p, dtype, rng):
+    # backward writes 2x2 blocks directly where every argmax of the tiled part lies in
+    # its block (k2 s2, k1 s2, ...) and scatters otherwise; odd sizes leave rows and
+    # columns past the blocks
+    for h, w in [(4, 6), (5, 7), (2, 9), (9, 3), (8, 8)]:
+        for ceil in (True, False):
+            if min(shapes.pool_out(h, k, s, p, ceil), shapes.pool_out(w, k, s, p, ceil)) < 1:
+                continue
+            x = tie_free(rng, (2, 3, h, w))
+            layer = Pooling(kernel_size=k, stride=s, pad=p, dtype=dtype,
+                            round_mode="CEIL" if ceil else "FLOOR")
+            y = layer.forward(x)
+            dy = rng.standard_normal(y.shape)
+            _, idx_ref = ref.max_pool(x, (k, k), (s, s), (p, p), ceil)
+            assert_close(layer.backward(dy), ref.max_pool_backward(dy, idx_ref, x.shape),
+                         dtype)
+
+
 def test_backward_without_mask_diff_equals_backward_with_it(rng):
     x = tie_free(rng, (2, 2, 5, 5))
     layer = Pooling(kernel_size=3, stride=2, return_mask=True, dtype=np.float64)
@@ -336,11 +356,13 @@ def test_one_and_two_threads_give_bit_identical_results(rng, restore_threads):
             y = layer.forward(x)
             dy = np.random.default_rng(1).standard_normal(y.shape)
             out += [y, layer.backward(dy)]
-        pool = Pooling(kernel_size=3, stride=2, return_mask=True)
-        y, mask = pool.forward(x)
-        unpool = Unpooling(kernel_size=3, stride=2, out_size=(17, 13))
-        up = unpool.forward(y, mask)
-        out += [up, unpool.backward(np.random.default_rng(2).standard_normal(up.shape))[0]]
+        for k in (3, 2):
+            pool = Pooling(kernel_size=k, stride=2, return_mask=True)
+            y, mask = pool.forward(x)
+            out += [y, mask, pool.backward(np.random.default_rng(3).standard_normal(y.shape))]
+            unpool = Unpooling(kernel_size=k, stride=2, out_size=(17, 13))
+            up = unpool.forward(y, mask)
+            out += [up, unpool.backward(np.random.default_rng(2).standard_normal(up.shape))[0]]
         results.append(out)
     for a, b in zip(*results):
         assert a.tobytes() == b.tobytes()
