@@ -51,7 +51,7 @@ BASE_LR = {"adam": 0.003, "sgd": 0.01}
 # with delta 1e-8 reach val mIoU 0.45-0.60, with 3e-9 (about PyTorch's effective value
 # 1e-8 * sqrt(1 - beta2^t) over this run) 0.84, and with 1e-10 (noise-sized steps on
 # parameters with no gradient) 0.44.
-ADAM_DELTA = 3e-9
+ADAM_DELTA = float(os.environ.get("ADAM_DELTA", "3e-9"))
 TRAIN_IMAGES, VAL_IMAGES = 2000, 200
 DISPLAY_SECONDS = 5.0
 SNAPSHOT_EVERY = 200
