@@ -13,8 +13,7 @@ log(max(p, FLT_MIN)), which caps a pixel's loss at 87.3).
 
 EuclideanLoss. Chunks of CHUNK elements of the flattened bottoms. euclidean_loss_sum only
 sums the squares of a - b, and euclidean_loss_grad writes +/- alpha * (a - b) in one pass
-(the layer keeps a and b); euclidean_loss_forward / _backward are the variant that stores
-a - b for backward.
+(the layer keeps a and b, so nothing is stored between the passes).
 
 Determinism: each work unit (pixel block, chunk) sums into its own slot of a partial array,
 and the slots are added in order after the parallel loop, so loss and gradients are
@@ -373,57 +372,6 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
         free(work)
 
 
-def euclidean_loss_forward(const floating[::1] a,        # IN  (M,)
-                           const floating[::1] b,        # IN  (M,)
-                           floating[::1] diff):          # OUT (M,) a - b
-    """diff = a - b; returns sum(diff ** 2) as a float (accumulated in double)."""
-    cdef Py_ssize_t M = a.shape[0]
-    cdef Py_ssize_t nchunks = (M + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t ch, i, start, stop, end4
-    cdef floating d0, d1, d2, d3
-    cdef double acc0, acc1, acc2, acc3, total = 0.0
-    cdef double* partial
-    if nchunks == 0:
-        return 0.0
-    partial = <double*> malloc(nchunks * sizeof(double))
-    if not partial:
-        raise MemoryError()
-    try:
-        with nogil:
-            for ch in prange(nchunks, schedule='static'):
-                start = ch * CHUNK
-                stop = min(start + <Py_ssize_t> CHUNK, M)
-                end4 = start + (stop - start) // 4 * 4
-                # four independent accumulators: no serial add chain, fixed order
-                acc0 = 0.0
-                acc1 = 0.0
-                acc2 = 0.0
-                acc3 = 0.0
-                for i in range(start, end4, 4):
-                    d0 = a[i] - b[i]
-                    d1 = a[i + 1] - b[i + 1]
-                    d2 = a[i + 2] - b[i + 2]
-                    d3 = a[i + 3] - b[i + 3]
-                    diff[i] = d0
-                    diff[i + 1] = d1
-                    diff[i + 2] = d2
-                    diff[i + 3] = d3
-                    acc0 = acc0 + <double> d0 * d0
-                    acc1 = acc1 + <double> d1 * d1
-                    acc2 = acc2 + <double> d2 * d2
-                    acc3 = acc3 + <double> d3 * d3
-                for i in range(end4, stop):
-                    d0 = a[i] - b[i]
-                    diff[i] = d0
-                    acc0 = acc0 + <double> d0 * d0
-                partial[ch] = (acc0 + acc1) + (acc2 + acc3)
-            for ch in range(nchunks):
-                total = total + partial[ch]
-    finally:
-        free(partial)
-    return total
-
-
 def euclidean_loss_sum(const floating[::1] a,            # IN  (M,)
                        const floating[::1] b):           # IN  (M,)
     """sum((a - b) ** 2) as a float (accumulated in double, fixed order): the forward
@@ -483,29 +431,3 @@ def euclidean_loss_grad(const floating[::1] a,           # IN  (M,)
                     grad_b[i] = -(alpha * (a[i] - b[i]))
 
 
-def euclidean_loss_backward(const floating[::1] diff,    # IN  (M,) a - b
-                            floating alpha,              # IN
-                            floating[::1] grad_a,        # OUT (M,) alpha * diff, or None
-                            floating[::1] grad_b):       # OUT (M,) -alpha * diff, or None
-    """grad_a = alpha * diff and grad_b = -alpha * diff, each skipped when None."""
-    cdef Py_ssize_t M = diff.shape[0]
-    cdef Py_ssize_t nchunks = (M + CHUNK - 1) // CHUNK
-    cdef bint want_a = grad_a is not None
-    cdef bint want_b = grad_b is not None
-    cdef Py_ssize_t ch, i, start, stop
-    cdef floating g
-    with nogil:
-        for ch in prange(nchunks, schedule='static'):
-            start = ch * CHUNK
-            stop = min(start + <Py_ssize_t> CHUNK, M)
-            if want_a and want_b:
-                for i in range(start, stop):
-                    g = alpha * diff[i]
-                    grad_a[i] = g
-                    grad_b[i] = -g
-            elif want_a:
-                for i in range(start, stop):
-                    grad_a[i] = alpha * diff[i]
-            elif want_b:
-                for i in range(start, stop):
-                    grad_b[i] = -alpha * diff[i]

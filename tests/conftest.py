@@ -2,10 +2,16 @@
 
 import os
 
-import numpy as np
-import pytest
+# Two OpenMP runtimes share this process (convnet's libgomp and torch's own copy). With the
+# default spin-waiting, each one's idle threads spin after every parallel region and starve
+# the other's on a 2-core machine (measured: the pooling tests took 35-49 s instead of 3 s).
+# Set before either runtime loads; it changes no result, only how idle threads wait.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import convnet
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import convnet  # noqa: E402
 
 
 def pytest_report_header(config):

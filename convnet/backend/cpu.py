@@ -418,17 +418,6 @@ def loss_softmax_backward(prob, label_index, weight, grad, inv_sum=None):
     _loss_kernels().softmax_loss_backward(prob, label_index, weight, grad, inv_sum)
 
 
-def loss_euclidean_forward(a, b, diff):
-    """IN a, b (M,); OUT diff (M,) = a - b. Returns sum(diff ** 2) (a float)."""
-    return float(_loss_kernels().euclidean_loss_forward(a, b, diff))
-
-
-def loss_euclidean_backward(diff, alpha, grad_a, grad_b):
-    """OUT grad_a (M,) = alpha * diff and grad_b (M,) = -alpha * diff; either may be None
-    (skipped)."""
-    _loss_kernels().euclidean_loss_backward(diff, alpha, grad_a, grad_b)
-
-
 def loss_euclidean_sum(a, b):
     """IN a, b (M,). Returns sum((a - b) ** 2) (a float); nothing is stored (the layer keeps
     a and b for loss_euclidean_grad)."""

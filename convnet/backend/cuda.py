@@ -431,9 +431,20 @@ def interp_copy_backward(dy, dx, top, left):
 
 # ---- loss
 
-def loss_softmax_forward(scores, labels, ignore_label, prob, label_index):
+#: the GPU kernels store the normalised softmax: the layer passes no ``inv_sum``
+SOFTMAX_INV_SUM = False
+
+
+def _no_inv_sum(inv_sum):
+    if inv_sum is not None:
+        raise DeviceError("the CUDA softmax loss stores the normalised softmax; inv_sum must "
+                          "be None (SOFTMAX_INV_SUM is False on this backend)")
+
+
+def loss_softmax_forward(scores, labels, ignore_label, prob, label_index, inv_sum=None):
     """Softmax over C of scores (N, C, S) with labels (N, S); OUT prob, label_index (int32,
     -1 for ignored). Returns (loss_sum, valid_count, bad) as the CPU backend does."""
+    _no_inv_sum(inv_sum)
     n, c, s = scores.shape
     _dev(labels, "labels")
     _dev(label_index, "label_index")
@@ -450,23 +461,34 @@ def loss_softmax_forward(scores, labels, ignore_label, prob, label_index):
     return float(loss.value), int(count.value), int(bad.value)
 
 
-def loss_softmax_backward(prob, label_index, weight, grad):
+def loss_softmax_backward(prob, label_index, weight, grad, inv_sum=None):
     """OUT grad = weight * (prob - onehot(label)) where label_index >= 0, else 0."""
+    _no_inv_sum(inv_sum)
     n, c, s = prob.shape
     _lib.call("convnet_softmax_loss_backward", _f(prob), _dev(label_index).ptr, float(weight),
               _f(grad), n, c, s, None)
 
 
-def loss_euclidean_forward(a, b, diff):
-    """OUT diff = a - b. Returns sum(diff ** 2) (accumulated in double, fixed order)."""
+def _euclidean_diff(a, b):
+    """A scratch DeviceArray holding a - b (M,)."""
+    diff = DeviceArray(tuple(a.shape), np.float32)
     _lib.call("convnet_sub", a.size, _f(a), _f(b), _f(diff), None)
+    return diff
+
+
+def loss_euclidean_sum(a, b):
+    """IN a, b (M,). Returns sum((a - b) ** 2), accumulated in double in a fixed order."""
+    diff = _euclidean_diff(a, b)
     result = _lib.byref_double()
     _lib.call("convnet_dot", diff.size, _f(diff), _f(diff), _lib.ref(result), None)
     return float(result.value)
 
 
-def loss_euclidean_backward(diff, alpha, grad_a, grad_b):
-    """OUT grad_a = alpha * diff, grad_b = -alpha * diff; either may be None."""
+def loss_euclidean_grad(a, b, alpha, grad_a, grad_b):
+    """OUT grad_a = alpha * (a - b), grad_b = -alpha * (a - b); either may be None."""
+    if grad_a is None and grad_b is None:
+        return
+    diff = _euclidean_diff(a, b)
     if grad_a is not None:
         _lib.call("convnet_axpby", diff.size, float(alpha), _f(diff), 0.0, _f(grad_a), None)
     if grad_b is not None:

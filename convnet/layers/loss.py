@@ -191,7 +191,6 @@ class EuclideanLoss(Layer):
     is_loss = True
 
     def __init__(self, loss_weight=1.0, name=None, dtype=np.float32):
-        self._diff = None
         self._bottoms = None
         super().__init__(name=name, dtype=dtype, loss_weight=loss_weight)
 
@@ -206,16 +205,10 @@ class EuclideanLoss(Layer):
 
     def _forward(self, bottoms):
         a, b = bottoms
-        be = self.backend
-        if hasattr(be, "loss_euclidean_sum"):
-            # forward only reads; backward recomputes a - b from the kept bottoms (as
-            # Convolution keeps x), which saves writing and re-reading a stored difference
-            total = be.loss_euclidean_sum(a.reshape(-1), b.reshape(-1))
-            self._bottoms, self._diff = (a.reshape(-1), b.reshape(-1)), None
-        else:
-            diff = _reuse(be, self._diff, (a.size,), self.dtype)
-            total = be.loss_euclidean_forward(a.reshape(-1), b.reshape(-1), diff)
-            self._bottoms, self._diff = None, diff
+        # forward only reads; backward recomputes a - b from the kept bottoms (as
+        # Convolution keeps x), which saves writing and re-reading a stored difference
+        total = self.backend.loss_euclidean_sum(a.reshape(-1), b.reshape(-1))
+        self._bottoms = (a.reshape(-1), b.reshape(-1))
         batch = a.shape[0]
         return total / (2 * batch) if batch else 0.0
 
@@ -226,8 +219,5 @@ class EuclideanLoss(Layer):
         grads = [be.empty((size,), self.dtype) if flag else None for flag in propagate_down]
         if any(propagate_down) and shape[0]:
             alpha = top_diffs[0] / shape[0]
-            if self._diff is None:
-                be.loss_euclidean_grad(*self._bottoms, alpha, *grads)
-            else:
-                be.loss_euclidean_backward(self._diff, alpha, *grads)
+            be.loss_euclidean_grad(*self._bottoms, alpha, *grads)
         return [g.reshape(shape) if g is not None else None for g in grads]
