@@ -624,6 +624,8 @@ def tiny_net_unset():
 
 # Formerly strict xfails (issue #7), now fixed: each raises the exact convnet error.
 FIXED_DEFECT_CASES = [
+    ("unpool_uint64_mask", unpool_with_mask(np.array([0, 1, 2, 2 ** 64 - 1], np.uint64)),
+     DataError, r"Unpooling 'up1': invalid max index 18446744073709551615 at \(0, 0, 1, 1\)"),
     ("string_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
         np.array([[[["a"]]]])),
      DataError, r"Convolution 'c1': bottom 0 .*(str|<U1)"),
@@ -759,10 +761,6 @@ def test_formerly_escaping_bad_input_raises_specific_error_naming_the_culprit(
 
 
 DEFECT_CASES = [
-    ("unpool_uint64_mask", unpool_with_mask(np.array([0, 1, 2, 2 ** 64 - 1], np.uint64)),
-     r"Unpooling 'up1': invalid max index 18446744073709551615 at \(0, 0, 1, 1\)",
-     "layers/pooling.py Unpooling._convert_bottom casts uint64 to int64, so the message "
-     "names index -1 instead of 18446744073709551615"),
     ("deconvnet_size_not_multiple_of_8",
      lambda t: __import__("convnet.models").models.deconvnet(5, width=2).forward(
          data=np.zeros((1, 3, 12, 12), np.float32), label=np.zeros((1, 12, 12), np.int64)),

@@ -46,11 +46,6 @@ def test_random_layer_inputs_never_crash_and_fail_only_with_convnet_errors(seed,
     assert {"ConfigError", "ShapeError", "DataError"} <= set(summary["kinds"]), summary
 
 
-@pytest.mark.xfail(strict=True, reason="Unpooling out_size, Interp height/width/zoom_factor "
-                   "and Pooling kernel+pad that ask for outputs of 2**31+ elements per axis "
-                   "reach np.empty and raise NumPy's ValueError/MemoryError (or, without an "
-                   "address-space cap, allocate until the OOM killer strikes) instead of a "
-                   "ShapeError from _reshape")
 def test_outputs_too_large_for_memory_are_refused_with_a_shape_error():
     summary = run_worker(["huge"], 1)
     assert summary["cases"] == 18

@@ -108,6 +108,26 @@ def shape_str(shape):
     return "x".join(str(int(d)) for d in shape)
 
 
+#: the largest extent of one axis of any blob (the kernels index planes with 64-bit ints,
+#: but no machine holds a 2**31-wide axis of a 4-d blob), and the most elements of one blob
+MAX_EXTENT = 2 ** 31 - 1
+MAX_ELEMENTS = 2 ** 40
+
+
+def check_blob_size(owner, shape, what):
+    """Refuse, before anything is allocated, a blob no machine can hold."""
+    shape = tuple(int(d) for d in shape)
+    if any(d > MAX_EXTENT for d in shape):
+        fail(owner, f"{what} would be {shape_str(shape)}: an axis of 2**31 or more elements "
+                    f"cannot be allocated", ShapeError)
+    count = 1
+    for d in shape:
+        count *= d
+    if count > MAX_ELEMENTS:
+        fail(owner, f"{what} would be {shape_str(shape)} ({count:.3g} elements): more than "
+                    f"2**40 elements cannot be allocated", ShapeError)
+
+
 class Layer:
     """Base class of every layer.
 
@@ -270,6 +290,8 @@ class Layer:
                            f"layer has {len(self.params)} param(s) "
                            f"{[p.name for p in self.params]}")
             tops = [tuple(int(d) for d in t) for t in (tops if isinstance(tops, list) else [tops])]
+            for i, t in enumerate(tops):
+                check_blob_size(self, t, f"top {i}" if len(tops) > 1 else "the top")
             self.bottom_shapes = shapes
             self.top_shapes = tops
             self._forwarded = False

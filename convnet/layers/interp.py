@@ -6,7 +6,7 @@ import numpy as np
 
 from convnet import shapes
 from convnet.errors import ConfigError, ShapeError, fail
-from convnet.layers.base import Layer, check_choice, check_number, shape_str
+from convnet.layers.base import Layer, check_blob_size, check_choice, check_number, shape_str
 
 
 def bilinear_table(in_size, out_size, align_corners, dtype, offset=0):
@@ -213,6 +213,8 @@ class Interp(Layer):
                 h, w, zoom_factor=self.zoom_factor, shrink_factor=self.shrink_factor,
                 out_height=self.height, out_width=self.width, pad_beg=self.pad_beg,
                 pad_end=self.pad_end)
+        # the interpolation tables below are as long as the output's sides
+        check_blob_size(self, (x_shape[0], x_shape[1], out_h, out_w), "the top")
         off = -self.pad_beg
         if (h_eff, w_eff) == (out_h, out_w):
             self._tables = ("copy", off, off)

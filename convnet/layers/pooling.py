@@ -234,9 +234,15 @@ class Unpooling(Layer):
         if not isinstance(x, np.ndarray) and getattr(x, "__cuda_array_interface__", None) is None:
             x = np.asarray(x)
         dt = np.dtype(x.dtype)
+        self._mask_source = None
         if dt in (np.dtype(np.int32), np.dtype(np.int64), np.dtype(np.float32),
                   np.dtype(np.float64)):
             return self.backend.asarray(x, dt)
+        if dt == np.dtype(np.uint64):
+            # values past int64 are out of range for any plane: clip them so the kernel
+            # reports them, and keep the original for the message
+            self._mask_source = x
+            return self.backend.asarray(np.minimum(x, np.iinfo(np.int64).max), np.int64)
         if dt.kind in "iub":
             return self.backend.asarray(x, np.int64)
         if dt.kind == "f":
@@ -271,7 +277,8 @@ class Unpooling(Layer):
         return (n, c, oh, ow)
 
     def _bad_index(self, mask, position):
-        flat = np.asarray(self.backend.to_numpy(mask)).reshape(-1)
+        source = mask if self._mask_source is None else self._mask_source
+        flat = np.asarray(self.backend.to_numpy(source)).reshape(-1)
         value = flat[position]
         where = tuple(int(i) for i in np.unravel_index(position, mask.shape))
         oh, ow = self.top_shapes[0][2:]
