@@ -11,7 +11,10 @@ bandwidth measured at the same size.
 glibc returns large buffers to the system after each use unless told otherwise, which adds
 thousands of page faults to every call of both libraries; the script re-executes itself with
 ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736`` so both
-sides run at their best (``--default-malloc`` keeps glibc's defaults).
+sides run at their best (``--default-malloc`` keeps glibc's defaults). It also sets
+``OMP_WAIT_POLICY=passive`` for both: convnet and PyTorch each bring an OpenMP runtime, and
+with spin-waiting the idle threads of one spin through the other's next call on a 2-core
+machine (``--omp-wait-policy default`` leaves it unset).
 
     python scripts/bench.py                       # every case, 2 threads
     python scripts/bench.py --cases conv_3x3,maxpool_idx --reps 20 --json out.json
@@ -337,6 +340,7 @@ def run(args):
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"threads={args.threads}, device={args.device}, reps={args.reps}, "
           f"GLIBC_TUNABLES={'set' if os.environ.get('GLIBC_TUNABLES') == TUNABLES else 'default'}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'auto')}")
     header = (f"{'case':<15}{'pass':<5}{'convnet ms':>11}{'torch ms':>10}{'ratio':>7}"
               f"{'GFLOP/s':>9}{'%sgemm':>8}{'GB/s':>7}{'%copy':>7}{'x copy t':>9}")
@@ -434,6 +438,8 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="convnet's figures only")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's malloc defaults (page faults in both sides)")
+    parser.add_argument("--omp-wait-policy", choices=("passive", "default"), default="passive",
+                        help="OMP_WAIT_POLICY for both sides (default %(default)s)")
     args = parser.parse_args(argv)
     if args.reps < 10:
         parser.error("--reps must be at least 10")
@@ -443,8 +449,13 @@ def main(argv=None):
     unknown = [c for c in args.cases.split(",") if c and c not in known]
     if unknown:
         parser.error(f"--cases: unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    if not args.default_malloc and os.environ.get("GLIBC_TUNABLES") != TUNABLES:
-        env = dict(os.environ, GLIBC_TUNABLES=TUNABLES)
+    env = dict(os.environ)
+    if not args.default_malloc:
+        env["GLIBC_TUNABLES"] = TUNABLES
+    if args.omp_wait_policy == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if env != dict(os.environ):
+        # both settings are read once, when the C libraries load: start afresh with them
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     run(args)
