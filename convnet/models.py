@@ -9,8 +9,36 @@ and a 1x1 Convolution to per-class scores.
 
 import numpy as np
 
-from convnet.errors import ConfigError, FileFormatError
+from convnet.errors import ConfigError, FileFormatError, ShapeError
 from convnet.net import Net
+
+
+class DeconvNet(Net):
+    """A :class:`Net` whose input H and W must be multiples of ``2**levels``: each Unpooling
+    restores exactly twice its input, so any other size would fail deep inside the decoder."""
+
+    def __init__(self, name, levels):
+        super().__init__(name)
+        self.levels = levels
+
+    def _check_data_shape(self, shape):
+        multiple = 2 ** self.levels
+        if shape is None or len(shape) != 4:
+            return
+        h, w = int(shape[2]), int(shape[3])
+        if h % multiple or w % multiple:
+            raise ShapeError(f"{self.name}: input data {h}x{w} must have a height and width "
+                             f"divisible by {multiple} (2**levels, levels={self.levels}); "
+                             f"pad or crop the images to a multiple of {multiple}")
+
+    def setup(self, **input_shapes):
+        self._check_data_shape(input_shapes.get("data"))
+        return super().setup(**input_shapes)
+
+    def forward(self, **inputs):
+        data = inputs.get("data")
+        self._check_data_shape(getattr(data, "shape", None))
+        return super().forward(**inputs)
 
 
 def _int(value, name, minimum):
@@ -48,7 +76,7 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     num_classes = _int(num_classes, "num_classes", 2)
     width = _int(width, "width", 1)
     levels = _int(levels, "levels", 1)
-    net = Net("deconvnet")
+    net = DeconvNet("deconvnet", levels)
 
     def uniform(fan_in):
         bound = 1.0 / np.sqrt(fan_in)

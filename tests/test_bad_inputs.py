@@ -546,9 +546,9 @@ def test_bad_input_raises_specific_error_naming_the_culprit(tmp_path, run, exc, 
     assert "\n" not in str(info.value).strip()
 
 
-# --------------------------------------------------------------------------- known defects
-# Bad inputs that still escape as a non-convnet exception, a misleading message or a partial
-# state change; each is strict-xfail until its owner fixes it (then the mark goes).
+# --------------------------------------------------------------------------- former defects
+# Bad inputs that once escaped as a non-convnet exception, a misleading message or a partial
+# state change (found by this suite, issue #7); each now raises the exact convnet error.
 def snapshot_with_meta(tmp, **changes):
     """A snapshot of a net with Dropout and a data iterator, its metadata changed."""
     from convnet.data import BatchIterator, SyntheticShapes
@@ -622,8 +622,11 @@ def tiny_net_unset():
     return net
 
 
-# Formerly strict xfails (issue #7), now fixed: each raises the exact convnet error.
 FIXED_DEFECT_CASES = [
+    ("deconvnet_size_not_multiple_of_8",
+     lambda t: __import__("convnet.models").models.deconvnet(5, width=2).forward(
+         data=np.zeros((1, 3, 12, 12), np.float32), label=np.zeros((1, 12, 12), np.int64)),
+     ShapeError, r"deconvnet: input data 12x12 must have a height and width divisible by 8"),
     ("unpool_uint64_mask", unpool_with_mask(np.array([0, 1, 2, 2 ** 64 - 1], np.uint64)),
      DataError, r"Unpooling 'up1': invalid max index 18446744073709551615 at \(0, 0, 1, 1\)"),
     ("string_bottom", lambda t: Convolution(num_output=2, kernel_size=1, name="c1").forward(
@@ -760,27 +763,6 @@ def test_formerly_escaping_bad_input_raises_specific_error_naming_the_culprit(
     assert "\n" not in str(info.value).strip()
 
 
-DEFECT_CASES = [
-    ("deconvnet_size_not_multiple_of_8",
-     lambda t: __import__("convnet.models").models.deconvnet(5, width=2).forward(
-         data=np.zeros((1, 3, 12, 12), np.float32), label=np.zeros((1, 12, 12), np.int64)),
-     r"12x12.*(multiple|divisible)",
-     "models.py deconvnet: a 12x12 input (not a multiple of 2**levels) fails deep inside with "
-     "\"Unpooling 'unpool2': mask must have x's shape 1x4x4x4, got 1x4x3x3\", which does not "
-     "say that H and W must be multiples of 8 (or give the Unpooling layers out_size so any "
-     "size works)"),
-]
-
-
-@pytest.mark.parametrize("run, pattern", [
-    pytest.param(*c[1:3], id=c[0], marks=pytest.mark.xfail(strict=True, reason=c[3]))
-    for c in DEFECT_CASES])
-def test_known_defect_bad_input_raises_convnet_error_naming_the_culprit(tmp_path, run,
-                                                                        pattern):
-    with pytest.raises(ConvnetError, match=pattern):
-        run(str(tmp_path))
-
-
 # --------------------------------------------------------------------------- command line
 SCRIPTS = os.path.join(ROOT, "scripts")
 GARBAGE = {"junk.npz": b"PK\x03\x04 definitely not a zip", "photo.png": b"\x89PNG broken"}
@@ -835,16 +817,11 @@ SCRIPT_CASES = [
     ("bench_too_few_reps", "bench.py", ["--reps", "3"], r"--reps must be at least 10"),
     ("bench_zero_threads", "bench.py", ["--threads", "0", "--no-torch"], r"--threads"),
     ("bench_unknown_case", "bench.py", ["--cases", "nope", "--no-torch"], r"nope"),
-    # known defects (strict xfail): the reason is the fifth field
 ]
 
 
 def script_params():
-    params = []
-    for case in SCRIPT_CASES:
-        marks = [pytest.mark.xfail(strict=True, reason=case[4])] if len(case) > 4 else []
-        params.append(pytest.param(*case[1:4], id=case[0], marks=marks))
-    return params
+    return [pytest.param(*case[1:4], id=case[0]) for case in SCRIPT_CASES]
 
 
 @pytest.mark.parametrize("script, args, pattern", script_params())
