@@ -16,6 +16,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE = 64
+#: one SGD iteration (momentum 0.9, weight decay 5e-4) at a fixed rate, on both sides
+LR = 0.01
 
 
 def _defaults():
@@ -39,7 +41,7 @@ def build_convnet(defaults, data, label, num_classes):
     from convnet.models import deconvnet
     convnet.seed(0)
     net = deconvnet(num_classes, width=defaults["width"], levels=defaults["levels"])
-    solver = convnet.SGDSolver(net, base_lr=defaults["lr"], momentum=0.9, weight_decay=5e-4)
+    solver = convnet.SGDSolver(net, base_lr=LR, momentum=0.9, weight_decay=5e-4)
     net.setup(data=data.shape, label=label.shape)
     net.train()
     return net, solver
@@ -98,7 +100,7 @@ class TorchDeconvNet:
 
 def build_torch(net, defaults, data, label, torch):
     model = TorchDeconvNet(net, torch)
-    opt = torch.optim.SGD(model.parameters(), lr=defaults["lr"], momentum=0.9,
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9,
                           weight_decay=5e-4)
     tdata = torch.tensor(data)
     tlabel = torch.tensor(label.astype(np.int64))
