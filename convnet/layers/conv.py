@@ -5,11 +5,26 @@ backward-data, backward-weight, plus the bias sum); Deconvolution is Convolution
 roles swapped, exactly as Caffe's DeconvolutionLayer reuses BaseConvolutionLayer.
 """
 
+import threading
+
 import numpy as np
 
 from convnet import fillers, shapes
 from convnet.errors import ShapeError, fail
 from convnet.layers.base import Layer, check_number, shape_str
+
+_scratch = threading.local()
+
+
+def _workspace(device):
+    """The scratch buffers (im2col columns, partial sums) of every convolution run by this
+    Python thread on ``device``. Nothing in them outlives a call, so the layers of a net share
+    one set (grown to the largest need) instead of holding one each; per thread, so layers
+    called concurrently from several threads never share a buffer."""
+    spaces = getattr(_scratch, "spaces", None)
+    if spaces is None:
+        spaces = _scratch.spaces = {}
+    return spaces.setdefault(device, {})
 
 
 def _show(p):
@@ -31,7 +46,6 @@ class _ConvolutionBase(Layer):
         self._raw = dict(num_output=num_output, kernel_size=kernel_size, stride=stride, pad=pad,
                          dilation=dilation, group=group, bias_term=bias_term,
                          weight_filler=weight_filler, bias_filler=bias_filler)
-        self._workspace = {}
         self._x = None
         super().__init__(name=name, dtype=dtype, param=param)
 
@@ -91,7 +105,6 @@ class _ConvolutionBase(Layer):
 
     def _move_state(self, device):
         super()._move_state(device)
-        self._workspace = {}
         self._x = None
 
     # ------------------------------------------------------------------ shapes
@@ -116,7 +129,8 @@ class _ConvolutionBase(Layer):
 
     def _geometry(self):
         return dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
-                    dilation=self.dilation, group=self.group, workspace=self._workspace)
+                    dilation=self.dilation, group=self.group,
+                    workspace=_workspace(self.device))
 
     def _learns(self, index):
         return len(self.params) > index and self.params[index].lr_mult != 0
