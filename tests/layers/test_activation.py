@@ -8,8 +8,8 @@ import convnet
 from convnet.errors import ConfigError, ShapeError, StateError
 from convnet.layers import Dropout, ReLU
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import activation as ref
+from conftest import assert_close
+from reference import activation as ref
 
 SLOPES = [0.0, 0.1, 0.5, 1.0, 1.7, -0.3]
 

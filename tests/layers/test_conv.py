@@ -9,8 +9,8 @@ from convnet.backend import cpu
 from convnet.errors import ConfigError, ShapeError, StateError
 from convnet.layers import Convolution, Deconvolution
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import conv as ref
+from conftest import assert_close
+from reference import conv as ref
 
 N_CONFIGS = 32
 

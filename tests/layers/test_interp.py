@@ -10,8 +10,8 @@ from convnet.errors import ConfigError, ShapeError
 from convnet.layers import Interp
 from convnet.layers.interp import bilinear_table
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import interp as ref
+from conftest import assert_close
+from reference import interp as ref
 
 KINDS = ["zoom", "shrink", "both", "size", "reference"]
 

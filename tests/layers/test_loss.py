@@ -7,8 +7,8 @@ import convnet
 from convnet.errors import ConfigError, DataError, ShapeError
 from convnet.layers import EuclideanLoss, SoftmaxWithLoss
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import loss as ref
+from conftest import assert_close
+from reference import loss as ref
 
 NORMALIZATIONS = ("VALID", "FULL", "BATCH_SIZE", "NONE")
 LABEL_DTYPES = (np.int64, np.int32, np.float32, np.float64, np.uint8)

@@ -8,8 +8,8 @@ import convnet
 from convnet.errors import ConfigError, ShapeError
 from convnet.layers import BatchNorm
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import normalization as ref
+from conftest import assert_close
+from reference import normalization as ref
 
 
 def bn_config(seed):

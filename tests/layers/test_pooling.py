@@ -10,8 +10,8 @@ from convnet.errors import ConfigError, DataError, ShapeError, StateError
 from convnet.layers import Pooling, Unpooling
 from convnet.layers.pooling import min_unpool_size
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import pooling as ref
+from conftest import assert_close
+from reference import pooling as ref
 
 NUM_CONFIGS = 36
 

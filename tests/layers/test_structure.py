@@ -8,8 +8,8 @@ import convnet
 from convnet.errors import ConfigError, ShapeError
 from convnet.layers import Concat, Crop, Eltwise
 from convnet.testing import check_gradients
-from tests.conftest import assert_close
-from tests.reference import structure as ref
+from conftest import assert_close
+from reference import structure as ref
 
 
 # ---------------------------------------------------------------------------- Crop
