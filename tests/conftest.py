@@ -14,6 +14,12 @@ import pytest  # noqa: E402
 import convnet  # noqa: E402
 
 
+#: the folder the convnet under test was imported from (site-packages after `pip install .`,
+#: the checkout after `setup.py build_ext --inplace`): subprocesses get it on PYTHONPATH so
+#: they run the same convnet, never an unbuilt source tree
+CONVNET_PATH = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+
+
 def pytest_report_header(config):
     return (f"convnet {convnet.__version__} from {os.path.dirname(convnet.__file__)}; "
             f"openmp={convnet.openmp_enabled()}")

@@ -19,6 +19,7 @@ import convnet
 from convnet import (AdamSolver, ConfigError, ConvnetError, DataError, FileFormatError, Net,
                      SGDSolver, ShapeError, StateError)
 from convnet.layers import (BatchNorm, Concat, Convolution, Crop, Deconvolution, Dropout,
+from conftest import CONVNET_PATH
                             Eltwise, EuclideanLoss, Interp, Pooling, ReLU, SoftmaxWithLoss,
                             Unpooling)
 
@@ -769,7 +770,7 @@ GARBAGE = {"junk.npz": b"PK\x03\x04 definitely not a zip", "photo.png": b"\x89PN
 
 
 def run_script(script, args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=120)
 

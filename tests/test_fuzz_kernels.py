@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import CONVNET_PATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "fuzz_worker.py")
@@ -21,7 +22,7 @@ CASES = 300
 
 
 def run_worker(args, threads):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS=str(threads))
     result = subprocess.run([sys.executable, WORKER, *map(str, args)], env=env,
                             capture_output=True, text=True, timeout=300)
     started = [ln for ln in result.stderr.splitlines() if ln.startswith("case ")]

@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLACK_MB = 5.0
 
 CHILD = """
@@ -20,6 +19,7 @@ import numpy as np
 import convnet
 from convnet.data import BatchIterator, SyntheticShapes
 from convnet.models import deconvnet
+from conftest import CONVNET_PATH
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -47,7 +47,7 @@ print(json.dumps({"samples": samples, "loss": loss}))
 
 
 def run_child(iters, warmup):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", CHILD, str(iters), str(warmup)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,6 +15,7 @@ import pytest
 
 from convnet import AdamSolver, DataError, Net, SGDSolver
 from convnet.layers import BatchNorm, Convolution, ReLU, SoftmaxWithLoss
+from conftest import CONVNET_PATH
 
 # NumPy's overflow / invalid-value notes on the poisoned batches are expected here
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -201,7 +202,7 @@ def test_batchnorm_of_a_constant_channel_stays_finite():
 
 
 def run_script(args, cwd):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 

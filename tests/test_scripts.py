@@ -15,6 +15,7 @@ import pytest
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
+from conftest import CONVNET_PATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
@@ -50,7 +51,7 @@ def trained(tmp_path_factory, train_script):
 
 def subprocess_env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = CONVNET_PATH + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"
     return env
 

@@ -28,6 +28,7 @@ import pytest
 import convnet
 from convnet import FileFormatError, Net, SGDSolver, ShapeError
 from convnet.layers import BatchNorm, Convolution, SoftmaxWithLoss
+from conftest import CONVNET_PATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KILLS = 24
@@ -219,7 +220,7 @@ def child_batch():
 
 def test_sigkilled_training_resumes_from_its_last_snapshot_as_if_never_stopped(tmp_path):
     path = str(tmp_path / "snap.npz")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     rng = np.random.default_rng(11)
     iters = []
     for _ in range(3):
@@ -272,7 +273,7 @@ print(json.dumps(errors))
 
 
 def run_disk_full_child(directory):
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, directory,
                              os.path.dirname(__file__)], env=env, capture_output=True,
                             text=True, timeout=120)
@@ -394,7 +395,7 @@ def test_failed_restore_leaves_the_solver_and_net_untouched(files, tmp_path):
 def test_ctrl_c_during_training_exits_130_with_a_snapshot_to_resume_from(tmp_path):
     from convnet.models import deconvnet
     out = str(tmp_path / "run")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     child = subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "scripts", "train_segmentation.py"), "--solver",
          "sgd", "--iters", "100000", "--batch-size", "2", "--width", "4", "--train-images", "16",
@@ -447,7 +448,7 @@ def test_a_mismatch_in_the_last_entry_changes_nothing(files, tmp_path, kind, key
 
 def test_script_stopped_by_ctrl_c_and_resumed_ends_with_the_uninterrupted_weights(tmp_path):
     script = os.path.join(ROOT, "scripts", "train_segmentation.py")
-    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     small = ["--solver", "sgd", "--iters", "6", "--batch-size", "2", "--width", "4",
              "--train-images", "16", "--val-images", "4"]
     straight = subprocess.run([sys.executable, script, *small, "--out", "straight"],
