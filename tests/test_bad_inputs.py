@@ -19,9 +19,9 @@ import convnet
 from convnet import (AdamSolver, ConfigError, ConvnetError, DataError, FileFormatError, Net,
                      SGDSolver, ShapeError, StateError)
 from convnet.layers import (BatchNorm, Concat, Convolution, Crop, Deconvolution, Dropout,
-from conftest import CONVNET_PATH
                             Eltwise, EuclideanLoss, Interp, Pooling, ReLU, SoftmaxWithLoss,
                             Unpooling)
+from conftest import CONVNET_PATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

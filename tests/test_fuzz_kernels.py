@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import CONVNET_PATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import CONVNET_PATH
+
 SLACK_MB = 5.0
 
 CHILD = """
@@ -19,7 +21,6 @@ import numpy as np
 import convnet
 from convnet.data import BatchIterator, SyntheticShapes
 from convnet.models import deconvnet
-from conftest import CONVNET_PATH
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
