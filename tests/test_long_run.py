@@ -49,8 +49,11 @@ print(json.dumps({"samples": samples, "loss": loss}))
 
 def run_child(iters, warmup):
     env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
+    # cwd: `python -c` puts the working folder first on sys.path; the checkout's source tree
+    # must not shadow the convnet under test
     result = subprocess.run([sys.executable, "-c", CHILD, str(iters), str(warmup)], env=env,
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 

@@ -224,8 +224,10 @@ def test_sigkilled_training_resumes_from_its_last_snapshot_as_if_never_stopped(t
     rng = np.random.default_rng(11)
     iters = []
     for _ in range(3):
+        # cwd: `python -c` puts the working folder first on sys.path; the checkout's source
+        # tree must not shadow the convnet under test
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, os.path.dirname(__file__)],
-                                 env=env, stdout=subprocess.PIPE, text=True)
+                                 env=env, stdout=subprocess.PIPE, text=True, cwd=str(tmp_path))
         assert child.stdout.readline().strip()       # it trained and wrote at least once
         time.sleep(float(rng.uniform(0.0, 0.05)))
         child.send_signal(signal.SIGKILL)
@@ -276,7 +278,7 @@ def run_disk_full_child(directory):
     env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, directory,
                              os.path.dirname(__file__)], env=env, capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, cwd=directory)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
