@@ -17,8 +17,8 @@ class DeconvNet(Net):
     """A :class:`Net` whose input H and W must be multiples of ``2**levels``: each Unpooling
     restores exactly twice its input, so any other size would fail deep inside the decoder."""
 
-    def __init__(self, name, levels):
-        super().__init__(name)
+    def __init__(self, name, levels, keep_diffs=True):
+        super().__init__(name, keep_diffs=keep_diffs)
         self.levels = levels
 
     def _check_data_shape(self, shape):
@@ -48,7 +48,7 @@ def _int(value, name, minimum):
 
 
 def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
-              ignore_label=255, bn_fraction=0.9):
+              ignore_label=255, bn_fraction=0.9, keep_diffs=True):
     """A DeconvNet-style segmentation :class:`~convnet.Net`.
 
     Blobs: input ``data`` (N, 3, H, W) with H and W divisible by 2**levels (the Unpooling
@@ -63,6 +63,7 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     Convolution ``score`` and SoftmaxWithLoss (``ignore_label``, VALID normalisation).
 
     ``bn_fraction`` is BatchNorm's ``moving_average_fraction`` (0.9: short training runs).
+    ``keep_diffs=False`` frees each blob's diff once backward has used it (see :class:`Net`).
     Weights start as PyTorch's default, uniform in +-1/sqrt(fan_in) (the score layer's bias
     too): under BatchNorm a convolution's output does not depend on its weights' scale, but an
     Adam step's size relative to the weights does, so this matches the training dynamics of
@@ -76,7 +77,7 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     num_classes = _int(num_classes, "num_classes", 2)
     width = _int(width, "width", 1)
     levels = _int(levels, "levels", 1)
-    net = DeconvNet("deconvnet", levels)
+    net = DeconvNet("deconvnet", levels, keep_diffs=keep_diffs)
 
     def uniform(fan_in):
         bound = 1.0 / np.sqrt(fan_in)

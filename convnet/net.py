@@ -95,9 +95,12 @@ class LoadReport:
 class Net:
     """A directed acyclic graph of layers connected by named blobs (Caffe's Net).
 
-    ``Net(name="net", debug=False, force_backward=False)``. ``debug=True`` checks every top
-    for non-finite values during forward and records the first offender in
-    ``net.first_nonfinite`` (the solver names it when the loss goes NaN).
+    ``Net(name="net", debug=False, force_backward=False, keep_diffs=True)``. ``debug=True``
+    checks every top for non-finite values during forward and records the first offender in
+    ``net.first_nonfinite`` (the solver names it when the loss goes NaN). ``keep_diffs=False``
+    frees each blob's diff as soon as backward has used it (as PyTorch frees the gradients of
+    intermediate tensors): ``net.diffs`` then holds only the input blobs' diffs, and a
+    training step's peak memory drops by about the size of all intermediate blobs.
 
     Attributes: ``layers`` (insertion order), ``blobs`` (name -> array, or float for a loss,
     of the last forward), ``diffs`` (name -> diff array of the last backward, for blobs that
@@ -106,12 +109,13 @@ class Net:
     list of Param, for layers with params), ``learnable_params`` (flat list).
     """
 
-    def __init__(self, name="net", debug=False, force_backward=False):
+    def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"Net: name must be a non-empty string, got {name!r}")
         self.name = name
         self.debug = bool(debug)
         self.force_backward = bool(force_backward)
+        self.keep_diffs = bool(keep_diffs)
         self.layers = []
         self.blobs = {}
         self.diffs = {}
@@ -446,7 +450,9 @@ class Net:
                  StateError)
         plan = self._backward_plan()
         diffs = {}
-        owned = set()        # ids of diff arrays the net allocated (safe to add into)
+        # diff arrays the net allocated (safe to add into), by id; holding them keeps their ids
+        # from being reused by other arrays once keep_diffs=False frees diffs on the way
+        owned = {}
         for i in range(len(self._nodes) - 1, -1, -1):
             run, flags = plan[i]
             if not run:
@@ -479,6 +485,10 @@ class Net:
                     # layers or accumulation must not write through to the other blob
                     d = self._copy(be, d, owned)
                 diffs[b] = d
+            if not self.keep_diffs:
+                # this layer produced its tops: nothing upstream reads their diffs again
+                for t in node.tops:
+                    diffs.pop(t, None)
         self.diffs = {}
         for v in sorted(diffs):
             self.diffs.setdefault(self._versions[v].name, diffs[v])
@@ -489,7 +499,7 @@ class Net:
     def _copy(be, x, owned):
         out = be.zeros(x.shape, x.dtype)
         be.net_accumulate(out, x)
-        owned.add(id(out))
+        owned[id(out)] = out
         return out
 
     def _check_diffs(self, diffs):

@@ -40,7 +40,9 @@ def build_convnet(defaults, data, label, num_classes):
     import convnet
     from convnet.models import deconvnet
     convnet.seed(0)
-    net = deconvnet(num_classes, width=defaults["width"], levels=defaults["levels"])
+    # as scripts/train_segmentation.py builds it
+    net = deconvnet(num_classes, width=defaults["width"], levels=defaults["levels"],
+                    keep_diffs=False)
     solver = convnet.SGDSolver(net, base_lr=LR, momentum=0.9, weight_decay=5e-4)
     net.setup(data=data.shape, label=label.shape)
     net.train()

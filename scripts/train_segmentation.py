@@ -274,7 +274,8 @@ def run(args):
 
     train_set, val_set, num_classes, class_names = load_data(args)
     convnet.seed(args.seed)
-    net = deconvnet(num_classes, width=args.width, levels=DEFAULTS["levels"])
+    # training never reads intermediate diffs: free each one once backward has used it
+    net = deconvnet(num_classes, width=args.width, levels=DEFAULTS["levels"], keep_diffs=False)
     sample = BatchIterator(val_set, 1, shuffle=False).next_batch()
     # create the params now: loading weights or a snapshot needs them
     net.setup(**{k: v.shape for k, v in sample.items()})

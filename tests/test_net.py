@@ -556,3 +556,36 @@ def test_unknown_layer_name_and_bad_net_name_are_errors():
         Net("")
     with pytest.raises(StateError, match="the net has no layers"):
         Net().forward()
+
+
+def test_keep_diffs_false_frees_intermediate_diffs_and_gives_the_same_gradients():
+    from convnet import seed
+    from convnet.layers import Convolution, Eltwise, ReLU, SoftmaxWithLoss
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 6, 5))
+    label = rng.integers(0, 3, (2, 6, 5))
+    results = []
+    for keep in (True, False):
+        seed(1)
+        net = Net(force_backward=True, keep_diffs=keep)
+        net.add(Convolution(num_output=4, kernel_size=3, pad=1, name="c1", dtype=np.float64),
+                bottom=["data"], top=["c1"])
+        net.add(ReLU(name="r1", dtype=np.float64), bottom=["c1"], top=["c1"])
+        # a blob read twice: its diff is the sum of two layers' diffs
+        net.add(Convolution(num_output=3, kernel_size=1, name="a", dtype=np.float64),
+                bottom=["c1"], top=["a"])
+        net.add(Convolution(num_output=3, kernel_size=3, pad=1, name="b", dtype=np.float64),
+                bottom=["c1"], top=["b"])
+        net.add(Eltwise(name="sum", dtype=np.float64), bottom=["a", "b"], top=["score"])
+        net.add(SoftmaxWithLoss(name="loss", dtype=np.float64), bottom=["score", "label"],
+                top=["loss"])
+        net.zero_diffs()
+        net.forward(data=x, label=label)
+        net.backward()
+        results.append(([p.diff.copy() for p in net.learnable_params], dict(net.diffs)))
+    (kept_params, kept), (freed_params, freed) = results
+    for a, b in zip(kept_params, freed_params):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(kept["data"], freed["data"])
+    assert {"c1", "a", "b", "score"} <= set(kept)
+    assert set(freed) == {"data"}
