@@ -576,7 +576,7 @@ WINOGRAD_TILE = 4
 WINOGRAD_POINTS = 36
 #: bytes of one work item's transformed tiles and products (V and M of pyx/winograd.pyx):
 #: small enough to stay in the L2/L3 caches between the transforms and the 36 GEMMs
-WINOGRAD_ITEM_BYTES = 2 * 1024 * 1024
+WINOGRAD_ITEM_BYTES = 1024 * 1024
 #: the fewest tiles in one work item: narrower GEMMs (N or K of a few tiles) lose more than
 #: the cache saves
 WINOGRAD_MIN_TILES = 64
