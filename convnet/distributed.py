@@ -409,6 +409,17 @@ class DistributedSolver:
         """Bytes of each gradient bucket, in the order they are reduced."""
         return [b.nbytes for b in self._buckets]
 
+    def allreduce_seconds(self, repeats=20):
+        """Seconds one blocking allreduce of every gradient bucket takes (the mean of
+        ``repeats``, after a barrier): the communication that overlap with backward hides.
+        Overwrites the param diffs (the next step zeroes them)."""
+        self.comm.Barrier()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            for bucket in self._buckets:
+                self.comm.Allreduce(MPI.IN_PLACE, bucket.buffer, op=MPI.SUM)
+        return (time.perf_counter() - t0) / repeats
+
     def _check_buckets(self):
         """Rebuild the buckets if the net's learnable params or their diff arrays changed."""
         current = [p for layer in reversed(self.solver.net.layers)

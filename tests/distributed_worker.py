@@ -10,6 +10,8 @@ Modes:
   a JSON report (loss per step, bucket sizes, wait time, threads) to OUT_DIR/report.json.
 - ``fail``: like train, but rank ``bad_rank`` raises at step ``bad_step`` (or, with
   ``kill``, SIGKILLs itself): the job must end, never hang.
+- ``refuse``: the wrapper's refusals (net not set up, batch smaller than the rank count, a
+  bad option), reported by rank 0 in OUT_DIR/report.json.
 - ``diverge``: rank 1 changes one weight after step 1: the debug check must stop every
   rank at step 2 with StateError.
 
@@ -25,14 +27,46 @@ import sys
 import numpy as np
 
 from convnet import distributed
+from convnet.errors import ConvnetError
 
 # convnet comes from PYTHONPATH (the tests set it to the convnet under test)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from distributed_case import make_solver  # noqa: E402
 
 
+def refusals(config):
+    """The messages of the wrapper's refusals: a net not set up, a batch smaller than the
+    number of ranks, an unknown option value."""
+    import convnet
+    from distributed_case import make_net
+    from convnet.layers import Convolution, EuclideanLoss
+    fresh = convnet.Net("fresh")
+    fresh.add(Convolution(num_output=2, kernel_size=1, name="conv"), bottom=["data"])
+    fresh.add(EuclideanLoss(name="loss"), bottom=["conv", "target"])
+    messages = []
+    attempts = [
+        lambda: distributed.DistributedSolver(convnet.SGDSolver(fresh)),
+        lambda: distributed.DistributedSolver(make_solver(config)),
+        lambda: distributed.DistributedSolver(convnet.SGDSolver(make_net(np.float64)),
+                                              sync_batchnorm="yes"),
+    ]
+    for attempt in attempts:
+        try:
+            attempt()
+            messages.append(None)
+        except ConvnetError as exc:
+            messages.append(f"{type(exc).__name__}: {exc}")
+    return messages
+
+
 def main(mode, config, out_dir):
     comm = distributed.MPI.COMM_WORLD
+    if mode == "refuse":
+        messages = refusals(config)
+        if comm.Get_rank() == 0:
+            with open(os.path.join(out_dir, "report.json"), "w") as f:
+                json.dump({"messages": messages}, f)
+        return
     solver = distributed.DistributedSolver(
         make_solver(config), bucket_mb=config.get("bucket_mb", 1.0),
         sync_batchnorm=config.get("sync", True), threads=config.get("threads", 1),

@@ -116,6 +116,7 @@ TOL = {"float64": 1e-10, "float32": 1e-5}
     (3, dict(dtype="float64", batch=5, steps=3, solver="adam", iter_size=2,
              lr_policy="step")),
     (3, dict(dtype="float32", batch=6, steps=4, bucket_mb=0.0005)),
+    (2, dict(dtype="float32", batch=6, steps=4, solver="adam")),
 ])
 def test_ranks_train_as_one_process_on_the_whole_batch(tmp_path, ranks, config):
     got, report = train_ranks(ranks, config, tmp_path / "run")
@@ -128,17 +129,11 @@ def test_ranks_train_as_one_process_on_the_whole_batch(tmp_path, ranks, config):
 
 
 @needs_mpi
-def test_threads_default_to_cores_per_local_rank(tmp_path):
-    config = dict(dtype="float64", batch=4, steps=1, threads=None)
-    _, report = train_ranks(2, config, tmp_path / "run", environ=env(OMP_NUM_THREADS=None))
-    cores = len(os.sched_getaffinity(0))
-    assert report["threads"] == max(1, cores // 2)
-
-
-@needs_mpi
 def test_without_sync_batchnorm_statistics_are_each_ranks_own(tmp_path):
-    config = dict(dtype="float64", batch=4, steps=1, sync=False)
-    got, _ = train_ranks(2, config, tmp_path / "run")
+    config = dict(dtype="float64", batch=4, steps=1, sync=False, threads=None)
+    got, report = train_ranks(2, config, tmp_path / "run", environ=env(OMP_NUM_THREADS=None))
+    # threads=None and no OMP_NUM_THREADS: cores / ranks on this node
+    assert report["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
     # the saved averages are rank 0's: one forward of the initial net on rank 0's half
     solver = make_solver(config)
     batch = solver.data.next_batch(part=(0, 2))
@@ -183,6 +178,20 @@ def test_debug_mode_stops_every_rank_when_replicas_differ(tmp_path):
     assert "replicas differ after iteration 2: 'conv2/weight' on rank(s) [1]" in err
 
 
+@needs_mpi
+def test_refusals_name_what_to_change(tmp_path):
+    rc, _, err = mpi_worker(3, "refuse", dict(batch=2), tmp_path)
+    assert rc == 0, err[-3000:]
+    with open(tmp_path / "report.json") as f:
+        empty, small, option = json.load(f)["messages"]
+    assert empty.startswith("StateError: ") and "DistributedSolver" in empty \
+        and "net.setup" in empty
+    assert small == ("ConfigError: ShardedBatches: the global batch_size (2) must be at least "
+                     "the number of ranks (3): every rank needs one image")
+    assert option == ("ConfigError: DistributedSolver: sync_batchnorm must be None, True or "
+                      "False, got 'yes'")
+
+
 # ---------------------------------------------------------------------- the training script
 @needs_mpi
 def test_train_script_distributed_matches_one_process(tmp_path):
@@ -217,6 +226,28 @@ def test_without_mpi4py_distributed_is_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------- hooks, simulated ranks
+def test_backward_hooks_see_each_layer_with_its_diffs_complete():
+    solver = make_solver(dict(batch=2))
+    net = solver.net
+    seen = []
+
+    def hook(layer):
+        seen.append(None if layer is None else
+                    (layer.name, [p.diff.copy() for p in layer.params]))
+
+    net.backward_hooks.append(hook)
+    net.forward(**solver.data.next_batch())
+    net.zero_diffs()
+    net.backward()
+    assert seen[-1] is None
+    names = [entry[0] for entry in seen[:-1]]
+    assert names == [layer.name for layer in reversed(net.layers)
+                     if layer.name in names] and names[0] == "loss" and "conv1" in names
+    for name, diffs in seen[:-1]:       # nothing adds into a layer's diffs after its hook
+        for before, p in zip(diffs, net.layer(name).params):
+            np.testing.assert_array_equal(before, p.diff)
+
+
 def simulate_ranks(parts, run):
     """Run ``run(k, reducer)`` for each part k as if the parts were ranks whose reducers
     sum their stats: repeated until every call's answer is the sum of what the parts passed

@@ -180,16 +180,16 @@ class BatchNorm(Layer):
         xhat *= inv_std[:, None]
         sums = np.stack([dy.sum(axis=(0, 2)), np.einsum("ncs,ncs->c", dy, xhat)])
         if dscale is not None:
-            dscale += be.asarray(sums[1], self.dtype)
+            be.net_accumulate(dscale, be.asarray(sums[1], self.dtype))
         if dbias is not None:
-            dbias += be.asarray(sums[0], self.dtype)
+            be.net_accumulate(dbias, be.asarray(sums[0], self.dtype))
         if dx3 is None:
             return
         sums = self._reduce_stats(sums) / self._count
         gain = inv_std if not self.affine else inv_std * np.asarray(
             be.to_numpy(self.params[0].data), np.float64)
         dx = (dy - sums[0][:, None] - xhat * sums[1][:, None]) * gain[:, None]
-        dx3[...] = be.asarray(dx, self.dtype)
+        dx3[...] = dx.astype(self.dtype)
 
     def _backward(self, top_diffs, propagate_down):
         x3, mean, var, batch_stats = self._cache
