@@ -520,9 +520,11 @@ class DistributedSolver:
     # ------------------------------------------------------------------ files
     def snapshot(self, path):
         """Rank 0 writes the solver's snapshot (a plain one: it resumes on any number of
-        ranks, or without this module)."""
+        ranks, or without this module); the other ranks wait until it is written, so a job
+        that ends right after (Ctrl-C) cannot cut the write short."""
         if self.rank == 0:
             self.solver.snapshot(path)
+        self.comm.Barrier()
 
     def restore(self, path):
         """Every rank reads the snapshot at ``path``; rank 0's state is then broadcast.
