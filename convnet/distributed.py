@@ -312,6 +312,8 @@ class DistributedSolver:
             solver.data = ShardedBatches(solver.data, self.rank, self.size)
         self.comm_wait_seconds = 0.0
         self.reduced_bytes = 0
+        #: buckets whose allreduce started while backward was still running (overlapped)
+        self.overlapped_buckets = 0
         self._requests = []
         self._pass = 0
         self._buckets = []
@@ -447,6 +449,7 @@ class DistributedSolver:
                 bucket.pending -= 1
                 if bucket.pending == 0:
                     self._start(bucket)
+                    self.overlapped_buckets += 1
             if self._requests:
                 MPI.Request.Testall(self._requests)
             return

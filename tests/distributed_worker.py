@@ -88,7 +88,8 @@ def main(mode, config, out_dir):
     if solver.is_root:
         np.savez(os.path.join(out_dir, "ranks.npz"), **solver.net.state_arrays())
         report = {"losses": losses, "iter": solver.iter, "buckets": solver.bucket_sizes,
-                  "wait": solver.comm_wait_seconds, "threads": solver.threads,
+                  "wait": solver.comm_wait_seconds,
+                  "overlapped": solver.overlapped_buckets, "threads": solver.threads,
                   "ranks": solver.size}
         with open(os.path.join(out_dir, "report.json"), "w") as f:
             json.dump(report, f)

@@ -125,7 +125,9 @@ def test_ranks_train_as_one_process_on_the_whole_batch(tmp_path, ranks, config):
     np.testing.assert_allclose(report["losses"], losses, rtol=TOL[config["dtype"]])
     assert report["ranks"] == ranks and report["iter"] == config["steps"]
     if config.get("bucket_mb", 1.0) < 0.01:
-        assert len(report["buckets"]) > 1       # reduced in several overlapped buckets
+        assert len(report["buckets"]) > 1       # reduced in several buckets...
+    # ...each started from the backward hook of its last layer, before backward ended
+    assert report["overlapped"] == len(report["buckets"]) * config["steps"]
 
 
 @needs_mpi
