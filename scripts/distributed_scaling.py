@@ -26,8 +26,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
-
 try:
     import convnet
 except ImportError:     # running from a source checkout that was built in place
