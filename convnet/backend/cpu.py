@@ -6,6 +6,8 @@ names with DeviceArrays. Thread policy: OpenMP loops in the kernels, BLAS for th
 :func:`set_num_threads` sets both.
 """
 
+import contextlib
+
 import numpy as np
 
 from convnet._cpu import _threads
@@ -62,9 +64,27 @@ def get_num_threads():
     return _threads.get_max_threads()
 
 
+_blas_libraries = None
+
+
+@contextlib.contextmanager
 def blas_threads(n):
-    """Context manager holding BLAS to ``n`` threads (e.g. 1 inside an OpenMP prange)."""
-    return _blas().limit(limits=int(n), user_api="blas")
+    """Context manager holding BLAS to ``n`` threads (e.g. 1 inside an OpenMP prange).
+
+    The BLAS libraries loaded with the kernels are looked up once; each entry is then two
+    library calls per library (threadpoolctl's ``limit`` costs about 0.08 ms, which a
+    network of small convolutions pays three times per layer and step)."""
+    global _blas_libraries
+    if _blas_libraries is None:
+        _blas_libraries = list(_blas().select(user_api="blas").lib_controllers)
+    before = [lib.num_threads for lib in _blas_libraries]
+    for lib in _blas_libraries:
+        lib.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        for lib, threads in zip(_blas_libraries, before):
+            lib.set_num_threads(threads)
 
 
 # ---- activation
@@ -600,7 +620,22 @@ def _winograd_kernels():
     return winograd
 
 
+_winograd_plans = {}
+
+
 def _winograd_items(n, out, dilation, per_tile_bytes):
+    """_winograd_plan, remembered per shape (the plan costs more than a small layer's
+    transforms)."""
+    key = (n, tuple(out), tuple(dilation), per_tile_bytes)
+    plan = _winograd_plans.get(key)
+    if plan is None:
+        if len(_winograd_plans) > 256:
+            _winograd_plans.clear()
+        plan = _winograd_plans[key] = _winograd_plan(n, out, dilation, per_tile_bytes)
+    return plan
+
+
+def _winograd_plan(n, out, dilation, per_tile_bytes):
     """Work items (image, lattice residues a and b, tile rows [tr0, tr1)) and the most tiles
     in one: runs of tile rows of at most WINOGRAD_ITEM_BYTES, split to give CONV_MIN_ITEMS
     items in all, yet of at least WINOGRAD_MIN_TILES tiles. Depends on the shapes only
