@@ -60,13 +60,16 @@ CONVNET_API const char* convnet_last_error(void);
 /* host OUT count: the number of CUDA devices (0 without a driver or GPU, with status CUDA). */
 CONVNET_API convnet_status convnet_device_count(int* count);
 
-/* host OUT ptr: nbytes of device memory (NULL for 0 bytes). */
+/* host OUT ptr: nbytes of device memory (NULL for 0 bytes), stream-ordered on the legacy
+ * stream from the device's default pool, whose release threshold is raised so that freed
+ * memory stays cached (no cudaMalloc / cudaFree in steady state). */
 CONVNET_API convnet_status convnet_malloc(void** ptr, int64_t nbytes);
 
-/* Free what convnet_malloc returned (NULL is a no-op). */
+/* Free what convnet_malloc returned (NULL is a no-op), in stream order (no device-wide wait). */
 CONVNET_API convnet_status convnet_free(void* ptr);
 
-/* Copies of nbytes: host -> device, device -> host (synchronous), device -> device. */
+/* Copies of nbytes: host -> device (returns once the host bytes are staged: the caller may
+ * reuse its buffer; no wait for the device), device -> host (synchronous), device -> device. */
 CONVNET_API convnet_status convnet_memcpy_htod(void* dst, const void* src, int64_t nbytes,
                                                void* stream);
 CONVNET_API convnet_status convnet_memcpy_dtoh(void* dst, const void* src, int64_t nbytes,
@@ -92,6 +95,13 @@ CONVNET_API convnet_status convnet_set_cublas_search_path(const char* paths);
 /* Locate and load cuBLAS now (GEMM entry points do it on first use);
  * CONVNET_ERR_CUBLAS_MISSING with the places tried when none loads. */
 CONVNET_API convnet_status convnet_cublas_load(void);
+
+/* 1 for the host build (cuda/*.cu compiled for the CPU through cuda/host/), 0 for a GPU. */
+CONVNET_API int convnet_is_host_build(void);
+
+/* host OUT bytes: device memory held by live convnet_malloc blocks of the current device
+ * (its memory pool's used bytes on a GPU, which includes other users of that pool). */
+CONVNET_API convnet_status convnet_memory_in_use(int64_t* bytes);
 
 /* ======================================================================== blas (blas.cu) */
 
