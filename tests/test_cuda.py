@@ -1,5 +1,9 @@
-"""The CUDA backend: the built library against the ctypes table (no GPU needed), the loader's
-behaviour without a GPU, and, on a GPU, every layer on device='cuda' against the CPU backend."""
+"""The CUDA backend: the built libraries against the ctypes table, the loader, and every layer
+on device='cuda' against the CPU backend, a trained Net, and moves both ways.
+
+Each test that runs kernels takes ``target`` (tests/cuda_targets.py): ``[host_build]`` runs the
+cuda/*.cu sources compiled for the CPU (always, in CI), ``[gpu]`` the nvcc build on a GPU
+(skipped with the real reason without one)."""
 
 import ctypes
 import inspect
@@ -14,6 +18,7 @@ import pytest
 from convnet import cuda
 from convnet.backend import cpu as cpu_backend
 from convnet.cuda import _lib
+from cuda_targets import GPU, HOST, fresh_host_library, last_error, target  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = os.path.join(ROOT, "include", "convnet_cuda.h")
@@ -51,13 +56,13 @@ def header_prototypes():
     return found
 
 
-def test_built_library_exports_every_function_of_the_ctypes_table():
+def test_built_library_exports_every_function_of_the_ctypes_table(target):
     symbols = exported_symbols(built_library())
     missing = [name for name, _, _ in _lib.FUNCTIONS if name not in symbols]
     assert not missing
 
 
-def test_built_library_exports_nothing_but_the_api():
+def test_built_library_exports_nothing_but_the_api(target):
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm is missing")
@@ -72,12 +77,13 @@ def test_ctypes_table_matches_the_header_in_order_and_argument_count():
     assert table == header_prototypes()
 
 
-def test_library_reports_the_abi_version_the_loader_expects():
+def test_library_reports_the_abi_version_the_loader_expects(target):
     built_library()
     assert _lib.load().convnet_abi_version() == _lib.ABI_VERSION
+    assert bool(_lib.load().convnet_is_host_build()) == (target == HOST)
 
 
-def test_every_status_has_a_name():
+def test_every_status_has_a_name(target):
     built_library()
     lib = _lib.load()
     names = [lib.convnet_status_string(s).decode() for s in range(7)]
@@ -86,7 +92,7 @@ def test_every_status_has_a_name():
                      "CONVNET_ERR_OUT_OF_MEMORY"]
 
 
-def test_invalid_argument_raises_cuda_error_with_status_and_message():
+def test_invalid_argument_raises_cuda_error_with_status_and_message(target):
     built_library()
     with pytest.raises(cuda.CudaError, match="CONVNET_ERR_INVALID_ARGUMENT: convnet_malloc: "
                                              "negative size") as info:
@@ -94,13 +100,32 @@ def test_invalid_argument_raises_cuda_error_with_status_and_message():
     assert info.value.status == _lib.ERR_INVALID_ARGUMENT
 
 
-def test_missing_cublas_is_a_clear_status_naming_the_places_tried():
-    built_library()
-    status = _lib.call_status("convnet_cublas_load")
-    if status == _lib.OK:
-        pytest.skip("cuBLAS is installed here")
-    assert status == _lib.ERR_CUBLAS_MISSING
-    assert re.search(r"no libcublas could be loaded \(tried libcublas\.so\.13", _lib.last_error())
+def test_missing_cublas_is_a_clear_status_naming_the_places_tried_gpu_build():
+    cuda.use_host_build(False)
+    try:
+        built_library()
+        status = _lib.call_status("convnet_cublas_load")
+        if status == _lib.OK:
+            pytest.skip("cuBLAS is installed here")
+        if status == _lib.ERR_CUBLAS:
+            pytest.skip(f"a libcublas loads but cannot start here: {_lib.last_error()}")
+        assert status == _lib.ERR_CUBLAS_MISSING
+        assert re.search(r"no libcublas could be loaded \(tried libcublas\.so\.13",
+                         _lib.last_error())
+    finally:
+        cuda.use_host_build(None)
+
+
+def test_missing_cublas_is_a_clear_status_naming_the_places_tried_host_build(tmp_path):
+    lib = fresh_host_library(tmp_path / "lib", cublas_dirs=[tmp_path / "empty"],
+                             copy_cublas=False)
+    assert lib.convnet_cublas_load() == _lib.ERR_CUBLAS_MISSING
+    message = last_error(lib)
+    assert f"tried {tmp_path / 'empty'}/libconvnet_cublas_host.so, " \
+           f"{tmp_path / 'lib'}/libconvnet_cublas_host.so" in message
+    # a GEMM says the same, and a later kernel is not blamed for it
+    assert lib.convnet_gemm(0, 0, 1, 1, 1, 1.0, 8, 1, 8, 1, 0.0, 8, 1, None) == \
+        _lib.ERR_CUBLAS_MISSING
 
 
 def test_is_available_is_a_bool_with_a_reason_when_false():
@@ -128,7 +153,7 @@ def test_cuda_backend_has_every_cpu_backend_function_with_the_same_signature():
         assert inspect.signature(twin) == inspect.signature(fn), name
 
 
-# ------------------------------------------------------------------ on a GPU
+# ------------------------------------------------------------------ kernels: host build / GPU
 
 def _layers_and_inputs(rng):
     """(name, layer factory, bottoms as float64 NumPy arrays) covering every layer."""
@@ -199,8 +224,7 @@ def _run(layer, bottoms, top_seed):
     return values
 
 
-@pytest.mark.cuda
-def test_every_layer_on_cuda_matches_the_cpu_backend_in_float32():
+def test_every_layer_on_cuda_matches_the_cpu_backend_in_float32(target):
     rng = np.random.default_rng(7)
     for name, make, bottoms in _layers_and_inputs(rng):
         bottoms = [b.astype(np.float32) if b.dtype.kind == "f" else b for b in bottoms]
@@ -219,8 +243,7 @@ def test_every_layer_on_cuda_matches_the_cpu_backend_in_float32():
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=name)
 
 
-@pytest.mark.cuda
-def test_cuda_backward_passes_are_deterministic():
+def test_cuda_backward_passes_are_deterministic(target):
     rng = np.random.default_rng(8)
     for name, make, bottoms in _layers_and_inputs(rng):
         bottoms = [b.astype(np.float32) if b.dtype.kind == "f" else b for b in bottoms]
@@ -238,8 +261,7 @@ def test_cuda_backward_passes_are_deterministic():
             np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-@pytest.mark.cuda
-def test_unpooling_bad_mask_on_cuda_is_a_data_error():
+def test_unpooling_bad_mask_on_cuda_is_a_data_error(target):
     from convnet.errors import DataError
     from convnet.layers import Unpooling
     layer = Unpooling(kernel_size=2, stride=2).to("cuda")
@@ -249,8 +271,7 @@ def test_unpooling_bad_mask_on_cuda_is_a_data_error():
         layer.forward(x, mask)
 
 
-@pytest.mark.cuda
-def test_softmax_bad_label_on_cuda_is_a_data_error():
+def test_softmax_bad_label_on_cuda_is_a_data_error(target):
     from convnet.errors import DataError
     from convnet.layers import SoftmaxWithLoss
     layer = SoftmaxWithLoss().to("cuda")
@@ -258,8 +279,7 @@ def test_softmax_bad_label_on_cuda_is_a_data_error():
         layer.forward(np.zeros((1, 3, 2, 1), np.float32), np.array([[[0], [7]]]))
 
 
-@pytest.mark.cuda
-def test_device_array_round_trip_fill_copy_and_interface():
+def test_device_array_round_trip_fill_copy_and_interface(target):
     a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     d = cuda.to_device(a)
     np.testing.assert_array_equal(d.get(), a)
@@ -278,8 +298,7 @@ def test_device_array_round_trip_fill_copy_and_interface():
     d.close()
 
 
-@pytest.mark.cuda
-def test_mixing_a_numpy_array_into_a_cuda_backend_call_is_a_device_error():
+def test_mixing_a_numpy_array_into_a_cuda_backend_call_is_a_device_error(target):
     from convnet.backend import cuda as cuda_backend
     from convnet.errors import DeviceError
     y = cuda_backend.empty((4,), np.float32)

@@ -302,7 +302,13 @@ def cublas_search_dirs():
     return dirs
 
 
+_opened = {}   # path -> library: a library is loaded (and its table applied) once per process
+
+
 def _open(path):
+    real = os.path.realpath(path)
+    if real in _opened:
+        return _opened[real]
     if not os.path.exists(path):
         if os.path.basename(path) == HOST_LIBRARY_NAME:
             raise OSError(f"{path} does not exist (setup.py builds the host build with the C++ "
@@ -319,6 +325,7 @@ def _open(path):
         raise OSError(f"{path} has ABI version {version}, this convnet needs {ABI_VERSION}; "
                       f"rebuild the CUDA library")
     lib.convnet_set_cublas_search_path(":".join(cublas_search_dirs()).encode())
+    _opened[real] = lib
     return lib
 
 

@@ -142,6 +142,11 @@ class SoftmaxWithLoss(Layer):
         self._normalizer = self._normalizer_for(n, pixels, valid)
         return loss_sum / self._normalizer
 
+    def _move_state(self, device):
+        # forward's buffers live on the old device: the next forward makes new ones there
+        super()._move_state(device)
+        self._prob = self._label_index = self._inv_sum = None
+
     def _raise_bad_label(self, labels, flat, classes):
         host = np.asarray(self.backend.to_numpy(labels))
         position = tuple(int(i) for i in np.unravel_index(flat, host.shape))
