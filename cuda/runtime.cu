@@ -102,18 +102,26 @@ const char* const kCublasNames[] = {"libcublas.so.13", "libcublas.so.12", "libcu
 constexpr bool kTryBareNames = true;
 #endif
 
-// The pip package that provides the libcublas this library was built against.
+// Where the libcublas this library was built against comes from (CUDART_VERSION: nvcc's, or
+// the host shim's, which matches the CUDA 13 toolkit the GPU build uses).
 const char* cublas_install_hint() {
 #ifdef CONVNET_HOST_BUILD
-    return "rebuild convnet (setup.py builds libconvnet_cublas_host.so beside "
-           "libconvnet_cuda_host.so)";
-#elif CUDART_VERSION >= 13000
-    return "install the CUDA 13 toolkit's cuBLAS or `pip install nvidia-cublas` (CUDA 13)";
-#elif CUDART_VERSION >= 12000
-    return "install the CUDA 12 toolkit's cuBLAS or `pip install nvidia-cublas-cu12`";
+#define CONVNET_HOST_HINT_PREFIX                                                           \
+    "the host build loads libconvnet_cublas_host.so from beside libconvnet_cuda_host.so "  \
+    "(rebuild convnet); on a GPU, "
 #else
-    return "install the CUDA toolkit's cuBLAS";
+#define CONVNET_HOST_HINT_PREFIX ""
 #endif
+#if CUDART_VERSION >= 13000
+    return CONVNET_HOST_HINT_PREFIX
+        "install the CUDA 13 toolkit's cuBLAS or `pip install nvidia-cublas` (CUDA 13)";
+#elif CUDART_VERSION >= 12000
+    return CONVNET_HOST_HINT_PREFIX
+        "install the CUDA 12 toolkit's cuBLAS or `pip install nvidia-cublas-cu12`";
+#else
+    return CONVNET_HOST_HINT_PREFIX "install the CUDA toolkit's cuBLAS";
+#endif
+#undef CONVNET_HOST_HINT_PREFIX
 }
 
 std::string own_directory() {

@@ -299,8 +299,9 @@ def pooling_max_forward(x, y, argmax, mask, kernel, stride, pad):
                                    stride[1], pad[0], pad[1])
 
 
-def pooling_max_backward(dy, argmax, dx):
-    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane."""
+def pooling_max_backward(dy, argmax, dx, kernel=None, stride=None, pad=None):
+    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane. kernel, stride, pad: the
+    forward's windows (the GPU gathers through them; this scatter does not need them)."""
     _pooling_kernels().max_backward(dy, argmax, dx)
 
 

@@ -323,17 +323,17 @@ def pooling_max_forward(x, y, argmax, mask, kernel, stride, pad):
     _dev(argmax)
     _lib.call("convnet_max_pool_forward", _f(x), _f(y), argmax.ptr, _index_is_64(argmax),
               _f(mask), *_pool_args(x.shape, y.shape, kernel, stride, pad))
-    # backward gathers over the windows that hold each pixel, so it needs their geometry
-    argmax._pool_window = (tuple(kernel), tuple(stride), tuple(pad))
 
 
-def pooling_max_backward(dy, argmax, dx):
-    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane (a gather per input pixel
-    over the windows containing it when argmax came from pooling_max_forward; otherwise one
-    thread per plane). Deterministic."""
+def pooling_max_backward(dy, argmax, dx, kernel=None, stride=None, pad=None):
+    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane: a gather per input pixel
+    over the windows (kernel, stride, pad: the forward's) that contain it. Without the
+    geometry (kernel None) one thread per plane scans its outputs: correct, deterministic,
+    and far slower. The geometry is an argument, not something carried by the argmax array,
+    so a copy or view of the argmax keeps the fast path."""
     _dev(argmax)
-    window = getattr(argmax, "_pool_window", None)
-    kernel, stride, pad = window if window is not None else ((0, 0), (1, 1), (0, 0))
+    if kernel is None:
+        kernel, stride, pad = (0, 0), (1, 1), (0, 0)
     _lib.call("convnet_max_pool_backward", _f(dy), argmax.ptr, _index_is_64(argmax), _f(dx),
               *_pool_args(dx.shape, dy.shape, kernel, stride, pad))
 
