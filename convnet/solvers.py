@@ -177,6 +177,10 @@ class Solver:
             if p.lr_mult == 0:
                 continue
             be = _backend.get(p.device)
+            if hist and _backend.device_of(hist[0]) != p.device:
+                # the net moved (net.to): its history follows it
+                hist[:] = [be.asarray(_backend.get(_backend.device_of(h)).to_numpy(h))
+                           for h in hist]
             if self.iter_size > 1:
                 be.solver_scale(p.diff, 1.0 / self.iter_size)
             self._update(be, p, hist, rate * p.lr_mult, self.weight_decay * p.decay_mult)

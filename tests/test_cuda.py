@@ -304,3 +304,98 @@ def test_mixing_a_numpy_array_into_a_cuda_backend_call_is_a_device_error(target)
     y = cuda_backend.empty((4,), np.float32)
     with pytest.raises(DeviceError, match="cannot be mixed"):
         cuda_backend.activation_relu_forward(np.ones(4, np.float32), 0.0, y)
+
+
+# ------------------------------------------------------------------ nets: training, moving
+
+def _small_net(seed):
+    """conv -> BN -> ReLU -> max pool (mask) -> dropout -> unpool -> deconv -> interp ->
+    concat -> softmax loss: every layer family in one graph."""
+    from convnet import Net, fillers
+    from convnet.layers import (BatchNorm, Concat, Convolution, Deconvolution, Dropout, Interp,
+                                Pooling, ReLU, SoftmaxWithLoss, Unpooling)
+    fillers.seed(seed)
+    net = Net()
+    net.add(Convolution(num_output=4, kernel_size=3, pad=1, name="conv1",
+                        weight_filler="gaussian"), bottom=["data"], top=["c1"])
+    net.add(BatchNorm(name="bn1"), bottom=["c1"], top=["b1"])
+    net.add(ReLU(name="relu1"), bottom=["b1"], top=["r1"])
+    net.add(Pooling(kernel_size=2, stride=2, return_mask=True, name="pool1"), bottom=["r1"],
+            top=["p1", "m1"])
+    net.add(Dropout(dropout_ratio=0.25, seed=seed, name="drop1"), bottom=["p1"], top=["d1"])
+    net.add(Unpooling(kernel_size=2, stride=2, out_size=(6, 7), name="unpool1"),
+            bottom=["d1", "m1"], top=["u1"])
+    net.add(Deconvolution(num_output=3, kernel_size=3, pad=1, group=1, name="deconv1"),
+            bottom=["u1"], top=["s1"])
+    net.add(Interp(shrink_factor=2, name="down"), bottom=["s1"], top=["s2"])
+    net.add(Interp(height=6, width=7, name="up"), bottom=["s2"], top=["s3"])
+    net.add(Concat(axis=1, name="cat"), bottom=["s1", "s3"], top=["s"])
+    net.add(Convolution(num_output=3, kernel_size=1, name="score"), bottom=["s"], top=["score"])
+    net.add(SoftmaxWithLoss(ignore_label=255, name="loss"), bottom=["score", "label"],
+            top=["loss"])
+    return net
+
+
+def _batch(rng):
+    x = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 6, 7))
+    labels[1, 2, 3] = 255
+    return x, labels
+
+
+def _train(devices, steps_per_device=2):
+    """Train _small_net with SGD, moving the net to each device in turn; returns the losses
+    and the final params (NumPy)."""
+    from convnet import SGDSolver
+    rng = np.random.default_rng(11)
+    net = _small_net(3)
+    x, labels = _batch(rng)
+    net.setup(data=x.shape, label=labels.shape)
+    # identical starting weights on every run, whatever the filler's global state
+    init = np.random.default_rng(5)
+    for p in net.learnable_params:
+        p.data[...] = (init.standard_normal(p.shape) * 0.3).astype(np.float32)
+    solver = SGDSolver(net, base_lr=0.05, momentum=0.9, weight_decay=0.001)
+    losses = []
+    for device in devices:
+        net.to(device)   # the solver's history follows the params
+        for _ in range(steps_per_device):
+            if device == "cuda":
+                losses.append(solver.step(data=cuda.to_device(x), label=cuda.to_device(labels)))
+            else:
+                losses.append(solver.step(data=x, label=labels))
+    net.to("cpu")
+    return losses, [np.array(p.data, dtype=np.float64) for p in net.learnable_params]
+
+
+def test_a_net_trained_on_cuda_matches_the_cpu_run(target):
+    cpu_losses, cpu_params = _train(["cpu", "cpu"])
+    gpu_losses, gpu_params = _train(["cuda", "cuda"])
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-4)
+    for g, c in zip(gpu_params, cpu_params):
+        np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-5)
+
+
+def test_a_net_moved_cpu_cuda_cpu_while_training_matches_the_cpu_run(target):
+    cpu_losses, cpu_params = _train(["cpu", "cpu", "cpu"])
+    moved_losses, moved_params = _train(["cpu", "cuda", "cpu"])
+    np.testing.assert_allclose(moved_losses, cpu_losses, rtol=1e-4)
+    for g, c in zip(moved_params, cpu_params):
+        np.testing.assert_allclose(g, c, rtol=1e-4, atol=1e-5)
+
+
+def test_every_layer_moves_to_cuda_and_back_after_running(target):
+    rng = np.random.default_rng(9)
+    for name, make, bottoms in _layers_and_inputs(rng)[:22]:
+        bottoms = [b.astype(np.float32) if b.dtype.kind == "f" else b for b in bottoms]
+        layer = make()
+        state = layer.get_rng_state()
+        expected = _run(layer, bottoms, 3)
+        for device in ("cuda", "cpu"):
+            layer.to(device)
+            layer.set_rng_state(state)
+            for p in layer.params:
+                p.zero_diff()
+            got = _run(layer, bottoms, 3)
+            for g, e in zip(got, expected):
+                np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} {device}")

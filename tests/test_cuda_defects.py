@@ -274,3 +274,33 @@ def test_unavailable_reason_is_cudas_own_message(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv("CONVNET_HOST_DEVICE_COUNT")
         cuda.use_host_build(None)
+
+
+# found while writing the tests above -------------------------------------------------------
+def test_moving_a_layer_with_buffers_to_cuda_twice_keeps_them(target):
+    from convnet.layers import BatchNorm
+    layer = BatchNorm()
+    x = np.random.default_rng(6).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    layer.forward(x)
+    expected = {k: np.array(v) for k, v in layer.buffers.items()}
+    layer.to("cuda").to("cuda")
+    for key, value in layer.buffers.items():
+        np.testing.assert_array_equal(value.get(), expected[key])
+
+
+def test_the_solver_history_follows_a_net_moved_between_devices(target):
+    from convnet import Net, SGDSolver
+    from convnet.layers import Convolution, EuclideanLoss
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    t = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    net = Net()
+    net.add(Convolution(num_output=2, kernel_size=3, pad=1, name="conv"), bottom=["x"],
+            top=["y"])
+    net.add(EuclideanLoss(name="loss"), bottom=["y", "t"], top=["loss"])
+    solver = SGDSolver(net, base_lr=0.01, momentum=0.9)
+    solver.step(x=x, t=t)
+    net.to("cuda")
+    solver.step(x=cuda.to_device(x), t=cuda.to_device(t))   # history moves with the params
+    net.to("cpu")
+    solver.step(x=x, t=t)
