@@ -231,6 +231,14 @@ class Solver:
                     f"filler?)", ZeroWeightWarning, stacklevel=3)
 
     def _check_finite_diffs(self):
+        by_device = {}
+        for _, p in self.net.named_params():
+            if p.lr_mult != 0:
+                by_device.setdefault(p.device, []).append(p.diff)
+        # one check per device (on a GPU: reduced there, one flag read back), then the
+        # slow search for the culprit's name only when something is not finite
+        if all(_backend.get(d).all_finite(diffs) for d, diffs in by_device.items()):
+            return
         for key, p in self.net.named_params():
             if p.lr_mult != 0 and not np.all(np.isfinite(
                     _backend.get(p.device).to_numpy(p.diff))):

@@ -1,5 +1,6 @@
 // SoftmaxWithLoss forward / backward (EuclideanLoss runs on blas.cu's sub, dot and axpby).
 #include <math.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -114,18 +115,29 @@ CONVNET_API convnet_status convnet_softmax_loss_forward(
     const int64_t pixels = batch * spatial;
     if (pixels == 0) return CONVNET_OK;
     cudaStream_t s = as_stream(stream);
-    Scratch losses(s);
-    CONVNET_TRY(losses.allocate(pixels * sizeof(double), name));
-    BadFlag bad(s);
-    CONVNET_TRY(bad.init(name));
+    // one scratch: the per-pixel losses, then the results {loss sum, valid count, bad flag},
+    // read back with ONE copy and ONE wait (the loss read-back the training step needs)
+    Scratch scratch(s);
+    CONVNET_TRY(scratch.allocate((pixels + 3) * static_cast<int64_t>(sizeof(double)), name));
+    double* losses = scratch.as<double>();
+    double* results = losses + pixels;
+    unsigned long long* bad = reinterpret_cast<unsigned long long*>(results + 2);
+    CONVNET_TRY(check_cuda(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), s), name));
     CONVNET_TRY(launch(name, pixels, s, softmax_forward_kernel, scores, labels, label_type,
-                       has_ignore, ignore_label, prob, label_index, losses.as<double>(), batch,
-                       classes, spatial, bad.device()));
-    CONVNET_TRY(reduce_sum(name, PixelLoss{losses.as<double>()}, pixels, loss_sum, s));
-    double count = 0.0;
-    CONVNET_TRY(reduce_sum(name, ValidCount{label_index}, pixels, &count, s));
-    *valid_count = static_cast<int64_t>(count);
-    CONVNET_TRY(bad.read(bad_position, name));
+                       has_ignore, ignore_label, prob, label_index, losses, batch, classes,
+                       spatial, bad));
+    CONVNET_TRY(reduce_sum_to_device(name, PixelLoss{losses}, pixels, results, s));
+    CONVNET_TRY(reduce_sum_to_device(name, ValidCount{label_index}, pixels, results + 1, s));
+    double host[3];
+    CONVNET_TRY(check_cuda(cudaMemcpyAsync(host, results, sizeof(host), cudaMemcpyDeviceToHost,
+                                           s),
+                           name));
+    CONVNET_TRY(check_cuda(cudaStreamSynchronize(s), name));
+    *loss_sum = host[0];
+    *valid_count = static_cast<int64_t>(host[1]);
+    unsigned long long flag;
+    memcpy(&flag, &host[2], sizeof(flag));
+    *bad_position = flag == kNoBad ? -1 : static_cast<int64_t>(flag);
     if (*bad_position >= 0) {
         return set_error(CONVNET_ERR_BAD_INDEX, "%s: invalid label at flat position %lld",
                          name, static_cast<long long>(*bad_position));

@@ -194,7 +194,7 @@ __global__ void unpool_gather_kernel(const float* dy, const void* mask, int32_t 
         const int64_t p = index / in_size;
         const int64_t j = load_index(mask, type, index, out_size);
         if (j < 0) {
-            report_bad(bad, index);
+            if (bad != nullptr) report_bad(bad, index);
             dx[index] = 0.0f;
         } else {
             dx[index] = dy[p * out_size + j];
@@ -343,12 +343,16 @@ CONVNET_API convnet_status convnet_unpool_backward(
     int64_t in_size, int64_t out_size, int64_t* bad_position, void* stream) {
     clear_error();
     const char* name = "convnet_unpool_backward";
-    CONVNET_REQUIRE(bad_position != nullptr, name, "bad_position is NULL");
-    *bad_position = -1;
+    if (bad_position != nullptr) *bad_position = -1;
     CONVNET_REQUIRE(planes >= 0 && in_size >= 0 && out_size >= 0, name, "negative size");
     CONVNET_REQUIRE(valid_dtype(mask_type), name, "unknown mask_type");
     if (planes * in_size == 0) return CONVNET_OK;
     cudaStream_t s = as_stream(stream);
+    if (bad_position == nullptr) {
+        // a mask forward validated: no flag, no wait (invalid entries give 0)
+        return launch(name, planes * in_size, s, unpool_gather_kernel, dy, mask, mask_type,
+                      planes, in_size, out_size, dx, static_cast<unsigned long long*>(nullptr));
+    }
     BadFlag bad(s);
     CONVNET_TRY(bad.init(name));
     convnet_status status = launch(name, planes * in_size, s, unpool_gather_kernel, dy, mask,

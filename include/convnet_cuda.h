@@ -229,7 +229,8 @@ CONVNET_API convnet_status convnet_unpool_forward(
     int32_t index_is_int64, int64_t planes, int64_t in_size, int64_t out_size,
     int64_t* bad_position, void* stream);
 
-/* dx (P, in_size) = dy[p, mask[p, i]] (a gather); bad values as for forward. Synchronous. */
+/* dx (P, in_size) = dy[p, mask[p, i]] (a gather); bad values as for forward (synchronous),
+ * or, with bad_position NULL (a mask that forward validated), dx = 0 there and no wait. */
 CONVNET_API convnet_status convnet_unpool_backward(
     const float* dy, const void* mask, int32_t mask_type, float* dx, int64_t planes,
     int64_t in_size, int64_t out_size, int64_t* bad_position, void* stream);
@@ -376,6 +377,12 @@ CONVNET_API convnet_status convnet_adam_update(float* data, const float* diff, f
                                                float* v, float step, float beta1, float beta2,
                                                float delta, float local_decay, int64_t n,
                                                void* stream);
+
+/* device INOUT flag (one int32): set to 1 when x (n,) holds a NaN or an Inf, else left as
+ * it is. Queue it for every gradient after one memset and read the flag back once: the
+ * solver's finite check without downloading the gradients. */
+CONVNET_API convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
+                                                  void* stream);
 
 #ifdef __cplusplus
 }

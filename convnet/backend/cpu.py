@@ -597,6 +597,11 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
     data -= tmp
 
 
+def all_finite(arrays):
+    """True when no array of ``arrays`` holds a NaN or an Inf."""
+    return all(bool(np.isfinite(a).all()) for a in arrays)
+
+
 def net_accumulate(dst, src):
     """INOUT dst += src (a blob read by several layers receives the sum of their diffs)."""
     dst += src

@@ -371,9 +371,9 @@ def pooling_unpool_backward(dy, index, dx):
     """OUT dx = dy[index] per plane (a gather), index from pooling_unpool_forward."""
     _dev(index)
     n, c, h, w = dx.shape
-    bad = _lib.byref_int64(-1)
+    # forward validated the index (-1 where it found a bad value): no flag, no host wait
     _lib.call("convnet_unpool_backward", _f(dy), index.ptr, _code(index, "the unpooling index"),
-              _f(dx), n * c, h * w, dy.shape[2] * dy.shape[3], _lib.ref(bad), None)
+              _f(dx), n * c, h * w, dy.shape[2] * dy.shape[3], None, None)
 
 
 # ---- interp
@@ -562,6 +562,19 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
     _lib.call("convnet_adam_update", _f(data), _f(diff), _f(m), _f(v),
               float(local_rate * correction), float(beta1), float(beta2), float(delta),
               float(local_decay), data.size, None)
+
+
+def all_finite(arrays):
+    """True when no array of ``arrays`` (float32 DeviceArrays) holds a NaN or an Inf: one
+    device flag for all of them, one 4-byte read-back (the gradients stay on the GPU)."""
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        return True
+    flag = DeviceArray((1,), np.int32)
+    flag.fill(0)
+    for a in arrays:
+        _lib.call("convnet_flag_nonfinite", _f(a), a.size, flag.ptr, None)
+    return not bool(flag.get()[0])
 
 
 def net_accumulate(dst, src):

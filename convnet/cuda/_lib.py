@@ -245,6 +245,9 @@ FUNCTIONS = [
     #     void* stream);
     ("convnet_adam_update", status_t, [ptr, ptr, ptr, ptr, f32, f32, f32, f32, f32, i64,
                                        stream]),
+    # convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
+    #                                       void* stream);
+    ("convnet_flag_nonfinite", status_t, [ptr, i64, ptr, stream]),
 ]
 
 _lock = threading.RLock()
