@@ -153,12 +153,15 @@ CONVNET_API convnet_status convnet_col2im(const float* col, int64_t channels, in
 /* The three convolution primitives share one geometry: the convolution's input x
  * (N, C, H, W), its output y (N, M, OH, OW), weight (M, C/group, kh, kw), and a scratch col
  * (C*kh*kw*OH*OW,) (may be NULL for kernel 1x1, stride 1, pad 0, which reads x directly).
- * Each image runs im2col / col2im and one gemm per group.
+ * Images go in runs: as many as CONVNET_CUDA_CONV_WORKSPACE bytes (environment; default
+ * 256 MiB) of column scratch hold, taken from the memory pool; each run is one im2col /
+ * col2im launch and one strided-batched sgemm per group (col serves runs of one image).
  *
  * forward:         y = conv(x) + bias (bias (M,) or NULL)
  * backward_data:   x = conv^T(y) + bias (the adjoint of forward's linear part, overwriting x;
  *                  bias (C,) or NULL: Deconvolution's forward)
- * backward_weight: weight += the weight gradient for input x and output gradient y
+ * backward_weight: weight += the weight gradient for input x and output gradient y (a run's
+ *                  per-image gradients summed in image order: deterministic)
  * backward_bias:   dbias (M,) += sum of dy (N, M, S) over N and S (deterministic) */
 CONVNET_API convnet_status convnet_conv_forward(
     const float* x, const float* weight, const float* bias, float* y, float* col,

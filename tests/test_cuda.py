@@ -399,3 +399,36 @@ def test_every_layer_moves_to_cuda_and_back_after_running(target):
             got = _run(layer, bottoms, 3)
             for g, e in zip(got, expected):
                 np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=f"{name} {device}")
+
+
+@pytest.mark.parametrize("workspace", ["1", "6000", None], ids=["one_image", "runs", "default"])
+def test_convolution_runs_of_images_match_the_cpu_backend(target, workspace, monkeypatch):
+    """Runs of images through strided-batched GEMMs (their size set by the workspace), one
+    image at a time, and the whole batch at once all give the CPU backend's results."""
+    from convnet.layers import Convolution, Deconvolution
+    if workspace is not None:
+        monkeypatch.setenv("CONVNET_CUDA_CONV_WORKSPACE", workspace)
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((5, 4, 6, 7)).astype(np.float32)
+    for make in (lambda: Convolution(num_output=6, kernel_size=3, stride=2, pad=1, group=2),
+                 lambda: Convolution(num_output=6, kernel_size=1, group=2),
+                 lambda: Deconvolution(num_output=4, kernel_size=3, stride=2, pad=1, group=2)):
+        layer = make()
+        expected = _run(layer, [x], 4)
+        layer.to("cuda")
+        for p in layer.params:
+            p.zero_diff()
+        got = _run(layer, [x], 4)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_the_finite_check_finds_a_nan_gradient_on_cuda(target):
+    from convnet.backend import cuda as cuda_backend
+    good = [cuda.to_device(np.ones(n, np.float32)) for n in (3, 700, 1)]
+    assert cuda_backend.all_finite(good)
+    for bad_value in (np.nan, np.inf, -np.inf):
+        host = np.ones(700, np.float32)
+        host[513] = bad_value
+        assert not cuda_backend.all_finite(good + [cuda.to_device(host)])
+    assert cuda_backend.all_finite([])
