@@ -211,6 +211,75 @@ convnet_status reduce_sum(const char* name, Term term, int64_t n, double* result
     return check_cuda(cudaStreamSynchronize(stream), name);
 }
 
+// ----------------------------------------------------------------- per-channel reductions
+// Sums over the (N, S) values of each channel c of an (N, C, S) array, K sums at a time:
+// term(c, j, acc) adds the value(s) at j = n*S + s into acc[0..K). The grid is channels x
+// parts blocks (flattened): each block sums one contiguous slice of j in a fixed tree order,
+// then one thread per channel adds that channel's parts in order and hands the totals to
+// finish(c, totals). The partition depends on the shape alone: deterministic run to run,
+// and enough blocks to fill the GPU even with few channels.
+
+constexpr int64_t kChannelBlocks = 2048;   // about 16 blocks per SM on a 132-SM H200
+
+inline int64_t channel_parts(int64_t channels, int64_t count) {
+    if (channels <= 0) return 1;
+    int64_t want = (kChannelBlocks + channels - 1) / channels;
+    const int64_t most = (count + kThreads - 1) / kThreads;
+    if (want > most) want = most;
+    return want < 1 ? 1 : want;
+}
+
+template <int K, typename Term>
+__global__ void channel_partials_kernel(Term term, int64_t count, int64_t parts,
+                                        double* partial) {
+    const int64_t c = blockIdx.x / parts;
+    const int64_t part = blockIdx.x - c * parts;
+    const int64_t per = (count + parts - 1) / parts;
+    const int64_t begin = part * per;
+    const int64_t end = begin + per < count ? begin + per : count;
+    double acc[K];
+    for (int k = 0; k < K; ++k) acc[k] = 0.0;
+    for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) term(c, j, acc);
+    for (int k = 0; k < K; ++k) {
+        const double total = block_sum(acc[k]);
+        if (threadIdx.x == 0) partial[(c * parts + part) * K + k] = total;
+    }
+}
+
+template <int K, typename Finish>
+__global__ void channel_finish_kernel(const double* partial, int64_t channels, int64_t parts,
+                                      Finish finish) {
+    CONVNET_GRID_STRIDE(c, channels) {
+        double total[K];
+        for (int k = 0; k < K; ++k) total[k] = 0.0;
+        for (int64_t p = 0; p < parts; ++p) {
+            for (int k = 0; k < K; ++k) total[k] += partial[(c * parts + p) * K + k];
+        }
+        finish(c, total);
+    }
+}
+
+template <int K, typename Term, typename Finish>
+convnet_status channel_sums(const char* name, Term term, Finish finish, int64_t channels,
+                            int64_t count, cudaStream_t stream) {
+    if (channels <= 0) return CONVNET_OK;
+    const int64_t parts = channel_parts(channels, count);
+    Scratch partial(stream);
+    CONVNET_TRY(partial.allocate(channels * parts * K * static_cast<int64_t>(sizeof(double)),
+                                 name));
+    CONVNET_TRY(launch_blocks(name, channels * parts, stream, channel_partials_kernel<K, Term>,
+                              term, count, parts, partial.as<double>()));
+    return launch(name, channels, stream, channel_finish_kernel<K, Finish>,
+                  static_cast<const double*>(partial.as<double>()), channels, parts, finish);
+}
+
+// The value of channel c at j = n*S + s of an (N, C, S) array.
+__device__ inline float channel_at(const float* a, int64_t j, int64_t c, int64_t channels,
+                                   int64_t spatial) {
+    const int64_t n = j / spatial;
+    return a[(n * channels + c) * spatial + (j - n * spatial)];
+}
+
 // Mask / label values of any convnet_dtype, read as double (exact for int32 and for the int64
 // range a plane index can take) or as int64.
 __device__ inline double load_as_double(const void* p, int32_t type, int64_t i) {

@@ -97,19 +97,20 @@ __global__ void add_bias_kernel(float* y, const float* bias, int64_t channels, i
     CONVNET_GRID_STRIDE(i, n) { y[i] += bias[(i / spatial) % channels]; }
 }
 
-// One block per output channel m: dbias[m] += sum over N and S of dy[n, m, s].
-__global__ void bias_grad_kernel(const float* dy, float* dbias, int64_t batch, int64_t channels,
-                                 int64_t spatial) {
-    const int64_t m = blockIdx.x;
-    const int64_t count = batch * spatial;
-    double acc = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        const int64_t n = j / spatial;
-        acc += dy[(n * channels + m) * spatial + j % spatial];
+struct DyTerm {
+    const float* dy;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        acc[0] += channel_at(dy, j, c, channels, spatial);
     }
-    const double total = block_sum(acc);
-    if (threadIdx.x == 0) dbias[m] += static_cast<float>(total);
-}
+};
+
+struct AddToBias {
+    float* dbias;
+    __device__ void operator()(int64_t c, const double* total) const {
+        dbias[c] += static_cast<float>(total[0]);
+    }
+};
 
 convnet_status check_geometry(const Geometry& g, const char* name) {
     CONVNET_REQUIRE(g.channels >= 0 && g.height >= 0 && g.width >= 0 && g.out_h >= 0 &&
@@ -375,8 +376,9 @@ CONVNET_API convnet_status convnet_conv_backward_bias(const float* dy, float* db
     clear_error();
     CONVNET_REQUIRE(batch >= 0 && num_output >= 0 && spatial >= 0,
                     "convnet_conv_backward_bias", "negative size");
-    return launch_blocks("conv bias grad", num_output, as_stream(stream), bias_grad_kernel, dy,
-                         dbias, batch, num_output, spatial);
+    // dbias[m] += sum over N and S of dy[n, m, s]: channels x parts blocks, fixed order
+    return channel_sums<1>("conv bias grad", DyTerm{dy, num_output, spatial},
+                           AddToBias{dbias}, num_output, batch * spatial, as_stream(stream));
 }
 
 }  // extern "C"

@@ -1,4 +1,4 @@
-// BatchNorm: per-channel statistics and gradient sums (one block per channel, double
+// BatchNorm: per-channel statistics and gradient sums (channels x parts blocks, double
 // accumulators, fixed order: deterministic), element-wise normalisation and input gradient.
 #include <math.h>
 
@@ -9,31 +9,42 @@ using namespace convnet;
 namespace convnet {
 namespace normalization_impl {
 
-__device__ inline const float* channel_value(const float* a, int64_t j, int64_t c,
-                                             int64_t channels, int64_t spatial) {
-    return a + ((j / spatial) * channels + c) * spatial + j % spatial;
-}
+struct SumTerm {
+    const float* x;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        acc[0] += channel_at(x, j, c, channels, spatial);
+    }
+};
 
-__global__ void stats_kernel(const float* x, float* mean, float* var, int64_t batch,
-                             int64_t channels, int64_t spatial) {
-    const int64_t c = blockIdx.x;
-    const int64_t count = batch * spatial;
-    double acc = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        acc += *channel_value(x, j, c, channels, spatial);
+struct StoreMean {
+    double* mean;
+    double count;
+    __device__ void operator()(int64_t c, const double* total) const {
+        mean[c] = total[0] / count;
     }
-    const double mu = block_sum(acc) / static_cast<double>(count);
-    acc = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        const double d = *channel_value(x, j, c, channels, spatial) - mu;
-        acc += d * d;
+};
+
+struct SquareTerm {
+    const float* x;
+    const double* mean;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        const double d = channel_at(x, j, c, channels, spatial) - mean[c];
+        acc[0] += d * d;
     }
-    const double sigma2 = block_sum(acc) / static_cast<double>(count);
-    if (threadIdx.x == 0) {
-        mean[c] = static_cast<float>(mu);
-        var[c] = static_cast<float>(sigma2);
+};
+
+struct StoreStats {
+    const double* mean_in;
+    float* mean;
+    float* var;
+    double count;
+    __device__ void operator()(int64_t c, const double* total) const {
+        mean[c] = static_cast<float>(mean_in[c]);
+        var[c] = static_cast<float>(total[0] / count);
     }
-}
+};
 
 __global__ void update_kernel(float* running_mean, float* running_var, const float* mean,
                               const float* var, float fraction, float correction,
@@ -57,31 +68,35 @@ __global__ void forward_kernel(const float* x, const float* mean, const float* v
     }
 }
 
+// acc[0] += dy, acc[1] += dy * xhat at (c, j).
+struct GradTerm {
+    const float* dy;
+    const float* x;
+    const float* mean;
+    const float* var;
+    float eps;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        const float inv_std = 1.0f / sqrtf(var[c] + eps);
+        const float g = channel_at(dy, j, c, channels, spatial);
+        const float xhat = (channel_at(x, j, c, channels, spatial) - mean[c]) * inv_std;
+        acc[0] += g;
+        acc[1] += static_cast<double>(g) * xhat;
+    }
+};
+
 // sums[2c] = sum dy, sums[2c + 1] = sum dy * xhat; dscale / dbias += them.
-__global__ void grad_sums_kernel(const float* dy, const float* x, const float* mean,
-                                 const float* var, float eps, double* sums, float* dscale,
-                                 float* dbias, int64_t batch, int64_t channels,
-                                 int64_t spatial) {
-    const int64_t c = blockIdx.x;
-    const int64_t count = batch * spatial;
-    const float inv_std = 1.0f / sqrtf(var[c] + eps);
-    const float mu = mean[c];
-    double sum_dy = 0.0, sum_dy_xhat = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        const float g = *channel_value(dy, j, c, channels, spatial);
-        const float xhat = (*channel_value(x, j, c, channels, spatial) - mu) * inv_std;
-        sum_dy += g;
-        sum_dy_xhat += static_cast<double>(g) * xhat;
+struct StoreGradSums {
+    double* sums;
+    float* dscale;
+    float* dbias;
+    __device__ void operator()(int64_t c, const double* total) const {
+        sums[2 * c] = total[0];
+        sums[2 * c + 1] = total[1];
+        if (dscale != nullptr) dscale[c] += static_cast<float>(total[1]);
+        if (dbias != nullptr) dbias[c] += static_cast<float>(total[0]);
     }
-    sum_dy = block_sum(sum_dy);
-    sum_dy_xhat = block_sum(sum_dy_xhat);
-    if (threadIdx.x == 0) {
-        sums[2 * c] = sum_dy;
-        sums[2 * c + 1] = sum_dy_xhat;
-        if (dscale != nullptr) dscale[c] += static_cast<float>(sum_dy_xhat);
-        if (dbias != nullptr) dbias[c] += static_cast<float>(sum_dy);
-    }
-}
+};
 
 __global__ void dx_kernel(const float* dy, const float* x, const float* mean, const float* var,
                           float eps, const float* scale, const double* sums, float* dx,
@@ -115,8 +130,19 @@ CONVNET_API convnet_status convnet_batch_norm_stats(const float* x, float* mean,
     const char* name = "convnet_batch_norm_stats";
     CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, name, "negative size");
     CONVNET_REQUIRE(channels == 0 || batch * spatial > 0, name, "no values per channel");
-    return launch_blocks(name, channels, as_stream(stream), stats_kernel, x, mean, var, batch,
-                         channels, spatial);
+    if (channels == 0) return CONVNET_OK;
+    cudaStream_t s = as_stream(stream);
+    const int64_t count = batch * spatial;
+    // two passes (mean, then the centred squares: no cancellation), each over a
+    // channels x parts grid with a fixed-order second stage
+    Scratch mu(s);
+    CONVNET_TRY(mu.allocate(channels * static_cast<int64_t>(sizeof(double)), name));
+    CONVNET_TRY(channel_sums<1>(name, SumTerm{x, channels, spatial},
+                                StoreMean{mu.as<double>(), static_cast<double>(count)},
+                                channels, count, s));
+    return channel_sums<1>(name, SquareTerm{x, mu.as<double>(), channels, spatial},
+                           StoreStats{mu.as<double>(), mean, var, static_cast<double>(count)},
+                           channels, count, s);
 }
 
 CONVNET_API convnet_status convnet_batch_norm_update(float* running_mean, float* running_var,
@@ -157,8 +183,9 @@ CONVNET_API convnet_status convnet_batch_norm_backward(
     Scratch sums(s);
     if (need_sums && n > 0) {
         CONVNET_TRY(sums.allocate(2 * channels * sizeof(double), name));
-        CONVNET_TRY(launch_blocks(name, channels, s, grad_sums_kernel, dy, x, mean, var, eps,
-                                  sums.as<double>(), dscale, dbias, batch, channels, spatial));
+        CONVNET_TRY(channel_sums<2>(name, GradTerm{dy, x, mean, var, eps, channels, spatial},
+                                    StoreGradSums{sums.as<double>(), dscale, dbias}, channels,
+                                    batch * spatial, s));
     }
     if (dx == nullptr) return CONVNET_OK;
     const double* used = batch_stats ? sums.as<double>() : nullptr;

@@ -314,8 +314,8 @@ CONVNET_API convnet_status convnet_dropout_mask(uint64_t seed, uint64_t offset, 
 
 /* ====================================================== normalization (normalization.cu) */
 
-/* Arrays x, y, dy, dx (N, C, S); per-channel vectors (C,). Per-channel reductions run one
- * block per channel in double, in a fixed order (deterministic). */
+/* Arrays x, y, dy, dx (N, C, S); per-channel vectors (C,). Per-channel reductions run on a
+ * channels x parts grid in double, then add each channel's parts in order (deterministic). */
 
 /* mean, var (biased) of x over N and S. */
 CONVNET_API convnet_status convnet_batch_norm_stats(const float* x, float* mean, float* var,

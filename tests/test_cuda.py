@@ -432,3 +432,20 @@ def test_the_finite_check_finds_a_nan_gradient_on_cuda(target):
         host[513] = bad_value
         assert not cuda_backend.all_finite(good + [cuda.to_device(host)])
     assert cuda_backend.all_finite([])
+
+
+def test_channel_reductions_over_many_parts_match_the_cpu_backend(target):
+    """BatchNorm statistics and gradients and the conv bias gradient on shapes whose channel
+    sums split into several parts (the 2-D reduction grid) give the CPU backend's values."""
+    from convnet.layers import BatchNorm, Convolution
+    rng = np.random.default_rng(13)
+    x = (rng.standard_normal((3, 5, 17, 19)) * 3 + 1).astype(np.float32)
+    for make in (lambda: BatchNorm(), lambda: Convolution(num_output=5, kernel_size=1)):
+        layer = make()
+        expected = _run(layer, [x], 5)
+        layer.to("cuda")
+        for p in layer.params:
+            p.zero_diff()
+        got = _run(layer, [x], 5)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
