@@ -1,7 +1,8 @@
 // Interp: bilinear and nearest resampling through per-axis tables (built by the layer).
-// Backward is the exact adjoint, computed separably without atomics: columns first, one
-// thread per output row owning its scratch row; then rows, one thread per input column
-// owning that column of dx. Deterministic.
+// Backward is the exact adjoint, computed separably as gathers: the tables are inverted on
+// the device (for each input column / row, the output taps that read it), then one thread
+// per scratch element (columns) and per dx element (rows) sums its taps in a fixed order.
+// Deterministic, no atomics, no read-modify-write.
 #include "common.cuh"
 
 using namespace convnet;
@@ -55,45 +56,91 @@ __global__ void nearest_forward_kernel(const T* x, T* y, Plane g, const int64_t*
     }
 }
 
-// tmp (P, OH, in_w): tmp[p, h, :] = sum over w of col weights * dy[p, h, w]; one thread
-// per (p, h). taps: 2 (bilinear) or 1 (nearest); cw NULL means weight 1.
-__global__ void adjoint_cols_kernel(const float* dy, float* tmp, Plane g, const int64_t* cols,
-                                    const float* cw, int taps) {
-    CONVNET_GRID_STRIDE(row, g.planes * g.out_h) {
-        float* t = tmp + row * g.in_w;
-        const float* d = dy + row * g.out_w;
-        for (int64_t j = 0; j < g.in_w; ++j) t[j] = 0.0f;
-        for (int64_t w = 0; w < g.out_w; ++w) {
-            for (int k = 0; k < taps; ++k) {
-                const int64_t c = cols[taps * w + k];
-                if (c >= 0 && c < g.in_w) {
-                    t[c] += (cw != nullptr ? cw[taps * w + k] : 1.0f) * d[w];
-                }
-            }
+// The inverse of a table (out entries of `taps` source indices each, into [0, in)): for
+// each source index j, the table entries e = out_index * taps + k that name it, in increasing
+// e, as entries[offsets[j] : offsets[j + 1]]. Built on the device (the tables are the same
+// for every plane): a count per j, a prefix sum, a fill per j. Entries out of range are in no
+// list (they are skipped, as the forward pass skips them).
+__global__ void inverse_count_kernel(const int64_t* table, int64_t entries, int64_t in,
+                                     int64_t* offsets) {
+    CONVNET_GRID_STRIDE(j, in) {
+        int64_t count = 0;
+        for (int64_t e = 0; e < entries; ++e) count += table[e] == j ? 1 : 0;
+        offsets[j + 1] = count;
+        if (j == 0) offsets[0] = 0;
+    }
+}
+
+__global__ void inverse_scan_kernel(int64_t* offsets, int64_t in) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        for (int64_t j = 1; j <= in; ++j) offsets[j] += offsets[j - 1];
+    }
+}
+
+__global__ void inverse_fill_kernel(const int64_t* table, int64_t entries, int64_t in,
+                                    const int64_t* offsets, int64_t* list) {
+    CONVNET_GRID_STRIDE(j, in) {
+        int64_t t = offsets[j];
+        for (int64_t e = 0; e < entries; ++e) {
+            if (table[e] == j) list[t++] = e;
         }
     }
 }
 
-// dx (P, in_h, in_w): dx[p, :, j] = sum over h of row weights * tmp[p, h, j]; one thread per
-// (p, j).
-__global__ void adjoint_rows_kernel(const float* tmp, float* dx, Plane g, const int64_t* rows,
-                                    const float* rw, int taps) {
-    CONVNET_GRID_STRIDE(index, g.planes * g.in_w) {
+// Columns as a gather: tmp[p, h, j] = sum over the entries e naming column j of
+// cw[e] * dy[p, h, e / taps] (cw NULL: weight 1), in increasing e: the order (and so the
+// rounding) of the column-by-column accumulation, with no read-modify-write.
+__global__ void adjoint_cols_kernel(const float* dy, float* tmp, Plane g, const int64_t* offsets,
+                                    const int64_t* list, const float* cw, int taps) {
+    CONVNET_GRID_STRIDE(index, g.planes * g.out_h * g.in_w) {
         const int64_t j = index % g.in_w;
-        const int64_t p = index / g.in_w;
-        float* out = dx + p * g.in_h * g.in_w + j;
-        const float* t = tmp + p * g.out_h * g.in_w + j;
-        for (int64_t i = 0; i < g.in_h; ++i) out[i * g.in_w] = 0.0f;
-        for (int64_t h = 0; h < g.out_h; ++h) {
-            const float v = t[h * g.in_w];
-            for (int k = 0; k < taps; ++k) {
-                const int64_t r = rows[taps * h + k];
-                if (r >= 0 && r < g.in_h) {
-                    out[r * g.in_w] += (rw != nullptr ? rw[taps * h + k] : 1.0f) * v;
-                }
-            }
+        const float* d = dy + (index / g.in_w) * g.out_w;
+        float acc = 0.0f;
+        for (int64_t t = offsets[j]; t < offsets[j + 1]; ++t) {
+            const int64_t e = list[t];
+            acc += (cw != nullptr ? cw[e] : 1.0f) * d[e / taps];
         }
+        tmp[index] = acc;
     }
+}
+
+// Rows as a gather: dx[p, i, j] = sum over the entries e naming row i of
+// rw[e] * tmp[p, e / taps, j]; consecutive threads read consecutive j (coalesced).
+__global__ void adjoint_rows_kernel(const float* tmp, float* dx, Plane g, const int64_t* offsets,
+                                    const int64_t* list, const float* rw, int taps) {
+    CONVNET_GRID_STRIDE(index, g.planes * g.in_h * g.in_w) {
+        const int64_t j = index % g.in_w;
+        const int64_t i = (index / g.in_w) % g.in_h;
+        const int64_t p = index / (g.in_w * g.in_h);
+        const float* t0 = tmp + p * g.out_h * g.in_w + j;
+        float acc = 0.0f;
+        for (int64_t t = offsets[i]; t < offsets[i + 1]; ++t) {
+            const int64_t e = list[t];
+            acc += (rw != nullptr ? rw[e] : 1.0f) * t0[(e / taps) * g.in_w];
+        }
+        dx[index] = acc;
+    }
+}
+
+struct Inverse {
+    const int64_t* offsets;
+    const int64_t* list;
+};
+
+convnet_status build_inverse(const int64_t* table, int64_t out, int taps, int64_t in,
+                             Scratch& memory, Inverse* inverse, cudaStream_t stream,
+                             const char* name) {
+    const int64_t entries = out * taps;
+    CONVNET_TRY(memory.allocate((in + 1 + entries) * static_cast<int64_t>(sizeof(int64_t)),
+                                name));
+    int64_t* offsets = memory.as<int64_t>();
+    int64_t* list = offsets + in + 1;
+    CONVNET_TRY(launch(name, in, stream, inverse_count_kernel, table, entries, in, offsets));
+    CONVNET_TRY(launch_blocks(name, 1, stream, inverse_scan_kernel, offsets, in));
+    CONVNET_TRY(launch(name, in, stream, inverse_fill_kernel, table, entries, in,
+                       static_cast<const int64_t*>(offsets), list));
+    *inverse = Inverse{offsets, list};
+    return CONVNET_OK;
 }
 
 convnet_status check_plane(const Plane& g, const char* name) {
@@ -108,12 +155,16 @@ convnet_status adjoint(const float* dy, float* dx, const Plane& g, const int64_t
                        cudaStream_t stream, const char* name) {
     CONVNET_TRY(check_plane(g, name));
     if (g.planes * g.in_h * g.in_w == 0) return CONVNET_OK;
-    Scratch tmp(stream);
+    Scratch tmp(stream), col_inverse(stream), row_inverse(stream);
+    Inverse by_col, by_row;
+    CONVNET_TRY(build_inverse(cols, g.out_w, taps, g.in_w, col_inverse, &by_col, stream, name));
+    CONVNET_TRY(build_inverse(rows, g.out_h, taps, g.in_h, row_inverse, &by_row, stream, name));
     CONVNET_TRY(tmp.allocate(g.planes * g.out_h * g.in_w * sizeof(float), name));
-    CONVNET_TRY(launch(name, g.planes * g.out_h, stream, adjoint_cols_kernel, dy,
-                       tmp.as<float>(), g, cols, cw, taps));
-    return launch(name, g.planes * g.in_w, stream, adjoint_rows_kernel,
-                  static_cast<const float*>(tmp.as<float>()), dx, g, rows, rw, taps);
+    CONVNET_TRY(launch(name, g.planes * g.out_h * g.in_w, stream, adjoint_cols_kernel, dy,
+                       tmp.as<float>(), g, by_col.offsets, by_col.list, cw, taps));
+    return launch(name, g.planes * g.in_h * g.in_w, stream, adjoint_rows_kernel,
+                  static_cast<const float*>(tmp.as<float>()), dx, g, by_row.offsets,
+                  by_row.list, rw, taps);
 }
 
 }  // namespace interp_impl

@@ -252,8 +252,9 @@ CONVNET_API convnet_status convnet_interp_bilinear_forward(
     const float* col_weights, void* stream);
 
 /* dx (P, in_h, in_w) = the adjoint of bilinear_forward applied to dy (overwritten): columns
- * first into a scratch (P, OH, in_w), one thread per output row, then rows, one thread per
- * input column; each thread owns what it writes (deterministic, no atomics). */
+ * first into a scratch (P, OH, in_w), then rows, each as a gather (the tables are inverted on
+ * the device; one thread per element written sums its taps in table order: deterministic,
+ * no atomics). */
 CONVNET_API convnet_status convnet_interp_bilinear_backward(
     const float* dy, float* dx, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
     int64_t out_w, const int64_t* rows, const float* row_weights, const int64_t* cols,

@@ -53,6 +53,20 @@ def target(request, monkeypatch):
     cuda.use_host_build(None)
 
 
+@pytest.fixture(params=[HOST, "gpu_build"])
+def built(request, monkeypatch):
+    """Select the host build or the nvcc build for tests of the library file itself (symbols,
+    ABI, status strings): no GPU needed, only the file (the nvcc build is skipped where nvcc
+    did not build it)."""
+    monkeypatch.delenv("CONVNET_CUDA_LIB", raising=False)
+    if request.param == HOST:
+        _select(HOST)
+    else:
+        cuda.use_host_build(False)
+    yield request.param
+    cuda.use_host_build(None)
+
+
 @pytest.fixture
 def host_only(monkeypatch):
     monkeypatch.delenv("CONVNET_CUDA_LIB", raising=False)

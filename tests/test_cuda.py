@@ -18,7 +18,7 @@ import pytest
 from convnet import cuda
 from convnet.backend import cpu as cpu_backend
 from convnet.cuda import _lib
-from cuda_targets import GPU, HOST, fresh_host_library, last_error, target  # noqa: F401
+from cuda_targets import GPU, HOST, built, fresh_host_library, last_error, target  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = os.path.join(ROOT, "include", "convnet_cuda.h")
@@ -56,13 +56,13 @@ def header_prototypes():
     return found
 
 
-def test_built_library_exports_every_function_of_the_ctypes_table(target):
+def test_built_library_exports_every_function_of_the_ctypes_table(built):
     symbols = exported_symbols(built_library())
     missing = [name for name, _, _ in _lib.FUNCTIONS if name not in symbols]
     assert not missing
 
 
-def test_built_library_exports_nothing_but_the_api(target):
+def test_built_library_exports_nothing_but_the_api(built):
     nm = shutil.which("nm")
     if nm is None:
         pytest.skip("nm is missing")
@@ -77,13 +77,13 @@ def test_ctypes_table_matches_the_header_in_order_and_argument_count():
     assert table == header_prototypes()
 
 
-def test_library_reports_the_abi_version_the_loader_expects(target):
+def test_library_reports_the_abi_version_the_loader_expects(built):
     built_library()
     assert _lib.load().convnet_abi_version() == _lib.ABI_VERSION
-    assert bool(_lib.load().convnet_is_host_build()) == (target == HOST)
+    assert bool(_lib.load().convnet_is_host_build()) == (built == HOST)
 
 
-def test_every_status_has_a_name(target):
+def test_every_status_has_a_name(built):
     built_library()
     lib = _lib.load()
     names = [lib.convnet_status_string(s).decode() for s in range(7)]
@@ -92,7 +92,7 @@ def test_every_status_has_a_name(target):
                      "CONVNET_ERR_OUT_OF_MEMORY"]
 
 
-def test_invalid_argument_raises_cuda_error_with_status_and_message(target):
+def test_invalid_argument_raises_cuda_error_with_status_and_message(built):
     built_library()
     with pytest.raises(cuda.CudaError, match="CONVNET_ERR_INVALID_ARGUMENT: convnet_malloc: "
                                              "negative size") as info:
@@ -449,3 +449,23 @@ def test_channel_reductions_over_many_parts_match_the_cpu_backend(target):
         got = _run(layer, [x], 5)
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+def test_interp_backward_gathers_match_the_cpu_backend(target):
+    """The adjoint as gathers through tables inverted on the device: zoom, shrink, cropping
+    pads, one-pixel outputs, nearest mode, a second bottom giving the size."""
+    from convnet.layers import Interp
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((2, 3, 9, 6)).astype(np.float32)
+    cases = [lambda: Interp(zoom_factor=3), lambda: Interp(shrink_factor=3),
+             lambda: Interp(zoom_factor=2, pad_beg=-1, pad_end=-2),
+             lambda: Interp(height=1, width=13), lambda: Interp(height=17, width=1),
+             lambda: Interp(height=4, width=11, align_corners=False),
+             lambda: Interp(height=20, width=5, mode="nearest")]
+    for make in cases:
+        layer = make()
+        expected = _run(layer, [x], 6)
+        layer.to("cuda")
+        got = _run(layer, [x], 6)
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
