@@ -11,32 +11,49 @@ using namespace convnet;
 namespace convnet {
 namespace conv_impl {
 
-struct Geometry {
-    int64_t channels, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+// The geometry in the index type I of the kernel: int32_t when every offset fits (32-bit
+// divides and multiplies, several times cheaper on the GPU), else int64_t.
+template <typename I>
+struct GeometryT {
+    I channels, height, width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
         dilation_h, dilation_w, out_h, out_w;
 };
+using Geometry = GeometryT<int64_t>;
+
+template <typename I>
+GeometryT<I> narrow(const Geometry& g) {
+    return GeometryT<I>{static_cast<I>(g.channels), static_cast<I>(g.height),
+                        static_cast<I>(g.width),    static_cast<I>(g.kernel_h),
+                        static_cast<I>(g.kernel_w), static_cast<I>(g.stride_h),
+                        static_cast<I>(g.stride_w), static_cast<I>(g.pad_h),
+                        static_cast<I>(g.pad_w),    static_cast<I>(g.dilation_h),
+                        static_cast<I>(g.dilation_w), static_cast<I>(g.out_h),
+                        static_cast<I>(g.out_w)};
+}
 
 // One thread per (image, c, oh, ow) writes its kh*kw column entries; image i reads
 // im + i * C*H*W and writes col + i * C*kh*kw*OH*OW (a run of images in one launch).
-__global__ void im2col_kernel(const float* im, Geometry g, int64_t images, float* col) {
-    const int64_t spatial = g.out_h * g.out_w;
-    const int64_t per_image = g.channels * spatial;
-    const int64_t n = images * per_image;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t image = index / per_image;
-        const int64_t rest = index - image * per_image;
-        const int64_t ow = rest % g.out_w;
-        const int64_t oh = (rest / g.out_w) % g.out_h;
-        const int64_t c = rest / spatial;
-        const int64_t h0 = oh * g.stride_h - g.pad_h;
-        const int64_t w0 = ow * g.stride_w - g.pad_w;
+template <typename I>
+__global__ void im2col_kernel(const float* im, GeometryT<I> g, I images, float* col) {
+    const I spatial = g.out_h * g.out_w;
+    const I per_image = g.channels * spatial;
+    const I n = images * per_image;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I image = index / per_image;
+        const I rest = index - image * per_image;
+        const I ow = rest % g.out_w;
+        const I oh = (rest / g.out_w) % g.out_h;
+        const I c = rest / spatial;
+        const I h0 = oh * g.stride_h - g.pad_h;
+        const I w0 = ow * g.stride_w - g.pad_w;
         const float* plane = im + (image * g.channels + c) * g.height * g.width;
         float* out = col + image * g.channels * g.kernel_h * g.kernel_w * spatial +
                      c * g.kernel_h * g.kernel_w * spatial + oh * g.out_w + ow;
-        for (int64_t i = 0; i < g.kernel_h; ++i) {
-            const int64_t h = h0 + i * g.dilation_h;
-            for (int64_t j = 0; j < g.kernel_w; ++j) {
-                const int64_t w = w0 + j * g.dilation_w;
+        for (I i = 0; i < g.kernel_h; ++i) {
+            const I h = h0 + i * g.dilation_h;
+            for (I j = 0; j < g.kernel_w; ++j) {
+                const I w = w0 + j * g.dilation_w;
                 *out = (h >= 0 && h < g.height && w >= 0 && w < g.width)
                            ? plane[h * g.width + w]
                            : 0.0f;
@@ -48,30 +65,32 @@ __global__ void im2col_kernel(const float* im, Geometry g, int64_t images, float
 
 // One thread per image pixel sums the column entries that read it (Caffe's col2im_gpu), for
 // a run of images laid out as im2col_kernel writes them.
-__global__ void col2im_kernel(const float* col, Geometry g, int64_t images, float* im) {
-    const int64_t spatial = g.out_h * g.out_w;
-    const int64_t per_image = g.channels * g.height * g.width;
-    const int64_t n = images * per_image;
-    const int64_t extent_h = (g.kernel_h - 1) * g.dilation_h + 1;
-    const int64_t extent_w = (g.kernel_w - 1) * g.dilation_w + 1;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t image = index / per_image;
-        const int64_t rest = index - image * per_image;
-        const int64_t w_im = rest % g.width + g.pad_w;
-        const int64_t h_im = (rest / g.width) % g.height + g.pad_h;
-        const int64_t c = rest / (g.width * g.height);
+template <typename I>
+__global__ void col2im_kernel(const float* col, GeometryT<I> g, I images, float* im) {
+    const I spatial = g.out_h * g.out_w;
+    const I per_image = g.channels * g.height * g.width;
+    const I n = images * per_image;
+    const I extent_h = (g.kernel_h - 1) * g.dilation_h + 1;
+    const I extent_w = (g.kernel_w - 1) * g.dilation_w + 1;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I image = index / per_image;
+        const I rest = index - image * per_image;
+        const I w_im = rest % g.width + g.pad_w;
+        const I h_im = (rest / g.width) % g.height + g.pad_h;
+        const I c = rest / (g.width * g.height);
         const float* icol = col + image * g.channels * g.kernel_h * g.kernel_w * spatial;
-        const int64_t oh_start = h_im < extent_h ? 0 : (h_im - extent_h) / g.stride_h + 1;
-        const int64_t ow_start = w_im < extent_w ? 0 : (w_im - extent_w) / g.stride_w + 1;
-        const int64_t oh_end = min(h_im / g.stride_h + 1, g.out_h);
-        const int64_t ow_end = min(w_im / g.stride_w + 1, g.out_w);
+        const I oh_start = h_im < extent_h ? 0 : (h_im - extent_h) / g.stride_h + 1;
+        const I ow_start = w_im < extent_w ? 0 : (w_im - extent_w) / g.stride_w + 1;
+        const I oh_end = min(h_im / g.stride_h + 1, g.out_h);
+        const I ow_end = min(w_im / g.stride_w + 1, g.out_w);
         float acc = 0.0f;
-        for (int64_t oh = oh_start; oh < oh_end; ++oh) {
-            int64_t i = h_im - oh * g.stride_h;
+        for (I oh = oh_start; oh < oh_end; ++oh) {
+            I i = h_im - oh * g.stride_h;
             if (i % g.dilation_h != 0) continue;
             i /= g.dilation_h;
-            for (int64_t ow = ow_start; ow < ow_end; ++ow) {
-                int64_t j = w_im - ow * g.stride_w;
+            for (I ow = ow_start; ow < ow_end; ++ow) {
+                I j = w_im - ow * g.stride_w;
                 if (j % g.dilation_w != 0) continue;
                 j /= g.dilation_w;
                 acc += icol[((c * g.kernel_h + i) * g.kernel_w + j) * spatial + oh * g.out_w + ow];
@@ -92,9 +111,19 @@ __global__ void sum_partials_kernel(const float* partial, int64_t count, int64_t
 }
 
 // y (N, C, S) += bias[c]
-__global__ void add_bias_kernel(float* y, const float* bias, int64_t channels, int64_t spatial,
-                                int64_t n) {
-    CONVNET_GRID_STRIDE(i, n) { y[i] += bias[(i / spatial) % channels]; }
+template <typename I>
+__global__ void add_bias_kernel(float* y, const float* bias, I channels, I spatial, I n) {
+    CONVNET_GRID_STRIDE(i, n) { y[i] += bias[(static_cast<I>(i) / spatial) % channels]; }
+}
+
+convnet_status add_bias(const char* name, float* y, const float* bias, int64_t channels,
+                        int64_t spatial, int64_t n, cudaStream_t s) {
+    if (n < 2147483647LL) {
+        return launch(name, n, s, add_bias_kernel<int32_t>, y, bias,
+                      static_cast<int32_t>(channels), static_cast<int32_t>(spatial),
+                      static_cast<int32_t>(n));
+    }
+    return launch(name, n, s, add_bias_kernel<int64_t>, y, bias, channels, spatial, n);
 }
 
 struct DyTerm {
@@ -130,16 +159,33 @@ Geometry make_geometry(int64_t channels, int64_t height, int64_t width, int64_t 
                     pad_h,    pad_w,    dilation_h, dilation_w, out_h,    out_w};
 }
 
+constexpr int64_t kInt32Limit = 2147483647LL;
+
+// The larger of the run's image and column sizes: every offset the kernels form is below it.
+int64_t largest_offset(const Geometry& g, int64_t images) {
+    const int64_t cols = images * g.channels * g.kernel_h * g.kernel_w * g.out_h * g.out_w;
+    const int64_t ims = images * g.channels * g.height * g.width;
+    return cols > ims ? cols : ims;
+}
+
 convnet_status im2col(const float* im, const Geometry& g, int64_t images, float* col,
                       cudaStream_t stream) {
-    return launch("im2col", images * g.channels * g.out_h * g.out_w, stream, im2col_kernel, im,
-                  g, images, col);
+    const int64_t n = images * g.channels * g.out_h * g.out_w;
+    if (largest_offset(g, images) < kInt32Limit) {
+        return launch("im2col", n, stream, im2col_kernel<int32_t>, im, narrow<int32_t>(g),
+                      static_cast<int32_t>(images), col);
+    }
+    return launch("im2col", n, stream, im2col_kernel<int64_t>, im, g, images, col);
 }
 
 convnet_status col2im(const float* col, const Geometry& g, int64_t images, float* im,
                       cudaStream_t stream) {
-    return launch("col2im", images * g.channels * g.height * g.width, stream, col2im_kernel,
-                  col, g, images, im);
+    const int64_t n = images * g.channels * g.height * g.width;
+    if (largest_offset(g, images) < kInt32Limit) {
+        return launch("col2im", n, stream, col2im_kernel<int32_t>, col, narrow<int32_t>(g),
+                      static_cast<int32_t>(images), im);
+    }
+    return launch("col2im", n, stream, col2im_kernel<int64_t>, col, g, images, im);
 }
 
 // Images per batched GEMM: as many as fit CONVNET_CUDA_CONV_WORKSPACE bytes (default
@@ -282,8 +328,7 @@ CONVNET_API convnet_status convnet_conv_forward(
     }
     if (bias != nullptr) {
         const int64_t total = batch * num_output * p.spatial;
-        CONVNET_TRY(launch("conv bias", total, s, add_bias_kernel, y, bias, num_output,
-                           p.spatial, total));
+        CONVNET_TRY(add_bias("conv bias", y, bias, num_output, p.spatial, total, s));
     }
     return CONVNET_OK;
 }
@@ -318,8 +363,7 @@ CONVNET_API convnet_status convnet_conv_backward_data(
     }
     if (bias != nullptr) {
         const int64_t total = batch * channels * p.in_plane;
-        CONVNET_TRY(launch("deconv bias", total, s, add_bias_kernel, x, bias, channels,
-                           p.in_plane, total));
+        CONVNET_TRY(add_bias("deconv bias", x, bias, channels, p.in_plane, total, s));
     }
     return CONVNET_OK;
 }
