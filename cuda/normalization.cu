@@ -9,6 +9,8 @@ using namespace convnet;
 namespace convnet {
 namespace normalization_impl {
 
+constexpr int64_t kInt32Limit = 2147483647LL;
+
 struct SumTerm {
     const float* x;
     int64_t channels, spatial;
@@ -55,11 +57,13 @@ __global__ void update_kernel(float* running_mean, float* running_var, const flo
     }
 }
 
+// I: int32_t when n fits (32-bit channel decomposition), else int64_t.
+template <typename I>
 __global__ void forward_kernel(const float* x, const float* mean, const float* var, float eps,
-                               const float* scale, const float* bias, float* y, int64_t n,
-                               int64_t channels, int64_t spatial) {
+                               const float* scale, const float* bias, float* y, I n,
+                               I channels, I spatial) {
     CONVNET_GRID_STRIDE(i, n) {
-        const int64_t c = (i / spatial) % channels;
+        const I c = (static_cast<I>(i) / spatial) % channels;
         float a = 1.0f / sqrtf(var[c] + eps);
         if (scale != nullptr) a *= scale[c];
         float b = -mean[c] * a;
@@ -98,11 +102,12 @@ struct StoreGradSums {
     }
 };
 
+template <typename I>
 __global__ void dx_kernel(const float* dy, const float* x, const float* mean, const float* var,
                           float eps, const float* scale, const double* sums, float* dx,
-                          int64_t n, int64_t channels, int64_t spatial, int64_t count) {
+                          I n, I channels, I spatial, int64_t count) {
     CONVNET_GRID_STRIDE(i, n) {
-        const int64_t c = (i / spatial) % channels;
+        const I c = (static_cast<I>(i) / spatial) % channels;
         const float inv_std = 1.0f / sqrtf(var[c] + eps);
         const float gain = scale != nullptr ? inv_std * scale[c] : inv_std;
         if (sums == nullptr) {
@@ -165,8 +170,13 @@ CONVNET_API convnet_status convnet_batch_norm_forward(const float* x, const floa
     CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, "convnet_batch_norm_forward",
                     "negative size");
     const int64_t n = batch * channels * spatial;
-    return launch("batch_norm_forward", n, as_stream(stream), forward_kernel, x, mean, var, eps,
-                  scale, bias, y, n, channels, spatial);
+    if (n < kInt32Limit) {
+        return launch("batch_norm_forward", n, as_stream(stream), forward_kernel<int32_t>, x,
+                      mean, var, eps, scale, bias, y, static_cast<int32_t>(n),
+                      static_cast<int32_t>(channels), static_cast<int32_t>(spatial));
+    }
+    return launch("batch_norm_forward", n, as_stream(stream), forward_kernel<int64_t>, x, mean,
+                  var, eps, scale, bias, y, n, channels, spatial);
 }
 
 CONVNET_API convnet_status convnet_batch_norm_backward(
@@ -189,8 +199,13 @@ CONVNET_API convnet_status convnet_batch_norm_backward(
     }
     if (dx == nullptr) return CONVNET_OK;
     const double* used = batch_stats ? sums.as<double>() : nullptr;
-    return launch(name, n, s, dx_kernel, dy, x, mean, var, eps, scale, used, dx, n, channels,
-                  spatial, batch * spatial);
+    if (n < kInt32Limit) {
+        return launch(name, n, s, dx_kernel<int32_t>, dy, x, mean, var, eps, scale, used, dx,
+                      static_cast<int32_t>(n), static_cast<int32_t>(channels),
+                      static_cast<int32_t>(spatial), batch * spatial);
+    }
+    return launch(name, n, s, dx_kernel<int64_t>, dy, x, mean, var, eps, scale, used, dx, n,
+                  channels, spatial, batch * spatial);
 }
 
 }  // extern "C"
