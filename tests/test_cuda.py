@@ -469,3 +469,30 @@ def test_interp_backward_gathers_match_the_cpu_backend(target):
         got = _run(layer, [x], 6)
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_cuda_helper_runs_layers_on_the_device_and_measures_roofs(target):
+    """scripts/bench_cuda.py (bench.py --device cuda): roofs measured through the library,
+    layers moved and inputs uploaded once. On the host build the numbers mean nothing."""
+    import sys
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import bench_cuda
+    finally:
+        sys.path.pop(0)
+    from convnet.cuda import DeviceArray
+    from convnet.layers import Convolution
+    assert bench_cuda.sgemm_rate.__wrapped__(16, 8, 4, reps=1) > 0
+    assert bench_cuda.copy_bandwidth.__wrapped__(1 << 16, reps=1) > 0
+    x = np.random.default_rng(15).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    layer = Convolution(num_output=2, kernel_size=3)
+    expected = layer.forward(x)
+    undo = bench_cuda.run_layers_on_gpu()
+    try:
+        got = layer.forward(x)
+        assert layer.device == "cuda" and isinstance(got, DeviceArray)
+        np.testing.assert_allclose(got.get(), expected, rtol=1e-5, atol=1e-6)
+        assert isinstance(layer.backward(np.ones_like(expected)), DeviceArray)
+    finally:
+        undo()
+        layer.to("cpu")
