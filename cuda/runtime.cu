@@ -463,6 +463,18 @@ static convnet_status copy(void* dst, const void* src, int64_t nbytes, cudaMemcp
         // the host buffer is read right after the call returns
         return check_cuda(cudaStreamSynchronize(as_stream(stream)), name);
     }
+    if (kind == cudaMemcpyHostToDevice) {
+        // from page-locked memory (a pinned PyTorch tensor's NumPy view) the copy really is
+        // asynchronous: wait, since the caller may change or free its buffer on return
+        cudaPointerAttributes attributes;
+        if (cudaPointerGetAttributes(&attributes, src) != cudaSuccess) {
+            cudaGetLastError();
+            return check_cuda(cudaStreamSynchronize(as_stream(stream)), name);
+        }
+        if (attributes.type != cudaMemoryTypeUnregistered) {
+            return check_cuda(cudaStreamSynchronize(as_stream(stream)), name);
+        }
+    }
     return CONVNET_OK;
 }
 

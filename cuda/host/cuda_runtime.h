@@ -255,6 +255,29 @@ inline cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t, cudaMemPoolAttr, void*
 
 // ------------------------------------------------------------------------ memory
 
+enum cudaMemoryType {
+    cudaMemoryTypeUnregistered = 0,
+    cudaMemoryTypeHost = 1,
+    cudaMemoryTypeDevice = 2,
+    cudaMemoryTypeManaged = 3,
+};
+
+struct cudaPointerAttributes {
+    cudaMemoryType type;
+    int device;
+    void* devicePointer;
+    void* hostPointer;
+};
+
+inline cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* p) {
+    const bool device = convnet_host::is_device_pointer(p);
+    attributes->type = device ? cudaMemoryTypeDevice : cudaMemoryTypeUnregistered;
+    attributes->device = 0;
+    attributes->devicePointer = device ? const_cast<void*>(p) : nullptr;
+    attributes->hostPointer = device ? nullptr : const_cast<void*>(p);
+    return cudaSuccess;
+}
+
 inline cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t, cudaMemPoolAttr attr, void* value) {
     if (attr != cudaMemPoolAttrUsedMemCurrent) return convnet_host::fail(cudaErrorInvalidValue);
     convnet_host::Device& d = convnet_host::device();
