@@ -295,7 +295,7 @@ convnet_status cublas_sgemm_row_major(int32_t trans_a, int32_t trans_b, int64_t 
                          static_cast<long long>(m), static_cast<long long>(n),
                          static_cast<long long>(k), status);
     }
-    return check_cuda(cudaGetLastError(), "cublasSgemm");
+    return check_launch("cublasSgemm", stream);
 }
 
 convnet_status cublas_sgemm_strided_batched_row_major(
@@ -323,7 +323,7 @@ convnet_status cublas_sgemm_strided_batched_row_major(
                                  static_cast<long long>(k), static_cast<long long>(count),
                                  status);
             }
-            return check_cuda(cudaGetLastError(), "cublasSgemmStridedBatched");
+            return check_launch("cublasSgemmStridedBatched", stream);
         }
     }
     // a cuBLAS without the batched entry point: the same products one by one

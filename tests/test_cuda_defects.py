@@ -304,3 +304,21 @@ def test_the_solver_history_follows_a_net_moved_between_devices(target):
     solver.step(x=cuda.to_device(x), t=cuda.to_device(t))   # history moves with the params
     net.to("cpu")
     solver.step(x=x, t=t)
+
+
+def test_arrays_of_one_library_are_refused_after_switching_to_the_other(host_only, tmp_path,
+                                                                       monkeypatch):
+    x = cuda.to_device(np.ones(3, np.float32))
+    cuda.use_host_build(None)
+    cuda.use_host_build(True)
+    np.testing.assert_array_equal(x.get(), np.ones(3, np.float32))   # same library: fine
+    monkeypatch.setenv("CONVNET_CUDA_LIB", str(tmp_path / "other.so"))
+    import shutil
+    from cuda_targets import host_library_path
+    shutil.copyfile(host_library_path(), tmp_path / "other.so")
+    cuda.use_host_build(True)
+    with pytest.raises(DeviceError, match="no longer the loaded one"):
+        x.get()
+    monkeypatch.delenv("CONVNET_CUDA_LIB")
+    cuda.use_host_build(True)
+    np.testing.assert_array_equal(x.get(), np.ones(3, np.float32))

@@ -40,7 +40,7 @@ class _Buffer:
     def __init__(self, nbytes):
         handle = _lib.void_p()
         _lib.call("convnet_malloc", _lib.ref(handle), int(nbytes))
-        self.lib = _lib.current()
+        self.lib = _lib.load()
         self.ptr = handle.value or 0
         self.nbytes = int(nbytes)
         self.closed = False
@@ -51,7 +51,7 @@ class _Buffer:
         if self.closed:
             raise DeviceError("this DeviceArray was closed (its device memory is freed); "
                               "make a new one")
-        if self.lib is not _lib.current():
+        if self.lib is not _lib.load():
             raise DeviceError("this DeviceArray belongs to a CUDA library that is no longer "
                               "the loaded one (convnet.cuda.use_host_build switched it)")
         return self.ptr
