@@ -496,3 +496,51 @@ def test_bench_cuda_helper_runs_layers_on_the_device_and_measures_roofs(target):
     finally:
         undo()
         layer.to("cpu")
+
+
+def _random_geometry_cases(seed, count):
+    """Random odd, non-square, strided, dilated, grouped, padded conv / deconv / pooling /
+    interp configurations: the kernels' index maths on many shapes."""
+    from convnet.layers import Convolution, Deconvolution, Interp, Pooling
+    rng = np.random.default_rng(seed)
+    cases = []
+    for i in range(count):
+        g = int(rng.choice([1, 2, 3]))
+        n, c = int(rng.integers(1, 4)), g * int(rng.integers(1, 3))
+        h, w = int(rng.integers(3, 14)), int(rng.integers(3, 14))
+        kh, kw = int(rng.integers(1, 4)), int(rng.integers(1, 5))
+        sh, sw = int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        ph, pw = int(rng.integers(0, 3)), int(rng.integers(0, 2))
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        if (h + 2 * ph - (dh * (kh - 1) + 1)) >= 0 and (w + 2 * pw - (dw * (kw - 1) + 1)) >= 0:
+            cases.append((f"conv{i}", lambda a=(kh, kw), s=(sh, sw), p=(ph, pw), d=(dh, dw),
+                          g=g: Convolution(num_output=2 * g, kernel_size=a, stride=s, pad=p,
+                                           dilation=d, group=g), x))
+        cases.append((f"deconv{i}", lambda a=(kh, kw), s=(sh, sw), g=g: Deconvolution(
+            num_output=g, kernel_size=a, stride=s, pad=(min(ph, kh - 1), min(pw, kw - 1)),
+            group=g), x))
+        pk = (int(rng.integers(1, 4)), int(rng.integers(2, 4)))
+        pp = (int(rng.integers(0, pk[0])), int(rng.integers(0, pk[1])))
+        tie_free = rng.permutation(x.size).reshape(x.shape).astype(np.float32)
+        for pool in ("MAX", "AVE"):
+            cases.append((f"{pool}{i}", lambda pk=pk, s=(sh, sw), pp=pp, pool=pool: Pooling(
+                kernel_size=pk, stride=s, pad=pp, pool=pool), tie_free))
+        oh, ow = int(rng.integers(1, 20)), int(rng.integers(1, 20))
+        cases.append((f"interp{i}", lambda oh=oh, ow=ow, ac=bool(rng.integers(0, 2)): Interp(
+            height=oh, width=ow, align_corners=ac), x))
+    return cases
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_kernel_index_maths_on_many_random_shapes_match_the_cpu_backend(target, seed):
+    for name, make, x in _random_geometry_cases(seed, 50):   # about 250 cases per seed
+        layer = make()
+        expected = _run(layer, [x], 7)
+        layer.to("cuda")
+        for p in layer.params:
+            p.zero_diff()
+        got = _run(layer, [x], 7)
+        assert len(got) == len(expected), name
+        for g, e in zip(got, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=name)
