@@ -10,18 +10,41 @@ using namespace convnet;
 namespace convnet {
 namespace interp_impl {
 
-struct Plane {
-    int64_t planes, in_h, in_w, out_h, out_w;
+// Sizes in the kernels' index type I: int32_t when x, y and the scratch fit (32-bit index
+// decompositions), else int64_t.
+template <typename I>
+struct PlaneT {
+    I planes, in_h, in_w, out_h, out_w;
 };
+using Plane = PlaneT<int64_t>;
 
-__global__ void bilinear_forward_kernel(const float* x, float* y, Plane g, const int64_t* rows,
-                                        const float* rw, const int64_t* cols,
-                                        const float* cw) {
-    const int64_t n = g.planes * g.out_h * g.out_w;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t w = index % g.out_w;
-        const int64_t h = (index / g.out_w) % g.out_h;
-        const int64_t p = index / (g.out_w * g.out_h);
+inline bool fits32(const Plane& g) {
+    const int64_t limit = 2147483647LL;
+    return g.planes * g.in_h * g.in_w < limit && g.planes * g.out_h * g.out_w < limit &&
+           g.planes * g.out_h * g.in_w < limit;
+}
+
+inline PlaneT<int32_t> narrow(const Plane& g) {
+    return PlaneT<int32_t>{static_cast<int32_t>(g.planes), static_cast<int32_t>(g.in_h),
+                           static_cast<int32_t>(g.in_w), static_cast<int32_t>(g.out_h),
+                           static_cast<int32_t>(g.out_w)};
+}
+
+// Launch kernel<int32_t> with the narrowed sizes when they fit, else kernel<int64_t>.
+#define CONVNET_INTERP_LAUNCH(name, n, stream, kernel, g, ...)                              \
+    (fits32(g) ? launch((name), (n), (stream), kernel<int32_t>, __VA_ARGS__, narrow(g))     \
+               : launch((name), (n), (stream), kernel<int64_t>, __VA_ARGS__, (g)))
+
+template <typename I>
+__global__ void bilinear_forward_kernel(const float* x, float* y, const int64_t* rows,
+                                        const float* rw, const int64_t* cols, const float* cw,
+                                        PlaneT<I> g) {
+    const I n = g.planes * g.out_h * g.out_w;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I w = index % g.out_w;
+        const I h = (index / g.out_w) % g.out_h;
+        const I p = index / (g.out_w * g.out_h);
         const int64_t r0 = rows[2 * h], r1 = rows[2 * h + 1];
         const int64_t c0 = cols[2 * w], c1 = cols[2 * w + 1];
         float value = 0.0f;
@@ -39,14 +62,15 @@ __global__ void bilinear_forward_kernel(const float* x, float* y, Plane g, const
     }
 }
 
-template <typename T>
-__global__ void nearest_forward_kernel(const T* x, T* y, Plane g, const int64_t* rows,
-                                       const int64_t* cols) {
-    const int64_t n = g.planes * g.out_h * g.out_w;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t w = index % g.out_w;
-        const int64_t h = (index / g.out_w) % g.out_h;
-        const int64_t p = index / (g.out_w * g.out_h);
+template <typename T, typename I>
+__global__ void nearest_forward_kernel(const T* x, T* y, const int64_t* rows,
+                                       const int64_t* cols, PlaneT<I> g) {
+    const I n = g.planes * g.out_h * g.out_w;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I w = index % g.out_w;
+        const I h = (index / g.out_w) % g.out_h;
+        const I p = index / (g.out_w * g.out_h);
         const int64_t r = rows[h], c = cols[w];
         if (r >= 0 && r < g.in_h && c >= 0 && c < g.in_w) {
             y[index] = x[(p * g.in_h + r) * g.in_w + c];
@@ -90,15 +114,17 @@ __global__ void inverse_fill_kernel(const int64_t* table, int64_t entries, int64
 // Columns as a gather: tmp[p, h, j] = sum over the entries e naming column j of
 // cw[e] * dy[p, h, e / taps] (cw NULL: weight 1), in increasing e: the order (and so the
 // rounding) of the column-by-column accumulation, with no read-modify-write.
-__global__ void adjoint_cols_kernel(const float* dy, float* tmp, Plane g, const int64_t* offsets,
-                                    const int64_t* list, const float* cw, int taps) {
-    CONVNET_GRID_STRIDE(index, g.planes * g.out_h * g.in_w) {
-        const int64_t j = index % g.in_w;
+template <typename I>
+__global__ void adjoint_cols_kernel(const float* dy, float* tmp, const int64_t* offsets,
+                                    const int64_t* list, const float* cw, int taps, PlaneT<I> g) {
+    CONVNET_GRID_STRIDE(index64, g.planes * g.out_h * g.in_w) {
+        const I index = static_cast<I>(index64);
+        const I j = index % g.in_w;
         const float* d = dy + (index / g.in_w) * g.out_w;
         float acc = 0.0f;
         for (int64_t t = offsets[j]; t < offsets[j + 1]; ++t) {
             const int64_t e = list[t];
-            acc += (cw != nullptr ? cw[e] : 1.0f) * d[e / taps];
+            acc += (cw != nullptr ? cw[e] : 1.0f) * d[static_cast<I>(e) / taps];
         }
         tmp[index] = acc;
     }
@@ -106,17 +132,19 @@ __global__ void adjoint_cols_kernel(const float* dy, float* tmp, Plane g, const 
 
 // Rows as a gather: dx[p, i, j] = sum over the entries e naming row i of
 // rw[e] * tmp[p, e / taps, j]; consecutive threads read consecutive j (coalesced).
-__global__ void adjoint_rows_kernel(const float* tmp, float* dx, Plane g, const int64_t* offsets,
-                                    const int64_t* list, const float* rw, int taps) {
-    CONVNET_GRID_STRIDE(index, g.planes * g.in_h * g.in_w) {
-        const int64_t j = index % g.in_w;
-        const int64_t i = (index / g.in_w) % g.in_h;
-        const int64_t p = index / (g.in_w * g.in_h);
+template <typename I>
+__global__ void adjoint_rows_kernel(const float* tmp, float* dx, const int64_t* offsets,
+                                    const int64_t* list, const float* rw, int taps, PlaneT<I> g) {
+    CONVNET_GRID_STRIDE(index64, g.planes * g.in_h * g.in_w) {
+        const I index = static_cast<I>(index64);
+        const I j = index % g.in_w;
+        const I i = (index / g.in_w) % g.in_h;
+        const I p = index / (g.in_w * g.in_h);
         const float* t0 = tmp + p * g.out_h * g.in_w + j;
         float acc = 0.0f;
         for (int64_t t = offsets[i]; t < offsets[i + 1]; ++t) {
             const int64_t e = list[t];
-            acc += (rw != nullptr ? rw[e] : 1.0f) * t0[(e / taps) * g.in_w];
+            acc += (rw != nullptr ? rw[e] : 1.0f) * t0[(static_cast<I>(e) / taps) * g.in_w];
         }
         dx[index] = acc;
     }
@@ -160,11 +188,24 @@ convnet_status adjoint(const float* dy, float* dx, const Plane& g, const int64_t
     CONVNET_TRY(build_inverse(cols, g.out_w, taps, g.in_w, col_inverse, &by_col, stream, name));
     CONVNET_TRY(build_inverse(rows, g.out_h, taps, g.in_h, row_inverse, &by_row, stream, name));
     CONVNET_TRY(tmp.allocate(g.planes * g.out_h * g.in_w * sizeof(float), name));
-    CONVNET_TRY(launch(name, g.planes * g.out_h * g.in_w, stream, adjoint_cols_kernel, dy,
-                       tmp.as<float>(), g, by_col.offsets, by_col.list, cw, taps));
-    return launch(name, g.planes * g.in_h * g.in_w, stream, adjoint_rows_kernel,
-                  static_cast<const float*>(tmp.as<float>()), dx, g, by_row.offsets,
-                  by_row.list, rw, taps);
+    CONVNET_TRY(CONVNET_INTERP_LAUNCH(name, g.planes * g.out_h * g.in_w, stream,
+                                      adjoint_cols_kernel, g, dy, tmp.as<float>(),
+                                      by_col.offsets, by_col.list, cw, taps));
+    return CONVNET_INTERP_LAUNCH(name, g.planes * g.in_h * g.in_w, stream, adjoint_rows_kernel,
+                                 g, static_cast<const float*>(tmp.as<float>()), dx,
+                                 by_row.offsets, by_row.list, rw, taps);
+}
+
+template <typename T>
+convnet_status nearest_typed(const char* name, int64_t n, cudaStream_t s, const void* x,
+                             void* y, const int64_t* rows, const int64_t* cols, const Plane& g) {
+    const T* src = static_cast<const T*>(x);
+    T* dst = static_cast<T*>(y);
+    if (fits32(g)) {
+        return launch(name, n, s, nearest_forward_kernel<T, int32_t>, src, dst, rows, cols,
+                      narrow(g));
+    }
+    return launch(name, n, s, nearest_forward_kernel<T, int64_t>, src, dst, rows, cols, g);
 }
 
 }  // namespace interp_impl
@@ -181,8 +222,9 @@ CONVNET_API convnet_status convnet_interp_bilinear_forward(
     clear_error();
     Plane g{planes, in_h, in_w, out_h, out_w};
     CONVNET_TRY(check_plane(g, "convnet_interp_bilinear_forward"));
-    return launch("interp_bilinear_forward", planes * out_h * out_w, as_stream(stream),
-                  bilinear_forward_kernel, x, y, g, rows, row_weights, cols, col_weights);
+    return CONVNET_INTERP_LAUNCH("interp_bilinear_forward", planes * out_h * out_w,
+                                 as_stream(stream), bilinear_forward_kernel, g, x, y, rows,
+                                 row_weights, cols, col_weights);
 }
 
 CONVNET_API convnet_status convnet_interp_bilinear_backward(
@@ -205,22 +247,10 @@ CONVNET_API convnet_status convnet_interp_nearest_forward(
     const int64_t n = planes * out_h * out_w;
     cudaStream_t s = as_stream(stream);
     switch (itemsize) {
-        case 1:
-            return launch(name, n, s, nearest_forward_kernel<uint8_t>,
-                          static_cast<const uint8_t*>(x), static_cast<uint8_t*>(y), g, rows,
-                          cols);
-        case 2:
-            return launch(name, n, s, nearest_forward_kernel<uint16_t>,
-                          static_cast<const uint16_t*>(x), static_cast<uint16_t*>(y), g, rows,
-                          cols);
-        case 4:
-            return launch(name, n, s, nearest_forward_kernel<uint32_t>,
-                          static_cast<const uint32_t*>(x), static_cast<uint32_t*>(y), g, rows,
-                          cols);
-        case 8:
-            return launch(name, n, s, nearest_forward_kernel<uint64_t>,
-                          static_cast<const uint64_t*>(x), static_cast<uint64_t*>(y), g, rows,
-                          cols);
+        case 1: return nearest_typed<uint8_t>(name, n, s, x, y, rows, cols, g);
+        case 2: return nearest_typed<uint16_t>(name, n, s, x, y, rows, cols, g);
+        case 4: return nearest_typed<uint32_t>(name, n, s, x, y, rows, cols, g);
+        case 8: return nearest_typed<uint64_t>(name, n, s, x, y, rows, cols, g);
         default: break;
     }
     return set_error(CONVNET_ERR_INVALID_ARGUMENT, "%s: itemsize %lld is not 1, 2, 4 or 8",

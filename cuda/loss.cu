@@ -76,13 +76,16 @@ struct ValidCount {
     __device__ double operator()(int64_t i) const { return label_index[i] >= 0 ? 1.0 : 0.0; }
 };
 
+// I: int32_t when the size fits (32-bit index decomposition), else int64_t.
+template <typename I>
 __global__ void softmax_backward_kernel(const float* prob, const int32_t* label_index,
-                                        float weight, float* grad, int64_t batch,
-                                        int64_t classes, int64_t spatial) {
-    CONVNET_GRID_STRIDE(index, batch * classes * spatial) {
-        const int64_t s = index % spatial;
-        const int64_t c = (index / spatial) % classes;
-        const int64_t n = index / (spatial * classes);
+                                        float weight, float* grad, I batch, I classes,
+                                        I spatial) {
+    CONVNET_GRID_STRIDE(index64, static_cast<int64_t>(batch) * classes * spatial) {
+        const I index = static_cast<I>(index64);
+        const I s = index % spatial;
+        const I c = (index / spatial) % classes;
+        const I n = index / (spatial * classes);
         const int32_t k = label_index[n * spatial + s];
         float g = 0.0f;
         if (k >= 0) g = weight * (prob[index] - (k == c ? 1.0f : 0.0f));
@@ -151,9 +154,16 @@ CONVNET_API convnet_status convnet_softmax_loss_backward(
     clear_error();
     CONVNET_REQUIRE(batch >= 0 && classes >= 0 && spatial >= 0,
                     "convnet_softmax_loss_backward", "negative size");
-    return launch("softmax_loss_backward", batch * classes * spatial, as_stream(stream),
-                  softmax_backward_kernel, prob, label_index, weight, grad, batch, classes,
-                  spatial);
+    const int64_t n = batch * classes * spatial;
+    if (n < 2147483647LL) {
+        return launch("softmax_loss_backward", n, as_stream(stream),
+                      softmax_backward_kernel<int32_t>, prob, label_index, weight, grad,
+                      static_cast<int32_t>(batch), static_cast<int32_t>(classes),
+                      static_cast<int32_t>(spatial));
+    }
+    return launch("softmax_loss_backward", n, as_stream(stream),
+                  softmax_backward_kernel<int64_t>, prob, label_index, weight, grad, batch,
+                  classes, spatial);
 }
 
 }  // extern "C"
