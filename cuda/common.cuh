@@ -25,6 +25,10 @@ convnet_status check_cuda(cudaError_t err, const char* what);
 // Clear the last error on entry so that a message never outlives its call.
 void clear_error();
 
+// Wait for the stream (the only way the library waits for the device), counted for
+// convnet_host_waits; CONVNET_OK or the failure, as check_cuda reports it.
+convnet_status wait_for(cudaStream_t stream, const char* name);
+
 inline cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
 
 inline int blocks_for(int64_t n) {
@@ -172,7 +176,7 @@ class BadFlag {
         unsigned long long value = kNoBad;
         CONVNET_TRY(check_cuda(cudaMemcpyAsync(&value, device(), sizeof(value),
                                                cudaMemcpyDeviceToHost, stream_), name));
-        CONVNET_TRY(check_cuda(cudaStreamSynchronize(stream_), name));
+        CONVNET_TRY(wait_for(stream_, name));
         *position = value == kNoBad ? -1 : static_cast<int64_t>(value);
         return CONVNET_OK;
     }
@@ -208,7 +212,7 @@ convnet_status reduce_sum(const char* name, Term term, int64_t n, double* result
     CONVNET_TRY(reduce_sum_to_device(name, term, n, out.as<double>(), stream));
     CONVNET_TRY(check_cuda(cudaMemcpyAsync(result, out.as<double>(), sizeof(double),
                                            cudaMemcpyDeviceToHost, stream), name));
-    return check_cuda(cudaStreamSynchronize(stream), name);
+    return wait_for(stream, name);
 }
 
 // ----------------------------------------------------------------- per-channel reductions

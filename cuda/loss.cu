@@ -135,7 +135,7 @@ CONVNET_API convnet_status convnet_softmax_loss_forward(
     CONVNET_TRY(check_cuda(cudaMemcpyAsync(host, results, sizeof(host), cudaMemcpyDeviceToHost,
                                            s),
                            name));
-    CONVNET_TRY(check_cuda(cudaStreamSynchronize(s), name));
+    CONVNET_TRY(wait_for(s, name));
     *loss_sum = host[0];
     *valid_count = static_cast<int64_t>(host[1]);
     unsigned long long flag;

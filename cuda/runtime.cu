@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@ namespace convnet {
 
 namespace runtime_impl {
 thread_local char g_last_error[2048] = "";
+std::atomic<long long> g_waits{0};   // host waits for the device since the library loaded
 }  // namespace runtime_impl
 
 using namespace runtime_impl;
@@ -42,6 +44,11 @@ convnet_status check_cuda(cudaError_t err, const char* what) {
                      cudaGetErrorName(err));
 }
 
+convnet_status wait_for(cudaStream_t stream, const char* name) {
+    ++g_waits;
+    return check_cuda(cudaStreamSynchronize(stream), name);
+}
+
 namespace runtime_impl {
 
 bool sync_after_launch() {
@@ -54,6 +61,7 @@ bool sync_after_launch() {
 convnet_status check_launch(const char* name, cudaStream_t stream) {
     CONVNET_TRY(check_cuda(cudaGetLastError(), name));
     if (!sync_after_launch()) return CONVNET_OK;
+    ++g_waits;
     cudaError_t err = cudaStreamSynchronize(stream);
     if (err == cudaSuccess) return CONVNET_OK;
     cudaGetLastError();
@@ -461,7 +469,7 @@ static convnet_status copy(void* dst, const void* src, int64_t nbytes, cudaMemcp
         cudaMemcpyAsync(dst, src, static_cast<size_t>(nbytes), kind, as_stream(stream)), name));
     if (kind == cudaMemcpyDeviceToHost) {
         // the host buffer is read right after the call returns
-        return check_cuda(cudaStreamSynchronize(as_stream(stream)), name);
+        return wait_for(as_stream(stream), name);
     }
     if (kind == cudaMemcpyHostToDevice) {
         // from page-locked memory (a pinned PyTorch tensor's NumPy view) the copy really is
@@ -469,10 +477,10 @@ static convnet_status copy(void* dst, const void* src, int64_t nbytes, cudaMemcp
         cudaPointerAttributes attributes;
         if (cudaPointerGetAttributes(&attributes, src) != cudaSuccess) {
             cudaGetLastError();
-            return check_cuda(cudaStreamSynchronize(as_stream(stream)), name);
+            return wait_for(as_stream(stream), name);
         }
         if (attributes.type != cudaMemoryTypeUnregistered) {
-            return check_cuda(cudaStreamSynchronize(as_stream(stream)), name);
+            return wait_for(as_stream(stream), name);
         }
     }
     return CONVNET_OK;
@@ -523,7 +531,7 @@ CONVNET_API convnet_status convnet_fill(void* dst, int64_t count, int64_t itemsi
 
 CONVNET_API convnet_status convnet_synchronize(void* stream) {
     clear_error();
-    return check_cuda(cudaStreamSynchronize(as_stream(stream)), "cudaStreamSynchronize");
+    return wait_for(as_stream(stream), "cudaStreamSynchronize");
 }
 
 CONVNET_API convnet_status convnet_set_cublas_search_path(const char* paths) {
@@ -540,6 +548,13 @@ CONVNET_API convnet_status convnet_cublas_load(void) {
     Cublas& cb = cublas();
     std::lock_guard<std::mutex> lock(cb.mutex);
     return load_locked(cb);
+}
+
+CONVNET_API convnet_status convnet_host_waits(int64_t* count) {
+    clear_error();
+    CONVNET_REQUIRE(count != nullptr, "convnet_host_waits", "count is NULL");
+    *count = static_cast<int64_t>(g_waits.load());
+    return CONVNET_OK;
 }
 
 CONVNET_API int convnet_is_host_build(void) {

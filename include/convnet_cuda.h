@@ -96,6 +96,11 @@ CONVNET_API convnet_status convnet_set_cublas_search_path(const char* paths);
  * CONVNET_ERR_CUBLAS_MISSING with the places tried when none loads. */
 CONVNET_API convnet_status convnet_cublas_load(void);
 
+/* host OUT count: how many times the library has waited for the device since it loaded
+ * (every stream synchronisation, device-to-host copies included): what a training step
+ * costs in host waits. */
+CONVNET_API convnet_status convnet_host_waits(int64_t* count);
+
 /* 1 for the host build (cuda/*.cu compiled for the CPU through cuda/host/), 0 for a GPU. */
 CONVNET_API int convnet_is_host_build(void);
 

@@ -322,3 +322,38 @@ def test_arrays_of_one_library_are_refused_after_switching_to_the_other(host_onl
     monkeypatch.delenv("CONVNET_CUDA_LIB")
     cuda.use_host_build(True)
     np.testing.assert_array_equal(x.get(), np.ones(3, np.float32))
+
+
+# speed: host waits ---------------------------------------------------------------------------
+def test_a_training_step_waits_for_the_device_only_for_loss_mask_and_finite_check(target,
+                                                                                 monkeypatch):
+    """No upload, allocation, free or layer waits for the device: in one SGD step the library
+    waits three times, for the loss read-back (softmax: loss, count and bad-label flag in one
+    copy), the unpooling bad-mask check, and the solver's one-flag finite check."""
+    from convnet import Net, SGDSolver
+    from convnet.layers import (BatchNorm, Convolution, Dropout, Pooling, ReLU,
+                                SoftmaxWithLoss, Unpooling)
+    monkeypatch.delenv("CONVNET_CUDA_SYNC", raising=False)   # it waits after every kernel
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    labels = rng.integers(0, 3, size=(2, 8, 8))
+    net = Net(keep_diffs=False)
+    net.add(Convolution(num_output=4, kernel_size=3, pad=1, name="conv1"), bottom=["x"],
+            top=["c1"])
+    net.add(BatchNorm(name="bn1"), bottom=["c1"], top=["b1"])
+    net.add(ReLU(name="relu1"), bottom=["b1"], top=["r1"])
+    net.add(Pooling(kernel_size=2, stride=2, return_mask=True, name="pool1"), bottom=["r1"],
+            top=["p1", "m1"])
+    net.add(Dropout(seed=1, name="drop1"), bottom=["p1"], top=["d1"])
+    net.add(Unpooling(kernel_size=2, stride=2, name="unpool1"), bottom=["d1", "m1"],
+            top=["u1"])
+    net.add(Convolution(num_output=3, kernel_size=3, pad=1, name="score"), bottom=["u1"],
+            top=["s"])
+    net.add(SoftmaxWithLoss(name="loss"), bottom=["s", "label"], top=["loss"])
+    net.setup(x=x.shape, label=labels.shape)
+    net.to("cuda")
+    solver = SGDSolver(net, base_lr=0.01)
+    solver.step(x=x, label=labels)   # the first step also checks for all-zero weights
+    before = cuda.host_waits()
+    solver.step(x=x, label=labels)
+    assert cuda.host_waits() - before == 3

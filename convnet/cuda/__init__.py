@@ -78,6 +78,16 @@ def is_host_build():
     return bool(_lib.load().convnet_is_host_build())
 
 
+def host_waits():
+    """How many times the library has waited for the GPU since it loaded (stream
+    synchronisations, device-to-host copies included): take the difference around a training
+    step to see what it waits for."""
+    from convnet.cuda import _lib
+    count = _lib.byref_int64()
+    _lib.call("convnet_host_waits", _lib.ref(count))
+    return int(count.value)
+
+
 def memory_in_use():
     """Bytes of device memory held by live allocations (the device pool's used bytes)."""
     from convnet.cuda import _lib
@@ -101,4 +111,4 @@ def synchronize():
 
 
 __all__ = ["CudaError", "DeviceArray", "is_available", "unavailable_reason", "to_device",
-           "synchronize", "use_host_build", "is_host_build", "memory_in_use"]
+           "synchronize", "use_host_build", "is_host_build", "memory_in_use", "host_waits"]

@@ -91,6 +91,8 @@ FUNCTIONS = [
     ("convnet_set_cublas_search_path", status_t, [c_char_p]),
     # convnet_status convnet_cublas_load(void);
     ("convnet_cublas_load", status_t, []),
+    # convnet_status convnet_host_waits(int64_t* count);
+    ("convnet_host_waits", status_t, [out_i64]),
     # int convnet_is_host_build(void);
     ("convnet_is_host_build", c_int, []),
     # convnet_status convnet_memory_in_use(int64_t* bytes);
