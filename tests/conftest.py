@@ -37,6 +37,10 @@ def cuda_unavailable_reason():
         return f"convnet.cuda failed to import: {exc}"
 
 
+def cuda_available():
+    return not cuda_unavailable_reason()
+
+
 def pytest_collection_modifyitems(config, items):
     reason = cuda_unavailable_reason()
     if not reason:
