@@ -29,6 +29,7 @@
 #error "cuda/host/cuda_runtime.h is the host shim; the GPU build uses the toolkit's header"
 #endif
 
+#include <math.h>   // the toolkit's cuda_runtime.h brings the math functions (expf, tanhf, ...)
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
