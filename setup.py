@@ -1,9 +1,13 @@
-"""Build convnet: Cython CPU kernels (OpenMP when the compiler has it) and, when nvcc is
-found, the CUDA library libconvnet_cuda.so.
+"""Build convnet: Cython CPU kernels (OpenMP when the compiler has it), the CUDA library
+libconvnet_cuda.so when nvcc is found, and the host build of the same CUDA sources,
+libconvnet_cuda_host.so (+ its CPU cuBLAS stand-in libconvnet_cublas_host.so), with the C++
+compiler: no nvcc or GPU needed; the CUDA tests run the kernels' source through it.
 
 Environment switches:
   CONVNET_CYTHON_DEBUG=1   bounds checks and wraparound back on (kernel tests, debugging)
   CONVNET_CUDA=0           never build the CUDA library; =1 makes a failed CUDA build fatal
+  CONVNET_CUDA_HOST_BUILD=0  skip the host build of cuda/*.cu; =1 makes its failure fatal
+  CXX=/path/to/c++         the C++ compiler of the host build (else Python's, else c++)
   CONVNET_EXT=a,b          build only these pyx modules (development)
   CONVNET_MARCH=...        -march for the CPU kernels (default native: pip install . builds for
                            the machine it runs on; set CONVNET_MARCH=x86-64-v2 for a portable wheel)
@@ -127,12 +131,92 @@ def find_nvcc():
     return None
 
 
+def find_cxx():
+    explicit = os.environ.get("CXX")
+    if explicit:
+        return explicit.split()
+    configured = sysconfig.get_config_var("CXX")
+    if configured and shutil.which(configured.split()[0]):
+        return configured.split()
+    for name in ("c++", "g++", "clang++"):
+        if shutil.which(name):
+            return [name]
+    return None
+
+
+def run_parallel(commands, jobs):
+    """Run the commands, ``jobs`` at a time; (returncode, output) of the first failure or
+    (0, "")."""
+    pending, running, failure = list(commands), [], (0, "")
+    while pending or running:
+        while pending and len(running) < jobs:
+            cmd = pending.pop(0)
+            running.append(subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, text=True))
+        proc = running.pop(0)
+        out, _ = proc.communicate()
+        if proc.returncode != 0 and failure[0] == 0:
+            failure = (proc.returncode, " ".join(proc.args) + "\n" + out)
+    return failure
+
+
 class BuildExtWithCuda(build_ext):
-    """build_ext that also compiles cuda/*.cu into convnet/cuda/libconvnet_cuda.so."""
+    """build_ext that also compiles cuda/*.cu into convnet/cuda/libconvnet_cuda.so (nvcc) and
+    into convnet/cuda/libconvnet_cuda_host.so (the C++ compiler, through cuda/host/)."""
 
     def run(self):
         super().run()
         self.build_cuda_library()
+        self.build_host_library()
+
+    def cuda_out_dir(self):
+        if self.inplace:
+            out_dir = os.path.join(ROOT, "convnet", "cuda")
+        else:
+            out_dir = os.path.join(self.build_lib, "convnet", "cuda")
+        os.makedirs(out_dir, exist_ok=True)
+        return out_dir
+
+    def build_host_library(self):
+        mode = os.environ.get("CONVNET_CUDA_HOST_BUILD", "auto")
+        if mode == "0":
+            print("convnet: CONVNET_CUDA_HOST_BUILD=0, host build of the CUDA sources skipped.")
+            return
+        sources = sorted(glob.glob(os.path.join(ROOT, "cuda", "*.cu")))
+        cxx = find_cxx()
+        if not sources or cxx is None:
+            msg = "convnet: no C++ compiler found, host build of the CUDA sources skipped."
+            if mode == "1":
+                raise RuntimeError(msg)
+            print(msg)
+            return
+        out_dir = self.cuda_out_dir()
+        obj_dir = os.path.join(ROOT, "build", "cuda-host")
+        os.makedirs(obj_dir, exist_ok=True)
+        flags = ["-std=c++17", "-O2", "-fPIC", "-fvisibility=hidden", "-DCONVNET_HOST_BUILD",
+                 "-I", os.path.join(ROOT, "cuda", "host"), "-I", os.path.join(ROOT, "include"),
+                 "-I", os.path.join(ROOT, "cuda")]
+        objects, commands = [], []
+        for src in sources:
+            obj = os.path.join(obj_dir, os.path.basename(src) + ".o")
+            objects.append(obj)
+            commands.append([*cxx, *flags, "-x", "c++", "-c", src, "-o", obj])
+        cublas_src = os.path.join(ROOT, "cuda", "host", "cublas.cpp")
+        cublas_target = os.path.join(out_dir, "libconvnet_cublas_host.so")
+        commands.append([*cxx, "-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden",
+                         cublas_src, "-o", cublas_target, "-ldl"])
+        print("convnet: host build of the CUDA sources with", " ".join(cxx))
+        code, out = run_parallel(commands, max(1, int(self.parallel or 1)))
+        if code == 0:
+            target = os.path.join(out_dir, "libconvnet_cuda_host.so")
+            link = [*cxx, "-shared", *objects, "-o", target, "-ldl", "-lpthread"]
+            result = subprocess.run(link, capture_output=True, text=True)
+            code, out = result.returncode, " ".join(link) + "\n" + result.stdout + result.stderr
+        if code != 0:
+            msg = "convnet: the host build of the CUDA sources failed.\n" + out
+            if mode == "1":
+                raise RuntimeError(msg)
+            print(msg, file=sys.stderr)
 
     def build_cuda_library(self):
         mode = os.environ.get("CONVNET_CUDA", "auto")
@@ -149,11 +233,7 @@ class BuildExtWithCuda(build_ext):
                 raise RuntimeError(msg)
             print(msg)
             return
-        if self.inplace:
-            out_dir = os.path.join(ROOT, "convnet", "cuda")
-        else:
-            out_dir = os.path.join(self.build_lib, "convnet", "cuda")
-        os.makedirs(out_dir, exist_ok=True)
+        out_dir = self.cuda_out_dir()
         target = os.path.join(out_dir, "libconvnet_cuda.so")
         arch = os.environ.get(
             "CONVNET_CUDA_ARCH",

@@ -177,6 +177,10 @@ class Solver:
             if p.lr_mult == 0:
                 continue
             be = _backend.get(p.device)
+            if hist and _backend.device_of(hist[0]) != p.device:
+                # the net moved (net.to): its history follows it
+                hist[:] = [be.asarray(_backend.get(_backend.device_of(h)).to_numpy(h))
+                           for h in hist]
             if self.iter_size > 1:
                 be.solver_scale(p.diff, 1.0 / self.iter_size)
             self._update(be, p, hist, rate * p.lr_mult, self.weight_decay * p.decay_mult)
@@ -227,6 +231,14 @@ class Solver:
                     f"filler?)", ZeroWeightWarning, stacklevel=3)
 
     def _check_finite_diffs(self):
+        by_device = {}
+        for _, p in self.net.named_params():
+            if p.lr_mult != 0:
+                by_device.setdefault(p.device, []).append(p.diff)
+        # one check per device (on a GPU: reduced there, one flag read back), then the
+        # slow search for the culprit's name only when something is not finite
+        if all(_backend.get(d).all_finite(diffs) for d, diffs in by_device.items()):
+            return
         for key, p in self.net.named_params():
             if p.lr_mult != 0 and not np.all(np.isfinite(
                     _backend.get(p.device).to_numpy(p.diff))):

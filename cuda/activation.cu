@@ -6,21 +6,30 @@ using namespace convnet;
 namespace convnet {
 namespace activation_impl {
 
+// As the CPU backend: slope 0 is max(x, 0), so -inf and -0.0 give +0 (v * 0 would give NaN
+// and -0.0) and NaN stays NaN; other slopes are v * slope for v <= 0.
 __global__ void relu_forward_kernel(const float* x, float slope, float* y, int64_t n) {
     CONVNET_GRID_STRIDE(i, n) {
         const float v = x[i];
-        y[i] = v > 0.0f ? v : v * slope;
+        y[i] = v > 0.0f ? v : (slope == 0.0f ? (v != v ? v : 0.0f) : v * slope);
     }
 }
 
 __global__ void relu_backward_kernel(const float* dy, const float* x, float slope, float* dx,
                                      int64_t n) {
-    CONVNET_GRID_STRIDE(i, n) { dx[i] = x[i] > 0.0f ? dy[i] : dy[i] * slope; }
+    // Caffe's factor (x > 0) + slope * (x <= 0), as the CPU backend: 0 for a NaN input
+    CONVNET_GRID_STRIDE(i, n) {
+        const float v = x[i];
+        const float factor = (v > 0.0f ? 1.0f : 0.0f) + (v <= 0.0f ? slope : 0.0f);
+        dx[i] = dy[i] * factor;
+    }
 }
 
+// x * (keep * scale), as the CPU backend: a dropped NaN or Inf gives NaN, a dropped -x gives
+// -0.0 (IEEE x * 0), never a silent 0 that hides a bad input.
 __global__ void dropout_apply_kernel(const float* x, const uint8_t* keep, float scale,
                                      float* y, int64_t n) {
-    CONVNET_GRID_STRIDE(i, n) { y[i] = keep[i] ? x[i] * scale : 0.0f; }
+    CONVNET_GRID_STRIDE(i, n) { y[i] = keep[i] ? x[i] * scale : x[i] * 0.0f; }
 }
 
 // splitmix64's finaliser: a bijective hash, so every (seed, counter) gives its own value

@@ -1,5 +1,6 @@
 // SoftmaxWithLoss forward / backward (EuclideanLoss runs on blas.cu's sub, dot and axpby).
 #include <math.h>
+#include <string.h>
 
 #include "common.cuh"
 
@@ -75,13 +76,16 @@ struct ValidCount {
     __device__ double operator()(int64_t i) const { return label_index[i] >= 0 ? 1.0 : 0.0; }
 };
 
+// I: int32_t when the size fits (32-bit index decomposition), else int64_t.
+template <typename I>
 __global__ void softmax_backward_kernel(const float* prob, const int32_t* label_index,
-                                        float weight, float* grad, int64_t batch,
-                                        int64_t classes, int64_t spatial) {
-    CONVNET_GRID_STRIDE(index, batch * classes * spatial) {
-        const int64_t s = index % spatial;
-        const int64_t c = (index / spatial) % classes;
-        const int64_t n = index / (spatial * classes);
+                                        float weight, float* grad, I batch, I classes,
+                                        I spatial) {
+    CONVNET_GRID_STRIDE(index64, static_cast<int64_t>(batch) * classes * spatial) {
+        const I index = static_cast<I>(index64);
+        const I s = index % spatial;
+        const I c = (index / spatial) % classes;
+        const I n = index / (spatial * classes);
         const int32_t k = label_index[n * spatial + s];
         float g = 0.0f;
         if (k >= 0) g = weight * (prob[index] - (k == c ? 1.0f : 0.0f));
@@ -114,18 +118,29 @@ CONVNET_API convnet_status convnet_softmax_loss_forward(
     const int64_t pixels = batch * spatial;
     if (pixels == 0) return CONVNET_OK;
     cudaStream_t s = as_stream(stream);
-    Scratch losses(s);
-    CONVNET_TRY(losses.allocate(pixels * sizeof(double), name));
-    BadFlag bad(s);
-    CONVNET_TRY(bad.init(name));
+    // one scratch: the per-pixel losses, then the results {loss sum, valid count, bad flag},
+    // read back with ONE copy and ONE wait (the loss read-back the training step needs)
+    Scratch scratch(s);
+    CONVNET_TRY(scratch.allocate((pixels + 3) * static_cast<int64_t>(sizeof(double)), name));
+    double* losses = scratch.as<double>();
+    double* results = losses + pixels;
+    unsigned long long* bad = reinterpret_cast<unsigned long long*>(results + 2);
+    CONVNET_TRY(check_cuda(cudaMemsetAsync(bad, 0xFF, sizeof(unsigned long long), s), name));
     CONVNET_TRY(launch(name, pixels, s, softmax_forward_kernel, scores, labels, label_type,
-                       has_ignore, ignore_label, prob, label_index, losses.as<double>(), batch,
-                       classes, spatial, bad.device()));
-    CONVNET_TRY(reduce_sum(name, PixelLoss{losses.as<double>()}, pixels, loss_sum, s));
-    double count = 0.0;
-    CONVNET_TRY(reduce_sum(name, ValidCount{label_index}, pixels, &count, s));
-    *valid_count = static_cast<int64_t>(count);
-    CONVNET_TRY(bad.read(bad_position, name));
+                       has_ignore, ignore_label, prob, label_index, losses, batch, classes,
+                       spatial, bad));
+    CONVNET_TRY(reduce_sum_to_device(name, PixelLoss{losses}, pixels, results, s));
+    CONVNET_TRY(reduce_sum_to_device(name, ValidCount{label_index}, pixels, results + 1, s));
+    double host[3];
+    CONVNET_TRY(check_cuda(cudaMemcpyAsync(host, results, sizeof(host), cudaMemcpyDeviceToHost,
+                                           s),
+                           name));
+    CONVNET_TRY(wait_for(s, name));
+    *loss_sum = host[0];
+    *valid_count = static_cast<int64_t>(host[1]);
+    unsigned long long flag;
+    memcpy(&flag, &host[2], sizeof(flag));
+    *bad_position = flag == kNoBad ? -1 : static_cast<int64_t>(flag);
     if (*bad_position >= 0) {
         return set_error(CONVNET_ERR_BAD_INDEX, "%s: invalid label at flat position %lld",
                          name, static_cast<long long>(*bad_position));
@@ -139,9 +154,16 @@ CONVNET_API convnet_status convnet_softmax_loss_backward(
     clear_error();
     CONVNET_REQUIRE(batch >= 0 && classes >= 0 && spatial >= 0,
                     "convnet_softmax_loss_backward", "negative size");
-    return launch("softmax_loss_backward", batch * classes * spatial, as_stream(stream),
-                  softmax_backward_kernel, prob, label_index, weight, grad, batch, classes,
-                  spatial);
+    const int64_t n = batch * classes * spatial;
+    if (n < 2147483647LL) {
+        return launch("softmax_loss_backward", n, as_stream(stream),
+                      softmax_backward_kernel<int32_t>, prob, label_index, weight, grad,
+                      static_cast<int32_t>(batch), static_cast<int32_t>(classes),
+                      static_cast<int32_t>(spatial));
+    }
+    return launch("softmax_loss_backward", n, as_stream(stream),
+                  softmax_backward_kernel<int64_t>, prob, label_index, weight, grad, batch,
+                  classes, spatial);
 }
 
 }  // extern "C"

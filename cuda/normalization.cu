@@ -1,4 +1,4 @@
-// BatchNorm: per-channel statistics and gradient sums (one block per channel, double
+// BatchNorm: per-channel statistics and gradient sums (channels x parts blocks, double
 // accumulators, fixed order: deterministic), element-wise normalisation and input gradient.
 #include <math.h>
 
@@ -9,31 +9,44 @@ using namespace convnet;
 namespace convnet {
 namespace normalization_impl {
 
-__device__ inline const float* channel_value(const float* a, int64_t j, int64_t c,
-                                             int64_t channels, int64_t spatial) {
-    return a + ((j / spatial) * channels + c) * spatial + j % spatial;
-}
+constexpr int64_t kInt32Limit = 2147483647LL;
 
-__global__ void stats_kernel(const float* x, float* mean, float* var, int64_t batch,
-                             int64_t channels, int64_t spatial) {
-    const int64_t c = blockIdx.x;
-    const int64_t count = batch * spatial;
-    double acc = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        acc += *channel_value(x, j, c, channels, spatial);
+struct SumTerm {
+    const float* x;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        acc[0] += channel_at(x, j, c, channels, spatial);
     }
-    const double mu = block_sum(acc) / static_cast<double>(count);
-    acc = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        const double d = *channel_value(x, j, c, channels, spatial) - mu;
-        acc += d * d;
+};
+
+struct StoreMean {
+    double* mean;
+    double count;
+    __device__ void operator()(int64_t c, const double* total) const {
+        mean[c] = total[0] / count;
     }
-    const double sigma2 = block_sum(acc) / static_cast<double>(count);
-    if (threadIdx.x == 0) {
-        mean[c] = static_cast<float>(mu);
-        var[c] = static_cast<float>(sigma2);
+};
+
+struct SquareTerm {
+    const float* x;
+    const double* mean;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        const double d = channel_at(x, j, c, channels, spatial) - mean[c];
+        acc[0] += d * d;
     }
-}
+};
+
+struct StoreStats {
+    const double* mean_in;
+    float* mean;
+    float* var;
+    double count;
+    __device__ void operator()(int64_t c, const double* total) const {
+        mean[c] = static_cast<float>(mean_in[c]);
+        var[c] = static_cast<float>(total[0] / count);
+    }
+};
 
 __global__ void update_kernel(float* running_mean, float* running_var, const float* mean,
                               const float* var, float fraction, float correction,
@@ -44,11 +57,13 @@ __global__ void update_kernel(float* running_mean, float* running_var, const flo
     }
 }
 
+// I: int32_t when n fits (32-bit channel decomposition), else int64_t.
+template <typename I>
 __global__ void forward_kernel(const float* x, const float* mean, const float* var, float eps,
-                               const float* scale, const float* bias, float* y, int64_t n,
-                               int64_t channels, int64_t spatial) {
+                               const float* scale, const float* bias, float* y, I n,
+                               I channels, I spatial) {
     CONVNET_GRID_STRIDE(i, n) {
-        const int64_t c = (i / spatial) % channels;
+        const I c = (static_cast<I>(i) / spatial) % channels;
         float a = 1.0f / sqrtf(var[c] + eps);
         if (scale != nullptr) a *= scale[c];
         float b = -mean[c] * a;
@@ -57,37 +72,42 @@ __global__ void forward_kernel(const float* x, const float* mean, const float* v
     }
 }
 
-// sums[2c] = sum dy, sums[2c + 1] = sum dy * xhat; dscale / dbias += them.
-__global__ void grad_sums_kernel(const float* dy, const float* x, const float* mean,
-                                 const float* var, float eps, double* sums, float* dscale,
-                                 float* dbias, int64_t batch, int64_t channels,
-                                 int64_t spatial) {
-    const int64_t c = blockIdx.x;
-    const int64_t count = batch * spatial;
-    const float inv_std = 1.0f / sqrtf(var[c] + eps);
-    const float mu = mean[c];
-    double sum_dy = 0.0, sum_dy_xhat = 0.0;
-    for (int64_t j = threadIdx.x; j < count; j += blockDim.x) {
-        const float g = *channel_value(dy, j, c, channels, spatial);
-        const float xhat = (*channel_value(x, j, c, channels, spatial) - mu) * inv_std;
-        sum_dy += g;
-        sum_dy_xhat += static_cast<double>(g) * xhat;
+// acc[0] += dy, acc[1] += dy * xhat at (c, j).
+struct GradTerm {
+    const float* dy;
+    const float* x;
+    const float* mean;
+    const float* var;
+    float eps;
+    int64_t channels, spatial;
+    __device__ void operator()(int64_t c, int64_t j, double* acc) const {
+        const float inv_std = 1.0f / sqrtf(var[c] + eps);
+        const float g = channel_at(dy, j, c, channels, spatial);
+        const float xhat = (channel_at(x, j, c, channels, spatial) - mean[c]) * inv_std;
+        acc[0] += g;
+        acc[1] += static_cast<double>(g) * xhat;
     }
-    sum_dy = block_sum(sum_dy);
-    sum_dy_xhat = block_sum(sum_dy_xhat);
-    if (threadIdx.x == 0) {
-        sums[2 * c] = sum_dy;
-        sums[2 * c + 1] = sum_dy_xhat;
-        if (dscale != nullptr) dscale[c] += static_cast<float>(sum_dy_xhat);
-        if (dbias != nullptr) dbias[c] += static_cast<float>(sum_dy);
-    }
-}
+};
 
+// sums[2c] = sum dy, sums[2c + 1] = sum dy * xhat; dscale / dbias += them.
+struct StoreGradSums {
+    double* sums;
+    float* dscale;
+    float* dbias;
+    __device__ void operator()(int64_t c, const double* total) const {
+        sums[2 * c] = total[0];
+        sums[2 * c + 1] = total[1];
+        if (dscale != nullptr) dscale[c] += static_cast<float>(total[1]);
+        if (dbias != nullptr) dbias[c] += static_cast<float>(total[0]);
+    }
+};
+
+template <typename I>
 __global__ void dx_kernel(const float* dy, const float* x, const float* mean, const float* var,
                           float eps, const float* scale, const double* sums, float* dx,
-                          int64_t n, int64_t channels, int64_t spatial, int64_t count) {
+                          I n, I channels, I spatial, int64_t count) {
     CONVNET_GRID_STRIDE(i, n) {
-        const int64_t c = (i / spatial) % channels;
+        const I c = (static_cast<I>(i) / spatial) % channels;
         const float inv_std = 1.0f / sqrtf(var[c] + eps);
         const float gain = scale != nullptr ? inv_std * scale[c] : inv_std;
         if (sums == nullptr) {
@@ -115,8 +135,19 @@ CONVNET_API convnet_status convnet_batch_norm_stats(const float* x, float* mean,
     const char* name = "convnet_batch_norm_stats";
     CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, name, "negative size");
     CONVNET_REQUIRE(channels == 0 || batch * spatial > 0, name, "no values per channel");
-    return launch_blocks(name, channels, as_stream(stream), stats_kernel, x, mean, var, batch,
-                         channels, spatial);
+    if (channels == 0) return CONVNET_OK;
+    cudaStream_t s = as_stream(stream);
+    const int64_t count = batch * spatial;
+    // two passes (mean, then the centred squares: no cancellation), each over a
+    // channels x parts grid with a fixed-order second stage
+    Scratch mu(s);
+    CONVNET_TRY(mu.allocate(channels * static_cast<int64_t>(sizeof(double)), name));
+    CONVNET_TRY(channel_sums<1>(name, SumTerm{x, channels, spatial},
+                                StoreMean{mu.as<double>(), static_cast<double>(count)},
+                                channels, count, s));
+    return channel_sums<1>(name, SquareTerm{x, mu.as<double>(), channels, spatial},
+                           StoreStats{mu.as<double>(), mean, var, static_cast<double>(count)},
+                           channels, count, s);
 }
 
 CONVNET_API convnet_status convnet_batch_norm_update(float* running_mean, float* running_var,
@@ -139,8 +170,13 @@ CONVNET_API convnet_status convnet_batch_norm_forward(const float* x, const floa
     CONVNET_REQUIRE(batch >= 0 && channels >= 0 && spatial >= 0, "convnet_batch_norm_forward",
                     "negative size");
     const int64_t n = batch * channels * spatial;
-    return launch("batch_norm_forward", n, as_stream(stream), forward_kernel, x, mean, var, eps,
-                  scale, bias, y, n, channels, spatial);
+    if (n < kInt32Limit) {
+        return launch("batch_norm_forward", n, as_stream(stream), forward_kernel<int32_t>, x,
+                      mean, var, eps, scale, bias, y, static_cast<int32_t>(n),
+                      static_cast<int32_t>(channels), static_cast<int32_t>(spatial));
+    }
+    return launch("batch_norm_forward", n, as_stream(stream), forward_kernel<int64_t>, x, mean,
+                  var, eps, scale, bias, y, n, channels, spatial);
 }
 
 CONVNET_API convnet_status convnet_batch_norm_backward(
@@ -157,13 +193,19 @@ CONVNET_API convnet_status convnet_batch_norm_backward(
     Scratch sums(s);
     if (need_sums && n > 0) {
         CONVNET_TRY(sums.allocate(2 * channels * sizeof(double), name));
-        CONVNET_TRY(launch_blocks(name, channels, s, grad_sums_kernel, dy, x, mean, var, eps,
-                                  sums.as<double>(), dscale, dbias, batch, channels, spatial));
+        CONVNET_TRY(channel_sums<2>(name, GradTerm{dy, x, mean, var, eps, channels, spatial},
+                                    StoreGradSums{sums.as<double>(), dscale, dbias}, channels,
+                                    batch * spatial, s));
     }
     if (dx == nullptr) return CONVNET_OK;
     const double* used = batch_stats ? sums.as<double>() : nullptr;
-    return launch(name, n, s, dx_kernel, dy, x, mean, var, eps, scale, used, dx, n, channels,
-                  spatial, batch * spatial);
+    if (n < kInt32Limit) {
+        return launch(name, n, s, dx_kernel<int32_t>, dy, x, mean, var, eps, scale, used, dx,
+                      static_cast<int32_t>(n), static_cast<int32_t>(channels),
+                      static_cast<int32_t>(spatial), batch * spatial);
+    }
+    return launch(name, n, s, dx_kernel<int64_t>, dy, x, mean, var, eps, scale, used, dx, n,
+                  channels, spatial, batch * spatial);
 }
 
 }  // extern "C"

@@ -8,33 +8,55 @@ using namespace convnet;
 namespace convnet {
 namespace pooling_impl {
 
-struct Window {
-    int64_t planes, height, width, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+// The window geometry in the kernels' index type I: int32_t when the input and output
+// sizes fit (32-bit index decompositions), else int64_t.
+template <typename I>
+struct WindowT {
+    I planes, height, width, out_h, out_w, kernel_h, kernel_w, stride_h, stride_w, pad_h,
         pad_w;
 };
+using Window = WindowT<int64_t>;
 
-template <typename Index>
+template <typename I>
+WindowT<I> narrow(const Window& g) {
+    return WindowT<I>{static_cast<I>(g.planes),   static_cast<I>(g.height),
+                      static_cast<I>(g.width),    static_cast<I>(g.out_h),
+                      static_cast<I>(g.out_w),    static_cast<I>(g.kernel_h),
+                      static_cast<I>(g.kernel_w), static_cast<I>(g.stride_h),
+                      static_cast<I>(g.stride_w), static_cast<I>(g.pad_h),
+                      static_cast<I>(g.pad_w)};
+}
+
+// True when every offset of x and y fits int32_t.
+inline bool fits32(const Window& g) {
+    const int64_t in = g.planes * g.height * g.width;
+    const int64_t out = g.planes * g.out_h * g.out_w;
+    return (in > out ? in : out) < 2147483647LL;
+}
+
+template <typename Index, typename I>
 __global__ void max_forward_kernel(const float* x, float* y, Index* argmax, float* mask,
-                                   Window g) {
-    const int64_t n = g.planes * g.out_h * g.out_w;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t ow = index % g.out_w;
-        const int64_t oh = (index / g.out_w) % g.out_h;
-        const int64_t p = index / (g.out_w * g.out_h);
-        int64_t hs = oh * g.stride_h - g.pad_h;
-        int64_t ws = ow * g.stride_w - g.pad_w;
-        const int64_t he = min(min(hs + g.kernel_h, g.height + g.pad_h), g.height);
-        const int64_t we = min(min(ws + g.kernel_w, g.width + g.pad_w), g.width);
-        hs = max(hs, int64_t(0));
-        ws = max(ws, int64_t(0));
+                                   WindowT<I> g) {
+    const I n = g.planes * g.out_h * g.out_w;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I ow = index % g.out_w;
+        const I oh = (index / g.out_w) % g.out_h;
+        const I p = index / (g.out_w * g.out_h);
+        I hs = oh * g.stride_h - g.pad_h;
+        I ws = ow * g.stride_w - g.pad_w;
+        const I he = min(min(hs + g.kernel_h, g.height + g.pad_h), g.height);
+        const I we = min(min(ws + g.kernel_w, g.width + g.pad_w), g.width);
+        hs = max(hs, I(0));
+        ws = max(ws, I(0));
         const float* plane = x + p * g.height * g.width;
         float best = 0.0f;
-        int64_t best_i = 0;
+        I best_i = 0;
         if (hs < he && ws < we) {   // always true for validated shapes
             best_i = hs * g.width + ws;
             best = plane[best_i];
-            for (int64_t h = hs; h < he; ++h) {
-                for (int64_t w = ws; w < we; ++w) {
+            for (I h = hs; h < he; ++h) {
+                for (I w = ws; w < we; ++w) {
                     const float v = plane[h * g.width + w];
                     if (v > best || v != v) {   // a NaN wins, as in the CPU kernel
                         best = v;
@@ -49,28 +71,30 @@ __global__ void max_forward_kernel(const float* x, float* y, Index* argmax, floa
     }
 }
 
-template <typename Index>
-__global__ void max_backward_kernel(const float* dy, const Index* argmax, float* dx, Window g) {
-    const int64_t n = g.planes * g.height * g.width;
-    const int64_t out_plane = g.out_h * g.out_w;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t w = index % g.width;
-        const int64_t h = (index / g.width) % g.height;
-        const int64_t p = index / (g.width * g.height);
-        const int64_t hp = h + g.pad_h;
-        const int64_t wp = w + g.pad_w;
-        const int64_t oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
-        const int64_t ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
-        const int64_t oh_end = min(hp / g.stride_h + 1, g.out_h);
-        const int64_t ow_end = min(wp / g.stride_w + 1, g.out_w);
-        const int64_t self = h * g.width + w;
+template <typename Index, typename I>
+__global__ void max_backward_kernel(const float* dy, const Index* argmax, float* dx,
+                                    WindowT<I> g) {
+    const I n = g.planes * g.height * g.width;
+    const I out_plane = g.out_h * g.out_w;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I w = index % g.width;
+        const I h = (index / g.width) % g.height;
+        const I p = index / (g.width * g.height);
+        const I hp = h + g.pad_h;
+        const I wp = w + g.pad_w;
+        const I oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
+        const I ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
+        const I oh_end = min(hp / g.stride_h + 1, g.out_h);
+        const I ow_end = min(wp / g.stride_w + 1, g.out_w);
+        const I self = h * g.width + w;
         const float* dyp = dy + p * out_plane;
         const Index* ap = argmax + p * out_plane;
         float acc = 0.0f;
-        for (int64_t oh = oh_start; oh < oh_end; ++oh) {
-            for (int64_t ow = ow_start; ow < ow_end; ++ow) {
-                const int64_t o = oh * g.out_w + ow;
-                if (static_cast<int64_t>(ap[o]) == self) acc += dyp[o];
+        for (I oh = oh_start; oh < oh_end; ++oh) {
+            for (I ow = ow_start; ow < ow_end; ++ow) {
+                const I o = oh * g.out_w + ow;
+                if (static_cast<I>(ap[o]) == self) acc += dyp[o];
             }
         }
         dx[index] = acc;
@@ -93,54 +117,58 @@ __global__ void max_backward_plane_kernel(const float* dy, const Index* argmax, 
     }
 }
 
-__device__ inline int64_t pool_size(int64_t o, int64_t stride, int64_t pad, int64_t kernel,
-                                    int64_t size) {
-    const int64_t s = o * stride - pad;
+template <typename I>
+__device__ inline I pool_size(I o, I stride, I pad, I kernel, I size) {
+    const I s = o * stride - pad;
     return min(s + kernel, size + pad) - s;
 }
 
-__global__ void ave_forward_kernel(const float* x, float* y, Window g) {
-    const int64_t n = g.planes * g.out_h * g.out_w;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t ow = index % g.out_w;
-        const int64_t oh = (index / g.out_w) % g.out_h;
-        const int64_t p = index / (g.out_w * g.out_h);
-        const int64_t hs0 = oh * g.stride_h - g.pad_h;
-        const int64_t ws0 = ow * g.stride_w - g.pad_w;
-        const int64_t he = min(min(hs0 + g.kernel_h, g.height + g.pad_h), g.height);
-        const int64_t we = min(min(ws0 + g.kernel_w, g.width + g.pad_w), g.width);
-        const int64_t hs = max(hs0, int64_t(0));
-        const int64_t ws = max(ws0, int64_t(0));
+template <typename I>
+__global__ void ave_forward_kernel(const float* x, float* y, WindowT<I> g) {
+    const I n = g.planes * g.out_h * g.out_w;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I ow = index % g.out_w;
+        const I oh = (index / g.out_w) % g.out_h;
+        const I p = index / (g.out_w * g.out_h);
+        const I hs0 = oh * g.stride_h - g.pad_h;
+        const I ws0 = ow * g.stride_w - g.pad_w;
+        const I he = min(min(hs0 + g.kernel_h, g.height + g.pad_h), g.height);
+        const I we = min(min(ws0 + g.kernel_w, g.width + g.pad_w), g.width);
+        const I hs = max(hs0, I(0));
+        const I ws = max(ws0, I(0));
         const float* plane = x + p * g.height * g.width;
         float acc = 0.0f;
-        for (int64_t h = hs; h < he; ++h) {
-            for (int64_t w = ws; w < we; ++w) acc += plane[h * g.width + w];
+        for (I h = hs; h < he; ++h) {
+            for (I w = ws; w < we; ++w) acc += plane[h * g.width + w];
         }
-        const int64_t count = pool_size(oh, g.stride_h, g.pad_h, g.kernel_h, g.height) *
+        const I count = pool_size(oh, g.stride_h, g.pad_h, g.kernel_h, g.height) *
                               pool_size(ow, g.stride_w, g.pad_w, g.kernel_w, g.width);
         y[index] = acc / static_cast<float>(count);
     }
 }
 
-__global__ void ave_backward_kernel(const float* dy, float* dx, Window g) {
-    const int64_t n = g.planes * g.height * g.width;
-    const int64_t out_plane = g.out_h * g.out_w;
-    CONVNET_GRID_STRIDE(index, n) {
-        const int64_t w = index % g.width;
-        const int64_t h = (index / g.width) % g.height;
-        const int64_t p = index / (g.width * g.height);
-        const int64_t hp = h + g.pad_h;
-        const int64_t wp = w + g.pad_w;
-        const int64_t oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
-        const int64_t ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
-        const int64_t oh_end = min(hp / g.stride_h + 1, g.out_h);
-        const int64_t ow_end = min(wp / g.stride_w + 1, g.out_w);
+template <typename I>
+__global__ void ave_backward_kernel(const float* dy, float* dx, WindowT<I> g) {
+    const I n = g.planes * g.height * g.width;
+    const I out_plane = g.out_h * g.out_w;
+    CONVNET_GRID_STRIDE(index64, n) {
+        const I index = static_cast<I>(index64);
+        const I w = index % g.width;
+        const I h = (index / g.width) % g.height;
+        const I p = index / (g.width * g.height);
+        const I hp = h + g.pad_h;
+        const I wp = w + g.pad_w;
+        const I oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
+        const I ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
+        const I oh_end = min(hp / g.stride_h + 1, g.out_h);
+        const I ow_end = min(wp / g.stride_w + 1, g.out_w);
         const float* dyp = dy + p * out_plane;
         float acc = 0.0f;
-        for (int64_t oh = oh_start; oh < oh_end; ++oh) {
-            const int64_t ph = pool_size(oh, g.stride_h, g.pad_h, g.kernel_h, g.height);
-            for (int64_t ow = ow_start; ow < ow_end; ++ow) {
-                const int64_t pw = pool_size(ow, g.stride_w, g.pad_w, g.kernel_w, g.width);
+        for (I oh = oh_start; oh < oh_end; ++oh) {
+            const I ph = pool_size(oh, g.stride_h, g.pad_h, g.kernel_h, g.height);
+            for (I ow = ow_start; ow < ow_end; ++ow) {
+                const I pw = pool_size(ow, g.stride_w, g.pad_w, g.kernel_w, g.width);
                 acc += dyp[oh * g.out_w + ow] / static_cast<float>(ph * pw);
             }
         }
@@ -194,7 +222,7 @@ __global__ void unpool_gather_kernel(const float* dy, const void* mask, int32_t 
         const int64_t p = index / in_size;
         const int64_t j = load_index(mask, type, index, out_size);
         if (j < 0) {
-            report_bad(bad, index);
+            if (bad != nullptr) report_bad(bad, index);
             dx[index] = 0.0f;
         } else {
             dx[index] = dy[p * out_size + j];
@@ -245,11 +273,22 @@ CONVNET_API convnet_status convnet_max_pool_forward(
     WINDOW;
     CONVNET_TRY(check_window(g, "convnet_max_pool_forward", true));
     const int64_t n = planes * out_h * out_w;
-    if (argmax_is_int64) {
-        return launch("max_pool_forward", n, as_stream(stream), max_forward_kernel<int64_t>, x,
-                      y, static_cast<int64_t*>(argmax), mask, g);
+    cudaStream_t s = as_stream(stream);
+    const char* name = "max_pool_forward";
+    if (fits32(g)) {
+        const WindowT<int32_t> g32 = narrow<int32_t>(g);
+        if (argmax_is_int64) {
+            return launch(name, n, s, max_forward_kernel<int64_t, int32_t>, x, y,
+                          static_cast<int64_t*>(argmax), mask, g32);
+        }
+        return launch(name, n, s, max_forward_kernel<int32_t, int32_t>, x, y,
+                      static_cast<int32_t*>(argmax), mask, g32);
     }
-    return launch("max_pool_forward", n, as_stream(stream), max_forward_kernel<int32_t>, x, y,
+    if (argmax_is_int64) {
+        return launch(name, n, s, max_forward_kernel<int64_t, int64_t>, x, y,
+                      static_cast<int64_t*>(argmax), mask, g);
+    }
+    return launch(name, n, s, max_forward_kernel<int32_t, int64_t>, x, y,
                   static_cast<int32_t*>(argmax), mask, g);
 }
 
@@ -272,11 +311,21 @@ CONVNET_API convnet_status convnet_max_pool_backward(
     }
     CONVNET_TRY(check_window(g, "convnet_max_pool_backward", true));
     const int64_t n = planes * height * width;
+    const char* name = "max_pool_backward";
+    if (fits32(g)) {
+        const WindowT<int32_t> g32 = narrow<int32_t>(g);
+        if (argmax_is_int64) {
+            return launch(name, n, s, max_backward_kernel<int64_t, int32_t>, dy,
+                          static_cast<const int64_t*>(argmax), dx, g32);
+        }
+        return launch(name, n, s, max_backward_kernel<int32_t, int32_t>, dy,
+                      static_cast<const int32_t*>(argmax), dx, g32);
+    }
     if (argmax_is_int64) {
-        return launch("max_pool_backward", n, s, max_backward_kernel<int64_t>, dy,
+        return launch(name, n, s, max_backward_kernel<int64_t, int64_t>, dy,
                       static_cast<const int64_t*>(argmax), dx, g);
     }
-    return launch("max_pool_backward", n, s, max_backward_kernel<int32_t>, dy,
+    return launch(name, n, s, max_backward_kernel<int32_t, int64_t>, dy,
                   static_cast<const int32_t*>(argmax), dx, g);
 }
 
@@ -287,8 +336,13 @@ CONVNET_API convnet_status convnet_ave_pool_forward(
     clear_error();
     WINDOW;
     CONVNET_TRY(check_window(g, "convnet_ave_pool_forward", true));
-    return launch("ave_pool_forward", planes * out_h * out_w, as_stream(stream),
-                  ave_forward_kernel, x, y, g);
+    const int64_t n = planes * out_h * out_w;
+    if (fits32(g)) {
+        return launch("ave_pool_forward", n, as_stream(stream), ave_forward_kernel<int32_t>, x,
+                      y, narrow<int32_t>(g));
+    }
+    return launch("ave_pool_forward", n, as_stream(stream), ave_forward_kernel<int64_t>, x, y,
+                  g);
 }
 
 CONVNET_API convnet_status convnet_ave_pool_backward(
@@ -298,8 +352,13 @@ CONVNET_API convnet_status convnet_ave_pool_backward(
     clear_error();
     WINDOW;
     CONVNET_TRY(check_window(g, "convnet_ave_pool_backward", true));
-    return launch("ave_pool_backward", planes * height * width, as_stream(stream),
-                  ave_backward_kernel, dy, dx, g);
+    const int64_t n = planes * height * width;
+    if (fits32(g)) {
+        return launch("ave_pool_backward", n, as_stream(stream), ave_backward_kernel<int32_t>,
+                      dy, dx, narrow<int32_t>(g));
+    }
+    return launch("ave_pool_backward", n, as_stream(stream), ave_backward_kernel<int64_t>, dy,
+                  dx, g);
 }
 
 CONVNET_API convnet_status convnet_unpool_forward(
@@ -343,12 +402,16 @@ CONVNET_API convnet_status convnet_unpool_backward(
     int64_t in_size, int64_t out_size, int64_t* bad_position, void* stream) {
     clear_error();
     const char* name = "convnet_unpool_backward";
-    CONVNET_REQUIRE(bad_position != nullptr, name, "bad_position is NULL");
-    *bad_position = -1;
+    if (bad_position != nullptr) *bad_position = -1;
     CONVNET_REQUIRE(planes >= 0 && in_size >= 0 && out_size >= 0, name, "negative size");
     CONVNET_REQUIRE(valid_dtype(mask_type), name, "unknown mask_type");
     if (planes * in_size == 0) return CONVNET_OK;
     cudaStream_t s = as_stream(stream);
+    if (bad_position == nullptr) {
+        // a mask forward validated: no flag, no wait (invalid entries give 0)
+        return launch(name, planes * in_size, s, unpool_gather_kernel, dy, mask, mask_type,
+                      planes, in_size, out_size, dx, static_cast<unsigned long long*>(nullptr));
+    }
     BadFlag bad(s);
     CONVNET_TRY(bad.init(name));
     convnet_status status = launch(name, planes * in_size, s, unpool_gather_kernel, dy, mask,

@@ -29,6 +29,14 @@ __global__ void adam_kernel(float* data, const float* diff, float* m, float* v, 
     }
 }
 
+// Any thread that sees a non-finite value stores 1: the same store from every writer, so the
+// result does not depend on their order.
+__global__ void nonfinite_kernel(const float* x, int64_t n, int32_t* flag) {
+    CONVNET_GRID_STRIDE(i, n) {
+        if (!isfinite(x[i])) *flag = 1;
+    }
+}
+
 }  // namespace solvers_impl
 }  // namespace convnet
 
@@ -53,6 +61,14 @@ CONVNET_API convnet_status convnet_adam_update(float* data, const float* diff, f
     CONVNET_REQUIRE(n >= 0, "convnet_adam_update", "negative size");
     return launch("adam_update", n, as_stream(stream), adam_kernel, data, diff, m, v, step,
                   beta1, beta2, delta, local_decay, n);
+}
+
+CONVNET_API convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
+                                                  void* stream) {
+    clear_error();
+    CONVNET_REQUIRE(n >= 0, "convnet_flag_nonfinite", "negative size");
+    CONVNET_REQUIRE(flag != nullptr, "convnet_flag_nonfinite", "flag is NULL");
+    return launch("flag_nonfinite", n, as_stream(stream), nonfinite_kernel, x, n, flag);
 }
 
 }  // extern "C"

@@ -8,19 +8,22 @@ namespace structure_impl {
 
 constexpr int kMaxDims = 8;
 
-struct Strided {
+
+// I: int32_t when the size and every offset fit (32-bit divides), else int64_t.
+template <typename I>
+struct StridedT {
     int32_t ndim;
-    int64_t shape[kMaxDims];
-    int64_t dst_strides[kMaxDims];
-    int64_t src_strides[kMaxDims];
+    I shape[kMaxDims];
+    I dst_strides[kMaxDims];
+    I src_strides[kMaxDims];
 };
 
-template <typename T>
-__global__ void copy_strided_kernel(T* dst, const T* src, Strided a, int64_t n) {
+template <typename T, typename I>
+__global__ void copy_strided_kernel(T* dst, const T* src, StridedT<I> a, int64_t n) {
     CONVNET_GRID_STRIDE(i, n) {
-        int64_t rest = i, d = 0, s = 0;
+        I rest = static_cast<I>(i), d = 0, s = 0;
         for (int axis = a.ndim - 1; axis >= 0; --axis) {
-            const int64_t coord = rest % a.shape[axis];
+            const I coord = rest % a.shape[axis];
             rest /= a.shape[axis];
             d += coord * a.dst_strides[axis];
             s += coord * a.src_strides[axis];
@@ -44,6 +47,25 @@ __global__ void max_backward_kernel(const float* dy, const int32_t* argmax, int3
     CONVNET_GRID_STRIDE(i, n) { dx[i] = argmax[i] == index ? dy[i] : 0.0f; }
 }
 
+template <typename I>
+convnet_status copy_typed(void* dst, const void* src, int64_t itemsize, const StridedT<I>& a,
+                          int64_t n, cudaStream_t s, const char* name) {
+    switch (itemsize) {
+        case 1:
+            return launch(name, n, s, copy_strided_kernel<uint8_t, I>,
+                          static_cast<uint8_t*>(dst), static_cast<const uint8_t*>(src), a, n);
+        case 2:
+            return launch(name, n, s, copy_strided_kernel<uint16_t, I>,
+                          static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), a, n);
+        case 4:
+            return launch(name, n, s, copy_strided_kernel<uint32_t, I>,
+                          static_cast<uint32_t*>(dst), static_cast<const uint32_t*>(src), a, n);
+        default:
+            return launch(name, n, s, copy_strided_kernel<uint64_t, I>,
+                          static_cast<uint64_t*>(dst), static_cast<const uint64_t*>(src), a, n);
+    }
+}
+
 }  // namespace structure_impl
 }  // namespace convnet
 
@@ -61,34 +83,36 @@ CONVNET_API convnet_status convnet_copy_strided(void* dst, const void* src, int6
     CONVNET_REQUIRE(ndim == 0 || (shape != nullptr && dst_strides != nullptr &&
                                   src_strides != nullptr),
                     name, "NULL shape or strides");
-    Strided a{};
+    StridedT<int64_t> a{};
     a.ndim = ndim;
-    int64_t n = 1;
+    int64_t n = 1, dst_reach = 0, src_reach = 0;
     for (int axis = 0; axis < ndim; ++axis) {
         CONVNET_REQUIRE(shape[axis] >= 0, name, "negative size");
         a.shape[axis] = shape[axis];
         a.dst_strides[axis] = dst_strides[axis];
         a.src_strides[axis] = src_strides[axis];
         n *= shape[axis];
+        const int64_t last = shape[axis] > 0 ? shape[axis] - 1 : 0;
+        dst_reach += last * (dst_strides[axis] < 0 ? -dst_strides[axis] : dst_strides[axis]);
+        src_reach += last * (src_strides[axis] < 0 ? -src_strides[axis] : src_strides[axis]);
+    }
+    if (itemsize != 1 && itemsize != 2 && itemsize != 4 && itemsize != 8) {
+        return set_error(CONVNET_ERR_INVALID_ARGUMENT, "%s: itemsize %lld is not 1, 2, 4 or 8",
+                         name, static_cast<long long>(itemsize));
     }
     cudaStream_t s = as_stream(stream);
-    switch (itemsize) {
-        case 1:
-            return launch(name, n, s, copy_strided_kernel<uint8_t>, static_cast<uint8_t*>(dst),
-                          static_cast<const uint8_t*>(src), a, n);
-        case 2:
-            return launch(name, n, s, copy_strided_kernel<uint16_t>,
-                          static_cast<uint16_t*>(dst), static_cast<const uint16_t*>(src), a, n);
-        case 4:
-            return launch(name, n, s, copy_strided_kernel<uint32_t>,
-                          static_cast<uint32_t*>(dst), static_cast<const uint32_t*>(src), a, n);
-        case 8:
-            return launch(name, n, s, copy_strided_kernel<uint64_t>,
-                          static_cast<uint64_t*>(dst), static_cast<const uint64_t*>(src), a, n);
-        default: break;
+    constexpr int64_t limit = 2147483647LL;
+    if (n < limit && dst_reach < limit && src_reach < limit) {
+        StridedT<int32_t> b{};
+        b.ndim = ndim;
+        for (int axis = 0; axis < ndim; ++axis) {
+            b.shape[axis] = static_cast<int32_t>(a.shape[axis]);
+            b.dst_strides[axis] = static_cast<int32_t>(a.dst_strides[axis]);
+            b.src_strides[axis] = static_cast<int32_t>(a.src_strides[axis]);
+        }
+        return copy_typed(dst, src, itemsize, b, n, s, name);
     }
-    return set_error(CONVNET_ERR_INVALID_ARGUMENT, "%s: itemsize %lld is not 1, 2, 4 or 8",
-                     name, static_cast<long long>(itemsize));
+    return copy_typed(dst, src, itemsize, a, n, s, name);
 }
 
 CONVNET_API convnet_status convnet_eltwise_max_step(const float* x, int32_t index, float* y,

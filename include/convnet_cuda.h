@@ -60,13 +60,16 @@ CONVNET_API const char* convnet_last_error(void);
 /* host OUT count: the number of CUDA devices (0 without a driver or GPU, with status CUDA). */
 CONVNET_API convnet_status convnet_device_count(int* count);
 
-/* host OUT ptr: nbytes of device memory (NULL for 0 bytes). */
+/* host OUT ptr: nbytes of device memory (NULL for 0 bytes), stream-ordered on the legacy
+ * stream from the device's default pool, whose release threshold is raised so that freed
+ * memory stays cached (no cudaMalloc / cudaFree in steady state). */
 CONVNET_API convnet_status convnet_malloc(void** ptr, int64_t nbytes);
 
-/* Free what convnet_malloc returned (NULL is a no-op). */
+/* Free what convnet_malloc returned (NULL is a no-op), in stream order (no device-wide wait). */
 CONVNET_API convnet_status convnet_free(void* ptr);
 
-/* Copies of nbytes: host -> device, device -> host (synchronous), device -> device. */
+/* Copies of nbytes: host -> device (returns once the host bytes are staged: the caller may
+ * reuse its buffer; no wait for the device), device -> host (synchronous), device -> device. */
 CONVNET_API convnet_status convnet_memcpy_htod(void* dst, const void* src, int64_t nbytes,
                                                void* stream);
 CONVNET_API convnet_status convnet_memcpy_dtoh(void* dst, const void* src, int64_t nbytes,
@@ -92,6 +95,18 @@ CONVNET_API convnet_status convnet_set_cublas_search_path(const char* paths);
 /* Locate and load cuBLAS now (GEMM entry points do it on first use);
  * CONVNET_ERR_CUBLAS_MISSING with the places tried when none loads. */
 CONVNET_API convnet_status convnet_cublas_load(void);
+
+/* host OUT count: how many times the library has waited for the device since it loaded
+ * (every stream synchronisation, device-to-host copies included): what a training step
+ * costs in host waits. */
+CONVNET_API convnet_status convnet_host_waits(int64_t* count);
+
+/* 1 for the host build (cuda/*.cu compiled for the CPU through cuda/host/), 0 for a GPU. */
+CONVNET_API int convnet_is_host_build(void);
+
+/* host OUT bytes: device memory held by live convnet_malloc blocks of the current device
+ * (its memory pool's used bytes on a GPU, which includes other users of that pool). */
+CONVNET_API convnet_status convnet_memory_in_use(int64_t* bytes);
 
 /* ======================================================================== blas (blas.cu) */
 
@@ -143,12 +158,15 @@ CONVNET_API convnet_status convnet_col2im(const float* col, int64_t channels, in
 /* The three convolution primitives share one geometry: the convolution's input x
  * (N, C, H, W), its output y (N, M, OH, OW), weight (M, C/group, kh, kw), and a scratch col
  * (C*kh*kw*OH*OW,) (may be NULL for kernel 1x1, stride 1, pad 0, which reads x directly).
- * Each image runs im2col / col2im and one gemm per group.
+ * Images go in runs: as many as CONVNET_CUDA_CONV_WORKSPACE bytes (environment; default
+ * 256 MiB) of column scratch hold, taken from the memory pool; each run is one im2col /
+ * col2im launch and one strided-batched sgemm per group (col serves runs of one image).
  *
  * forward:         y = conv(x) + bias (bias (M,) or NULL)
  * backward_data:   x = conv^T(y) + bias (the adjoint of forward's linear part, overwriting x;
  *                  bias (C,) or NULL: Deconvolution's forward)
- * backward_weight: weight += the weight gradient for input x and output gradient y
+ * backward_weight: weight += the weight gradient for input x and output gradient y (a run's
+ *                  per-image gradients summed in image order: deterministic)
  * backward_bias:   dbias (M,) += sum of dy (N, M, S) over N and S (deterministic) */
 CONVNET_API convnet_status convnet_conv_forward(
     const float* x, const float* weight, const float* bias, float* y, float* col,
@@ -219,7 +237,8 @@ CONVNET_API convnet_status convnet_unpool_forward(
     int32_t index_is_int64, int64_t planes, int64_t in_size, int64_t out_size,
     int64_t* bad_position, void* stream);
 
-/* dx (P, in_size) = dy[p, mask[p, i]] (a gather); bad values as for forward. Synchronous. */
+/* dx (P, in_size) = dy[p, mask[p, i]] (a gather); bad values as for forward (synchronous),
+ * or, with bad_position NULL (a mask that forward validated), dx = 0 there and no wait. */
 CONVNET_API convnet_status convnet_unpool_backward(
     const float* dy, const void* mask, int32_t mask_type, float* dx, int64_t planes,
     int64_t in_size, int64_t out_size, int64_t* bad_position, void* stream);
@@ -238,8 +257,9 @@ CONVNET_API convnet_status convnet_interp_bilinear_forward(
     const float* col_weights, void* stream);
 
 /* dx (P, in_h, in_w) = the adjoint of bilinear_forward applied to dy (overwritten): columns
- * first into a scratch (P, OH, in_w), one thread per output row, then rows, one thread per
- * input column; each thread owns what it writes (deterministic, no atomics). */
+ * first into a scratch (P, OH, in_w), then rows, each as a gather (the tables are inverted on
+ * the device; one thread per element written sums its taps in table order: deterministic,
+ * no atomics). */
 CONVNET_API convnet_status convnet_interp_bilinear_backward(
     const float* dy, float* dx, int64_t planes, int64_t in_h, int64_t in_w, int64_t out_h,
     int64_t out_w, const int64_t* rows, const float* row_weights, const int64_t* cols,
@@ -300,8 +320,8 @@ CONVNET_API convnet_status convnet_dropout_mask(uint64_t seed, uint64_t offset, 
 
 /* ====================================================== normalization (normalization.cu) */
 
-/* Arrays x, y, dy, dx (N, C, S); per-channel vectors (C,). Per-channel reductions run one
- * block per channel in double, in a fixed order (deterministic). */
+/* Arrays x, y, dy, dx (N, C, S); per-channel vectors (C,). Per-channel reductions run on a
+ * channels x parts grid in double, then add each channel's parts in order (deterministic). */
 
 /* mean, var (biased) of x over N and S. */
 CONVNET_API convnet_status convnet_batch_norm_stats(const float* x, float* mean, float* var,
@@ -366,6 +386,12 @@ CONVNET_API convnet_status convnet_adam_update(float* data, const float* diff, f
                                                float* v, float step, float beta1, float beta2,
                                                float delta, float local_decay, int64_t n,
                                                void* stream);
+
+/* device INOUT flag (one int32): set to 1 when x (n,) holds a NaN or an Inf, else left as
+ * it is. Queue it for every gradient after one memset and read the flag back once: the
+ * solver's finite check without downloading the gradients. */
+CONVNET_API convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
+                                                  void* stream);
 
 #ifdef __cplusplus
 }

@@ -3,8 +3,9 @@ threads (each element is computed alone, so the thread count never changes a res
 
 Caffe's ReLU: y = x where x > 0, negative_slope * x elsewhere; the gradient is dy where
 x > 0 and negative_slope * dy elsewhere (x the bottom, or the top when negative_slope >= 0:
-same sign). The gradient is dy times 1 or negative_slope (as Caffe writes it), so a NaN in dy
-stays NaN; a NaN in x stays NaN in y, as NumPy's maximum and PyTorch's relu keep it.
+same sign). The gradient is dy times Caffe's factor (x > 0) + negative_slope * (x <= 0), so a
+NaN in dy stays NaN and a NaN x gives factor 0; a NaN in x stays NaN in y, as NumPy's maximum
+and PyTorch's relu keep it. The CUDA kernels (cuda/activation.cu) agree bit for bit.
 """
 
 from cython cimport floating
@@ -47,4 +48,5 @@ def relu_backward(const floating[::1] dy,   # IN  (n,)
         for k in prange(chunks, schedule='static'):
             end = min((k + 1) * CHUNK, n)
             for i in range(k * CHUNK, end):
-                dx[i] = dy[i] * (1 if ref[i] > 0 else slope)
+                # Caffe's factor (x > 0) + slope * (x <= 0): 0 where x is NaN
+                dx[i] = dy[i] * (1 if ref[i] > 0 else (slope if ref[i] <= 0 else 0))

@@ -349,6 +349,8 @@ def run(args):
         from convnet import cuda as ccuda
         if not ccuda.is_available():
             sys.exit(f"convnet CUDA unavailable: {ccuda.unavailable_reason()}")
+        import bench_cuda   # every layer on the GPU; the GPU's sgemm rate and copy bandwidth
+        bench_cuda.install(globals())
     convnet.set_num_threads(args.threads)
     if torch is not None:
         torch.set_num_threads(args.threads)

@@ -25,18 +25,27 @@ def pytest_report_header(config):
             f"openmp={convnet.openmp_enabled()}")
 
 
-def cuda_available():
+def cuda_unavailable_reason():
+    """"" when GPU tests can run, else why not, as convnet.cuda found it (no library, an old
+    driver, no GPU, ...): a skip on a misconfigured GPU machine must not look like 'no GPU'."""
     try:
         from convnet import cuda
-        return cuda.is_available()
-    except Exception:   # a broken or missing CUDA build must never break the CPU suite
-        return False
+        if cuda.is_available():
+            return ""
+        return cuda.unavailable_reason() or "convnet.cuda.is_available() is False"
+    except Exception as exc:   # a broken CUDA build must never break the CPU suite
+        return f"convnet.cuda failed to import: {exc}"
+
+
+def cuda_available():
+    return not cuda_unavailable_reason()
 
 
 def pytest_collection_modifyitems(config, items):
-    if cuda_available():
+    reason = cuda_unavailable_reason()
+    if not reason:
         return
-    skip = pytest.mark.skip(reason="no CUDA GPU available")
+    skip = pytest.mark.skip(reason=f"CUDA tests need a GPU: {reason}")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -322,8 +322,9 @@ def pooling_max_forward(x, y, argmax, mask, kernel, stride, pad):
                                    stride[1], pad[0], pad[1])
 
 
-def pooling_max_backward(dy, argmax, dx):
-    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane."""
+def pooling_max_backward(dy, argmax, dx, kernel=None, stride=None, pad=None):
+    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane. kernel, stride, pad: the
+    forward's windows (the GPU gathers through them; this scatter does not need them)."""
     _pooling_kernels().max_backward(dy, argmax, dx)
 
 
@@ -874,6 +875,11 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
     np.divide(m, tmp, out=tmp)
     tmp *= local_rate * correction
     data -= tmp
+
+
+def all_finite(arrays):
+    """True when no array of ``arrays`` holds a NaN or an Inf."""
+    return all(bool(np.isfinite(a).all()) for a in arrays)
 
 
 def net_accumulate(dst, src):

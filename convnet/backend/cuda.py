@@ -331,17 +331,17 @@ def pooling_max_forward(x, y, argmax, mask, kernel, stride, pad):
     _dev(argmax)
     _lib.call("convnet_max_pool_forward", _f(x), _f(y), argmax.ptr, _index_is_64(argmax),
               _f(mask), *_pool_args(x.shape, y.shape, kernel, stride, pad))
-    # backward gathers over the windows that hold each pixel, so it needs their geometry
-    argmax._pool_window = (tuple(kernel), tuple(stride), tuple(pad))
 
 
-def pooling_max_backward(dy, argmax, dx):
-    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane (a gather per input pixel
-    over the windows containing it when argmax came from pooling_max_forward; otherwise one
-    thread per plane). Deterministic."""
+def pooling_max_backward(dy, argmax, dx, kernel=None, stride=None, pad=None):
+    """OUT dx (N, C, H, W) = 0, then dx[argmax] += dy per plane: a gather per input pixel
+    over the windows (kernel, stride, pad: the forward's) that contain it. Without the
+    geometry (kernel None) one thread per plane scans its outputs: correct, deterministic,
+    and far slower. The geometry is an argument, not something carried by the argmax array,
+    so a copy or view of the argmax keeps the fast path."""
     _dev(argmax)
-    window = getattr(argmax, "_pool_window", None)
-    kernel, stride, pad = window if window is not None else ((0, 0), (1, 1), (0, 0))
+    if kernel is None:
+        kernel, stride, pad = (0, 0), (1, 1), (0, 0)
     _lib.call("convnet_max_pool_backward", _f(dy), argmax.ptr, _index_is_64(argmax), _f(dx),
               *_pool_args(dx.shape, dy.shape, kernel, stride, pad))
 
@@ -379,9 +379,9 @@ def pooling_unpool_backward(dy, index, dx):
     """OUT dx = dy[index] per plane (a gather), index from pooling_unpool_forward."""
     _dev(index)
     n, c, h, w = dx.shape
-    bad = _lib.byref_int64(-1)
+    # forward validated the index (-1 where it found a bad value): no flag, no host wait
     _lib.call("convnet_unpool_backward", _f(dy), index.ptr, _code(index, "the unpooling index"),
-              _f(dx), n * c, h * w, dy.shape[2] * dy.shape[3], _lib.ref(bad), None)
+              _f(dx), n * c, h * w, dy.shape[2] * dy.shape[3], None, None)
 
 
 # ---- interp
@@ -577,6 +577,19 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
     _lib.call("convnet_adam_update", _f(data), _f(diff), _f(m), _f(v),
               float(local_rate * correction), float(beta1), float(beta2), float(delta),
               float(local_decay), data.size, None)
+
+
+def all_finite(arrays):
+    """True when no array of ``arrays`` (float32 DeviceArrays) holds a NaN or an Inf: one
+    device flag for all of them, one 4-byte read-back (the gradients stay on the GPU)."""
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        return True
+    flag = DeviceArray((1,), np.int32)
+    flag.fill(0)
+    for a in arrays:
+        _lib.call("convnet_flag_nonfinite", _f(a), a.size, flag.ptr, None)
+    return not bool(flag.get()[0])
 
 
 def net_accumulate(dst, src):

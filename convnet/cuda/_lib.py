@@ -32,6 +32,11 @@ ERR_OUT_OF_MEMORY = 6
 INT32, INT64, FLOAT32, FLOAT64 = 0, 1, 2, 3
 
 LIBRARY_NAME = "libconvnet_cuda.so"
+#: the same cuda/*.cu sources built for the host by the C++ compiler (cuda/host/): every
+#: kernel runs on the CPU, one thread per block; CI runs the CUDA tests against it
+HOST_LIBRARY_NAME = "libconvnet_cuda_host.so"
+#: CONVNET_CUDA_HOST=1 selects the host build (as use_host_build() does)
+HOST_ENV = "CONVNET_CUDA_HOST"
 
 
 class CudaError(ConvnetError, RuntimeError):
@@ -86,6 +91,12 @@ FUNCTIONS = [
     ("convnet_set_cublas_search_path", status_t, [c_char_p]),
     # convnet_status convnet_cublas_load(void);
     ("convnet_cublas_load", status_t, []),
+    # convnet_status convnet_host_waits(int64_t* count);
+    ("convnet_host_waits", status_t, [out_i64]),
+    # int convnet_is_host_build(void);
+    ("convnet_is_host_build", c_int, []),
+    # convnet_status convnet_memory_in_use(int64_t* bytes);
+    ("convnet_memory_in_use", status_t, [out_i64]),
     # ---------------------------------------------------------------- blas
     # convnet_status convnet_gemm(int32_t trans_a, int32_t trans_b, int64_t m, int64_t n,
     #     int64_t k, float alpha, const float* a, int64_t lda, const float* b, int64_t ldb,
@@ -236,19 +247,42 @@ FUNCTIONS = [
     #     void* stream);
     ("convnet_adam_update", status_t, [ptr, ptr, ptr, ptr, f32, f32, f32, f32, f32, i64,
                                        stream]),
+    # convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
+    #                                       void* stream);
+    ("convnet_flag_nonfinite", status_t, [ptr, i64, ptr, stream]),
 ]
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _lib = None
 _load_error = None
+_use_host = None   # None: follow $CONVNET_CUDA_HOST
+
+
+def host_build_selected():
+    """True when the host build (libconvnet_cuda_host.so) is the library to load."""
+    if _use_host is not None:
+        return _use_host
+    return os.environ.get(HOST_ENV, "0") not in ("", "0")
+
+
+def select_host_build(enabled):
+    """Load the host build (True), the GPU build (False) or follow $CONVNET_CUDA_HOST (None)
+    from the next call on. Arrays made by the other library must not be used afterwards."""
+    global _use_host, _lib, _load_error
+    with _lock:
+        _use_host = None if enabled is None else bool(enabled)
+        _lib = None
+        _load_error = None
 
 
 def library_path():
-    """$CONVNET_CUDA_LIB, else libconvnet_cuda.so beside this module."""
+    """$CONVNET_CUDA_LIB, else libconvnet_cuda.so (or, with the host build selected,
+    libconvnet_cuda_host.so) beside this module."""
     explicit = os.environ.get("CONVNET_CUDA_LIB")
     if explicit:
         return explicit
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), LIBRARY_NAME)
+    name = HOST_LIBRARY_NAME if host_build_selected() else LIBRARY_NAME
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
 
 
 def cublas_search_dirs():
@@ -273,8 +307,17 @@ def cublas_search_dirs():
     return dirs
 
 
+_opened = {}   # path -> library: a library is loaded (and its table applied) once per process
+
+
 def _open(path):
+    real = os.path.realpath(path)
+    if real in _opened:
+        return _opened[real]
     if not os.path.exists(path):
+        if os.path.basename(path) == HOST_LIBRARY_NAME:
+            raise OSError(f"{path} does not exist (setup.py builds the host build with the C++ "
+                          f"compiler: pip install ., or python setup.py build_ext --inplace)")
         raise OSError(f"{path} does not exist (build it with nvcc: CONVNET_CUDA=1 pip install ., "
                       f"or point CONVNET_CUDA_LIB at it)")
     lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
@@ -287,12 +330,16 @@ def _open(path):
         raise OSError(f"{path} has ABI version {version}, this convnet needs {ABI_VERSION}; "
                       f"rebuild the CUDA library")
     lib.convnet_set_cublas_search_path(":".join(cublas_search_dirs()).encode())
+    _opened[real] = lib
     return lib
 
 
 def load():
     """The loaded library (cached). Raises OSError with the reason when it cannot be loaded."""
     global _lib, _load_error
+    lib = _lib
+    if lib is not None:
+        return lib
     with _lock:
         if _lib is None and _load_error is None:
             try:
@@ -302,6 +349,11 @@ def load():
         if _lib is None:
             raise OSError(_load_error)
         return _lib
+
+
+def current():
+    """The loaded library, or None (never loads)."""
+    return _lib
 
 
 def last_error():

@@ -34,18 +34,35 @@ def _shape(shape):
 
 
 class _Buffer:
-    """Owns one device allocation; freed once, when closed or garbage-collected."""
+    """Owns one device allocation of the library that made it; freed once, when closed or
+    garbage-collected. A closed buffer refuses to hand out its (freed) address."""
 
     def __init__(self, nbytes):
         handle = _lib.void_p()
         _lib.call("convnet_malloc", _lib.ref(handle), int(nbytes))
+        self.lib = _lib.load()
         self.ptr = handle.value or 0
         self.nbytes = int(nbytes)
+        self.closed = False
+
+    def address(self):
+        """The base address; DeviceError once freed, or when another CUDA library (the GPU
+        build versus the host build) has been loaded since it was allocated."""
+        if self.closed:
+            raise DeviceError("this DeviceArray was closed (its device memory is freed); "
+                              "make a new one")
+        if self.lib is not _lib.load():
+            raise DeviceError("this DeviceArray belongs to a CUDA library that is no longer "
+                              "the loaded one (convnet.cuda.use_host_build switched it)")
+        return self.ptr
 
     def free(self):
         ptr, self.ptr = self.ptr, 0
-        if ptr:
-            _lib.call("convnet_free", ptr)
+        self.closed = True
+        if ptr and self.lib is not None:
+            status = self.lib.convnet_free(ptr)
+            if status != _lib.OK and self.lib is _lib.current():
+                _lib._check(status, "convnet_free")
 
     def __del__(self):
         try:
@@ -105,9 +122,7 @@ class DeviceArray:
     @property
     def ptr(self):
         """The device address of element 0 (0 for an empty array)."""
-        if self._buffer is None:
-            raise DeviceError("this DeviceArray was closed")
-        base = self._buffer.ptr
+        base = self._buffer.address()
         return base + self._offset if base else 0
 
     @property
@@ -141,9 +156,14 @@ class DeviceArray:
 
     # ------------------------------------------------------------------ memory
     def close(self):
-        """Free the device memory now (every view of it becomes unusable)."""
-        if self._buffer is not None:
-            self._buffer.free()
+        """Free the device memory now; this array and every view of it then raise
+        DeviceError instead of handing a freed (NULL) address to a kernel."""
+        self._buffer.free()
+
+    @property
+    def closed(self):
+        """True once :meth:`close` freed the memory (of this array or of a view of it)."""
+        return self._buffer.closed
 
     def get(self):
         """A NumPy copy of the data."""

@@ -221,7 +221,8 @@ class Layer:
             if device == "cpu":
                 self.buffers[key] = value.get() if hasattr(value, "get") else value
             else:
-                self.buffers[key] = _backend.get("cuda").from_numpy(value)
+                # asarray: a buffer already on the GPU (a second .to("cuda")) stays as it is
+                self.buffers[key] = _backend.get("cuda").asarray(value)
 
     def get_rng_state(self):
         """The state of this layer's own random stream (Dropout), for snapshots; None if

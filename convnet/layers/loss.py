@@ -147,6 +147,11 @@ class SoftmaxWithLoss(Layer):
         self._normalizer = max(1.0, float(count))
         return float(loss_sum) / self._normalizer
 
+    def _move_state(self, device):
+        # forward's buffers live on the old device: the next forward makes new ones there
+        super()._move_state(device)
+        self._prob = self._label_index = self._inv_sum = None
+
     def _raise_bad_label(self, labels, flat, classes):
         host = np.asarray(self.backend.to_numpy(labels))
         position = tuple(int(i) for i in np.unravel_index(flat, host.shape))

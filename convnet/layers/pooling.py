@@ -159,7 +159,7 @@ class Pooling(Layer):
         if self.pool == "AVE":
             be.pooling_ave_backward(dy, dx, self._kernel, self.stride, self.pad)
         else:
-            be.pooling_max_backward(dy, self._argmax, dx)
+            be.pooling_max_backward(dy, self._argmax, dx, self._kernel, self.stride, self.pad)
         return [dx]
 
     def _move_state(self, device):
