@@ -7,12 +7,15 @@
 
 import os
 
+import numpy as np
+
 from convnet.errors import ConfigError
 from convnet.caffe import prototxt
 
 #: lr policies convnet's solvers implement, with the fields each needs
 POLICIES = {"fixed": (), "step": ("gamma", "stepsize"), "multistep": ("gamma", "stepvalue"),
-            "poly": ("power",), "exp": ("gamma",), "inv": ("gamma", "power")}
+            "poly": ("power",), "exp": ("gamma",), "inv": ("gamma", "power"),
+            "sigmoid": ("gamma", "stepsize")}
 _TYPES = {"SGD": "SGD", "ADAM": "Adam"}
 _OLD_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad",
               "RMSPROP": "RMSProp", "ADADELTA": "AdaDelta", "ADAM": "Adam"}
@@ -33,7 +36,13 @@ class SolverConfig:
         where = source
 
         def get(name, default=None):
-            return getattr(m, name) if m.HasField(name) else default
+            if not m.HasField(name):
+                return default
+            value = getattr(m, name)
+            if isinstance(value, float):
+                # the file's decimal, not its float32 rounding (0.001, not 0.0010000000475)
+                value = float(str(np.float32(value)))
+            return value
 
         self.net = get("net") or get("train_net")
         if self.net is None and not m.HasField("net_param") and \
@@ -55,8 +64,8 @@ class SolverConfig:
         self.stepsize = get("stepsize")
         self.stepvalue = [int(v) for v in m.stepvalue]
         self.momentum = float(get("momentum", 0.0))
-        self.momentum2 = float(m.momentum2)
-        self.delta = float(m.delta)
+        self.momentum2 = float(get("momentum2", 0.999))
+        self.delta = float(get("delta", 1e-8))
         self.weight_decay = float(get("weight_decay", 0.0))
         if m.regularization_type != "L2":
             raise ConfigError(f"{where}: regularization_type '{m.regularization_type}' is not "
