@@ -1,0 +1,115 @@
+"""The ``convnet`` command: train (and resume), test, time and convert, and its errors."""
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+pytest.importorskip("google.protobuf")
+
+from convnet import caffe, cli  # noqa: E402
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(capsys, *argv):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", caffe.CaffeLoadNote)
+        code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    for name in ("deeplab_v2.prototxt", "solver_deeplab.prototxt", "deconvnet_v1.prototxt"):
+        shutil.copy(os.path.join(FIXTURES, name), tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_train_resume_test_and_convert(workdir, capsys):
+    code, out, _ = run(capsys, "train", "--solver", "solver_deeplab.prototxt",
+                       "--data", "synthetic")
+    assert code == 0, out
+    assert "Iteration 2, loss = " in out and "Iteration 4, loss = " in out
+    assert "Optimization Done." in out
+    for stem in ("deeplab_iter_2", "deeplab_iter_4"):
+        assert (workdir / f"{stem}.caffemodel").exists()
+        assert (workdir / f"{stem}.solverstate.npz").exists()
+    code, out, _ = run(capsys, "train", "--solver", "solver_deeplab.prototxt", "--data",
+                       "synthetic", "--snapshot", "deeplab_iter_2.solverstate.npz",
+                       "--weights", "deeplab_iter_2.caffemodel")
+    assert code == 0
+    assert "Resumed from deeplab_iter_2.solverstate.npz at iteration 2" in out
+    assert "Iteration 2," not in out and "Iteration 4, loss" in out
+    code, out, _ = run(capsys, "test", "--model", "deeplab_v2.prototxt", "--weights",
+                       "deeplab_iter_4.caffemodel", "--iterations", "2", "--shape",
+                       "data_dim=1,1,1,2")
+    assert code == 0, out
+    assert "Loaded weights: LoadReport" in out
+    assert "pixel_accuracy = " in out and "mean_iou = " in out
+    # caffemodel -> npz -> caffemodel -> onnx
+    args = ["--model", "deeplab_v2.prototxt", "--shape", "data_dim=1,1,1,2"]
+    assert run(capsys, "convert", "deeplab_iter_4.caffemodel", "w.npz", *args)[0] == 0
+    assert run(capsys, "convert", "w.npz", "back.caffemodel", *args)[0] == 0
+    a = caffe.read_caffemodel("deeplab_iter_4.caffemodel")
+    b = caffe.read_caffemodel("back.caffemodel")
+    assert [x.name for x in a] == [x.name for x in b]
+    for x, y in zip(a, b):
+        for u, v in zip(x.blobs, y.blobs):
+            np.testing.assert_array_equal(u, v)
+    pytest.importorskip("onnx")
+    code, out, _ = run(capsys, "convert", "back.caffemodel", "net.onnx", *args)
+    assert code == 0 and (workdir / "net.onnx").exists()
+
+
+def test_time_prints_per_layer_and_totals(capsys):
+    code, out, _ = run(capsys, "time", "--model", os.path.join(FIXTURES, "fcn8s_v2.prototxt"),
+                       "--iterations", "1", "--phase", "TEST")
+    assert code == 0
+    assert "conv1_1\tforward: " in out and "upscore8\tbackward: " in out
+    assert "Average Forward pass: " in out and "Average Forward-Backward: " in out
+    backward = float(out.split("Average Backward pass: ")[1].split(" ms")[0])
+    assert backward > 0
+
+
+def test_convert_upgrades_a_v1_prototxt(workdir, capsys):
+    code, out, _ = run(capsys, "convert", "deconvnet_v1.prototxt", "v2.prototxt")
+    assert code == 0 and "upgraded from V1" in out
+    text = (workdir / "v2.prototxt").read_text()
+    assert "layer {" in text and "layers {" not in text and 'type: "BN"' in text
+    assert len(caffe.load_net("v2.prototxt").layers) == len(
+        caffe.load_net("deconvnet_v1.prototxt").layers)
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["train", "--solver", os.path.join(FIXTURES, "solver_deeplab.prototxt")],
+     ["--data", "ImageSegData layer 'data'"]),
+    (["convert", "a.caffemodel", "b.npz"], ["--model"]),
+    (["convert", "a.txt", "b.npz"], [".caffemodel, .npz or .prototxt"]),
+    (["test", "--model", "/nonexistent.prototxt"], ["no such net definition file"]),
+    (["time", "--model", os.path.join(FIXTURES, "deeplab_v2.prototxt"), "--phase", "TEST"],
+     ["data_dim", "--shape"]),
+    (["time", "--model", os.path.join(FIXTURES, "fcn8s_v2.prototxt"), "--iterations", "0"],
+     ["--iterations must be >= 1"]),
+])
+def test_errors_exit_2_with_a_message(capsys, argv, words):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    for word in words:
+        assert word in err
+
+
+def test_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "convnet.cli", "--help"], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert out.returncode == 0
+    for command in ("train", "test", "time", "convert"):
+        assert command in out.stdout
