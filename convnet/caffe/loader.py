@@ -220,6 +220,11 @@ def _convolution(lp, ctx):
     if not p.HasField("num_output"):
         ctx.error("convolution_param num_output is required")
     dilation = list(p.dilation)
+    if "hole" in p.DESCRIPTOR.fields_by_name and (p.HasField("hole") or p.HasField("hole_h")):
+        # DeepLab v1's atrous convolution: hole = dilation
+        if dilation:
+            ctx.error("give either dilation or hole, not both")
+        dilation = ([p.hole_h, p.hole_w] if p.HasField("hole_h") else [p.hole])
     if len(dilation) > 2:
         ctx.error(f"dilation has {len(dilation)} values; convnet layers are 2-d")
     cls = layers.Convolution if lp.type == "Convolution" else layers.Deconvolution
@@ -343,6 +348,9 @@ def _dropout(lp, ctx):
     if not p.scale_train:
         ctx.error("dropout_param scale_train: false is not supported (convnet scales at "
                   "train time, Caffe's default)")
+    if "sample_weights_test" in p.DESCRIPTOR.fields_by_name and p.sample_weights_test:
+        _note(ctx, f"layer '{lp.name}': sample_weights_test (Monte Carlo dropout at test "
+                   f"time) is not supported; Dropout is the identity in the TEST phase")
     return layers.Dropout(dropout_ratio=float(p.dropout_ratio), **ctx.common())
 
 
@@ -423,9 +431,8 @@ def _softmax_loss(lp, ctx):
         kwargs["normalization"] = "VALID" if p.normalize else "BATCH_SIZE"
     if "class_weighting" in p.DESCRIPTOR.fields_by_name and (
             p.weight_by_label_freqs or len(p.class_weighting)):
-        warnings.warn(f"{ctx.where}: layer '{lp.name}': class_weighting / "
-                      f"weight_by_label_freqs are not supported; the loss is unweighted",
-                      CaffeLoadNote, stacklevel=4)
+        _note(ctx, f"layer '{lp.name}': class_weighting / weight_by_label_freqs are not "
+                   f"supported; the loss is unweighted")
     axis = ctx.param("softmax_param").axis
     return layers.SoftmaxWithLoss(axis=int(axis), **_loss_kwargs(ctx), **kwargs)
 
@@ -555,6 +562,8 @@ def _data_record(lp, ctx):
         shapes = {lp.top[0]: (b, channels, h, w)}
         if len(lp.top) > 1:
             shapes[lp.top[1]] = (b, 1, h, w)
+        if lp.type == "ImageSegData" and len(lp.top) > 2:
+            shapes[lp.top[2]] = (b, 1, 1, 2)        # DeepLab's data_dim: each image's H, W
     return rec, shapes
 
 

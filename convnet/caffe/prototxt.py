@@ -39,7 +39,8 @@ V1_TYPES = {
     "SIGMOID_CROSS_ENTROPY_LOSS": "SigmoidCrossEntropyLoss", "SILENCE": "Silence",
     "SOFTMAX": "Softmax", "SOFTMAX_LOSS": "SoftmaxWithLoss", "SPLIT": "Split",
     "SLICE": "Slice", "TANH": "TanH", "WINDOW_DATA": "WindowData", "THRESHOLD": "Threshold",
-    "UNPOOLING": "Unpooling", "BN": "BN",
+    "UNPOOLING": "Unpooling", "BN": "BN", "IMAGE_SEG_DATA": "ImageSegData", "INTERP": "Interp",
+    "MAT_READ": "MatRead", "MAT_WRITE": "MatWrite", "SEG_ACCURACY": "SegAccuracy",
 }
 
 

@@ -514,6 +514,18 @@ message V1LayerParameter {
 # with the same number replaced); "drop NAME;" removes a BVLC field the fork numbers otherwise.
 # Field numbers >= 5000 are convnet's own: the fork's number is undocumented or it has none
 # (the V2 form of a V1-only fork's layers); only names matter for text files.
+# DeepLab's segmentation data layer and its V1 names (DeepLab v1 and DeconvNet were V1 nets)
+_SEG_DATA = """
+message ImageDataParameter {
+  enum LabelType { NONE = 0; IMAGE = 1; PIXEL = 2; }
+  optional LabelType label_type = 5104 [default = IMAGE];
+  optional int32 ignore_label = 5105 [default = 255];
+}
+message V1LayerParameter {
+  enum LayerType { IMAGE_SEG_DATA = 5200; }
+}
+"""
+
 _FORKS = {
     # DeepLab v2 (deeplab-public-ver2): Interp, ImageSegData, MatRead/MatWrite, SegAccuracy
     "deeplab": """
@@ -533,10 +545,17 @@ message InterpParameter {
   optional int32 pad_beg = 5 [default = 0];
   optional int32 pad_end = 6 [default = 0];
 }
-message ImageDataParameter {
-  enum LabelType { NONE = 0; IMAGE = 1; PIXEL = 2; }
-  optional LabelType label_type = 5104 [default = IMAGE];
-  optional int32 ignore_label = 5105 [default = 255];
+message V1LayerParameter {
+  enum LayerType { INTERP = 5201; MAT_READ = 5202; MAT_WRITE = 5203; SEG_ACCURACY = 5204; }
+  optional InterpParameter interp_param = 5205;
+  optional MatReadParameter mat_read_param = 5206;
+  optional MatWriteParameter mat_write_param = 5207;
+  optional SegAccuracyParameter seg_accuracy_param = 5208;
+}
+message ConvolutionParameter {
+  optional uint32 hole = 5209;
+  optional uint32 hole_h = 5210;
+  optional uint32 hole_w = 5211;
 }
 message MatReadParameter {
   optional string prefix = 1;
@@ -551,7 +570,7 @@ message MatWriteParameter {
   optional int32 period = 4 [default = 1];
 }
 message SegAccuracyParameter { repeated int32 ignore_label = 1; }
-""",
+""" + _SEG_DATA,
     # SegNet (caffe-segnet): BN with bn_mode, Upsample, DenseImageData, class weighting
     "segnet": """
 message LayerParameter {
@@ -593,6 +612,7 @@ message LossParameter {
   optional bool weight_by_label_freqs = 5003 [default = false];
   repeated float class_weighting = 5004;
 }
+message DropoutParameter { optional bool sample_weights_test = 5005 [default = false]; }
 """,
     # DeconvNet (HyeonwooNoh/caffe, V1 layers): BN = 43 and UNPOOLING = 42 with bn_param = 45
     # and unpooling_param = 44
@@ -629,7 +649,7 @@ message UnpoolingParameter {
   optional uint32 unpool_h = 12;
   optional uint32 unpool_w = 13;
 }
-""",
+""" + _SEG_DATA,
 }
 
 # The weights-only view of a .caffemodel: names, types and blobs of V1 and V2 layers, the same
@@ -729,7 +749,11 @@ def _parse(text):
             take(";")
             msg["fields"].append((label, ftype, fname, number, options))
         take("}")
-        out["messages"][name] = msg
+        known = out["messages"].setdefault(name, {"fields": [], "enums": {}, "drop": set()})
+        known["fields"].extend(msg["fields"])
+        known["drop"] |= msg["drop"]
+        for ename, values in msg["enums"].items():
+            known["enums"].setdefault(ename, []).extend(values)
     return out
 
 

@@ -205,6 +205,29 @@ def test_dataset_layers_become_inputs_and_output_layers_are_left_out():
     assert net.caffe.left_out == [("accuracy", "SegAccuracy", "writes files or reports a metric")]
 
 
+def test_deeplab_v1_layers_and_hole():
+    net = load("""
+name: "deeplab_largefov_v1"
+layers { name: "data" type: IMAGE_SEG_DATA top: "data" top: "label" top: "data_dim"
+  image_data_param { source: "train.txt" batch_size: 2 label_type: PIXEL }
+  transform_param { crop_size: 17 mirror: true } }
+layers { name: "fc6" type: CONVOLUTION bottom: "data" top: "fc6"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 12 hole: 12 } }
+layers { name: "shrink" type: INTERP bottom: "label" top: "label_shrink"
+  interp_param { shrink_factor: 8 } }
+layers { name: "acc" type: SEG_ACCURACY bottom: "fc6" bottom: "label_shrink" top: "acc"
+  seg_accuracy_param { ignore_label: 255 } }
+layers { name: "mat" type: MAT_WRITE bottom: "fc6" mat_write_param { prefix: "out/" } }
+layers { name: "sink" type: SILENCE bottom: "data_dim" bottom: "label_shrink" }
+""")
+    assert net.caffe.dialect == "deeplab"
+    assert net.layer("fc6").dilation == (12, 12)
+    assert net.layer("shrink").shrink_factor == 8
+    assert net.caffe.input_shapes["data_dim"] == (2, 1, 1, 2)
+    assert [x[0] for x in net.caffe.left_out] == ["acc", "mat"]
+    assert net.layer("fc6").top_shapes == [(2, 4, 17, 17)]            # set up from the crop
+
+
 def test_memory_and_dummy_data_give_shapes():
     net = load("""
 layer { name: "mem" type: "MemoryData" top: "data" top: "label"

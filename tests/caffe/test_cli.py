@@ -49,13 +49,12 @@ def test_train_resume_test_and_convert(workdir, capsys):
     assert "Resumed from deeplab_iter_2.solverstate.npz at iteration 2" in out
     assert "Iteration 2," not in out and "Iteration 4, loss" in out
     code, out, _ = run(capsys, "test", "--model", "deeplab_v2.prototxt", "--weights",
-                       "deeplab_iter_4.caffemodel", "--iterations", "2", "--shape",
-                       "data_dim=1,1,1,2")
+                       "deeplab_iter_4.caffemodel", "--iterations", "2")
     assert code == 0, out
     assert "Loaded weights: LoadReport" in out
     assert "pixel_accuracy = " in out and "mean_iou = " in out
     # caffemodel -> npz -> caffemodel -> onnx
-    args = ["--model", "deeplab_v2.prototxt", "--shape", "data_dim=1,1,1,2"]
+    args = ["--model", "deeplab_v2.prototxt"]
     assert run(capsys, "convert", "deeplab_iter_4.caffemodel", "w.npz", *args)[0] == 0
     assert run(capsys, "convert", "w.npz", "back.caffemodel", *args)[0] == 0
     a = caffe.read_caffemodel("deeplab_iter_4.caffemodel")
@@ -94,8 +93,7 @@ def test_convert_upgrades_a_v1_prototxt(workdir, capsys):
     (["convert", "a.caffemodel", "b.npz"], ["--model"]),
     (["convert", "a.txt", "b.npz"], [".caffemodel, .npz or .prototxt"]),
     (["test", "--model", "/nonexistent.prototxt"], ["no such net definition file"]),
-    (["time", "--model", os.path.join(FIXTURES, "deeplab_v2.prototxt"), "--phase", "TEST"],
-     ["data_dim", "--shape"]),
+    (["time", "--model", os.path.join(FIXTURES, "segnet.prototxt")], ["data", "--shape"]),
     (["time", "--model", os.path.join(FIXTURES, "fcn8s_v2.prototxt"), "--iterations", "0"],
      ["--iterations must be >= 1"]),
 ])
