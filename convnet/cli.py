@@ -151,6 +151,12 @@ def cmd_train(args):
     if args.snapshot:
         solver.restore(args.snapshot)
         print(f"Resumed from {args.snapshot} at iteration {solver.iter}")
+    tester = None
+    if config.test_interval and config.test_iter:
+        test_net = config.load_net("TEST")
+        test_shapes = dict(test_net.caffe.input_shapes)
+        test_shapes.update(_shapes(args.shape))
+        tester = (test_net, _Feeder(test_net, args.data, test_shapes, seed=1, shuffle=False))
     max_iter = args.iterations or config.max_iter
     prefix = config.snapshot_prefix or os.path.splitext(os.path.basename(args.solver))[0]
     display = config.display or max(1, max_iter // 10)
@@ -162,10 +168,23 @@ def cmd_train(args):
         if solver.iter % display == 0 or solver.iter == max_iter:
             print(f"Iteration {solver.iter}, loss = {loss:.6g}, lr = {solver.lr:.6g} "
                   f"({time.time() - start:.1f} s)", flush=True)
+        if tester is not None and solver.iter % config.test_interval == 0:
+            _test_during_training(net, *tester, config.test_iter[0], solver.iter)
         if config.snapshot and solver.iter % config.snapshot == 0 or solver.iter == max_iter:
             _snapshot(solver, net, f"{prefix}_iter_{solver.iter}")
     print("Optimization Done.")
     return 0
+
+
+def _test_during_training(net, test_net, feeder, iterations, it):
+    """The TEST net with the training net's current weights (Caffe's test_interval)."""
+    print(f"Iteration {it}, Testing net ({iterations} iterations)")
+    if any(layer.bottom_shapes is None for layer in test_net.layers):
+        batch = feeder.next_batch()
+        _setup_from(test_net, batch)
+    test_net.load_arrays(net.state_arrays(), "the training net", strict=False)
+    _score(test_net, feeder, iterations, prefix="    Test net output: ")
+    net.train()
 
 
 def _snapshot(solver, net, stem):
@@ -177,7 +196,6 @@ def _snapshot(solver, net, stem):
 
 def cmd_test(args):
     """Score a net on a dataset (TEST phase), Caffe's ``caffe test``."""
-    from convnet.metrics import SegmentationScore
     net, shapes = _load_model(args.model, "TEST", _shapes(args.shape))
     data = args.data or "synthetic"
     # a deploy net has no label input: the dataset's labels still score its output
@@ -186,31 +204,38 @@ def cmd_test(args):
     _setup_from(net, first)
     if args.weights:
         _load_weights(net, args.weights)
+    _score(net, feeder, args.iterations, first, prefix="")
+    return 0
+
+
+def _score(net, feeder, iterations, batch=None, prefix=""):
+    """Run ``iterations`` TEST forwards; print each scalar output per batch (without a
+    prefix) and averaged, and pixel accuracy / mean IoU of the first 4-d output."""
+    from convnet.metrics import SegmentationScore
     net.eval()
     totals = {}
     score = None
-    batch = first
-    for i in range(args.iterations):
+    for i in range(iterations):
+        batch = feeder.next_batch() if batch is None else batch
         outputs = net.forward(**batch)
         for name, value in outputs.items():
             if np.ndim(value) == 0:
                 totals[name] = totals.get(name, 0.0) + float(value)
-                print(f"Batch {i}, {name} = {float(value):.6g}")
+                if not prefix:
+                    print(f"Batch {i}, {name} = {float(value):.6g}")
         maps = [v for v in outputs.values() if np.ndim(v) == 4]
-        if maps:
-            labels = feeder.last_labels
-            if labels.shape[-2:] == maps[0].shape[-2:]:
-                if score is None:
-                    score = SegmentationScore(maps[0].shape[1])
-                score.update(np.argmax(maps[0], axis=1), labels)
-        batch = feeder.next_batch()
+        labels = feeder.last_labels
+        if maps and labels.shape[-2:] == maps[0].shape[-2:]:
+            if score is None:
+                score = SegmentationScore(maps[0].shape[1])
+            score.update(np.argmax(maps[0], axis=1), labels)
+        batch = None
     for name, total in totals.items():
-        print(f"{name} = {total / args.iterations:.6g}")
+        print(f"{prefix}{name} = {total / iterations:.6g}")
     if score is not None:
-        print(f"pixel_accuracy = {score.pixel_accuracy:.4f}")
-        print(f"mean_iou = {score.mean_iou:.4f}" if score.mean_iou is not None
-              else "mean_iou = n/a")
-    return 0
+        print(f"{prefix}pixel_accuracy = {score.pixel_accuracy:.4f}")
+        print(f"{prefix}mean_iou = {score.mean_iou:.4f}" if score.mean_iou is not None
+              else f"{prefix}mean_iou = n/a")
 
 
 def cmd_time(args):

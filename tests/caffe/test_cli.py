@@ -39,6 +39,8 @@ def test_train_resume_test_and_convert(workdir, capsys):
     assert code == 0, out
     assert "Iteration 2, loss = " in out and "Iteration 4, loss = " in out
     assert "Optimization Done." in out
+    assert "Iteration 2, Testing net (1 iterations)" in out       # test_interval 2
+    assert "    Test net output: mean_iou = " in out
     for stem in ("deeplab_iter_2", "deeplab_iter_4"):
         assert (workdir / f"{stem}.caffemodel").exists()
         assert (workdir / f"{stem}.solverstate.npz").exists()
