@@ -18,6 +18,7 @@ Two rewrites keep Caffe's meaning where the Net's rules differ:
   read that; ``net.caffe.aliases`` lists these renames.
 """
 
+import difflib
 import inspect
 import warnings
 
@@ -40,8 +41,9 @@ class CaffeLoadNote(UserWarning):
 class CaffeInfo:
     """What the loader knew about the Caffe definition, kept as ``net.caffe``.
 
-    ``dialect``, ``source``, ``phase``, ``upgraded`` (the file was V1), ``input_shapes``
-    (blob -> shape, where the file gives one), ``data_layers`` (one dict per dataset layer:
+    ``dialect``, ``source``, ``phase``, ``upgraded`` (the file was V1), ``inputs`` (the
+    blobs Input and dataset layers declare), ``input_shapes`` (blob -> shape, where the file
+    gives one), ``data_layers`` (one dict per dataset layer:
     name, type, tops, batch_size, source, crop_size, ...), ``left_out`` ((name, type, why)),
     ``aliases`` (Caffe blob -> convnet blob of an in-place write that got its own name),
     ``caffe_types`` (layer -> Caffe type), ``folded`` (BatchNorm name -> Scale name),
@@ -54,6 +56,7 @@ class CaffeInfo:
         self.phase = phase
         self.upgraded = upgraded
         self.input_shapes = {}
+        self.inputs = []
         self.data_layers = []
         self.left_out = []
         self.aliases = {}
@@ -694,6 +697,7 @@ def _translate(lp, ctx, k):
     kind = lp.type
     if kind == "Input":
         info.input_shapes.update(_input_shapes(lp, ctx))
+        info.inputs.extend(t for t in lp.top if t not in info.inputs)
         return None
     if kind in DATA_LAYERS:
         if lp.bottom:
@@ -701,6 +705,7 @@ def _translate(lp, ctx, k):
                       f"(convnet reads {kind} layers as net inputs)")
         rec, shapes = _data_record(lp, ctx)
         info.data_layers.append(rec)
+        info.inputs.extend(t for t in lp.top if t not in info.inputs)
         info.input_shapes.update(shapes)
         _note(ctx, f"{kind} layer '{lp.name}' reads a dataset: its tops "
                    f"{list(lp.top)} become net inputs")
@@ -741,7 +746,17 @@ def _wire(net, specs, definition, info):
     run in place (see the module docstring)."""
     alias = {}
     readers = {}
+    known = set(info.inputs)
     for layer, bottoms, tops, index, lp in specs:
+        for b in bottoms:
+            if b not in known:
+                close = difflib.get_close_matches(b, sorted(known), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{definition.where(index)}: layer '{lp.name}' (type "
+                                  f"{lp.type}): unknown bottom blob '{b}'{hint}: no earlier "
+                                  f"layer of this phase writes it and no Input or data layer "
+                                  f"declares it")
+        known.update(tops)
         actual_bottoms = [alias.get(b, b) for b in bottoms]
         actual_tops = []
         for j, t in enumerate(tops):

@@ -40,7 +40,11 @@ def test_v1_upgrade_maps_types_multipliers_and_inputs():
     first = d.message.layer[0]
     assert (first.type, list(first.top)) == ("Input", ["data"])
     assert list(first.input_param.shape[0].dim) == [1, 3, 64, 64]
-    conv = d.message.layer[1]
+    data = d.message.layer[1]
+    assert (data.name, data.type, data.image_data_param.label_type) == ("data", "ImageSegData",
+                                                                        2)
+    assert data.transform_param.crop_size == 64 and data.include[0].phase == 0   # TRAIN
+    conv = d.message.layer[2]
     assert (conv.name, conv.type) == ("conv1_1", "Convolution")
     assert [(p.lr_mult, p.decay_mult) for p in conv.param] == [(1, 1), (2, 0)]
     types = {lp.type for lp in d.message.layer}
@@ -51,7 +55,7 @@ def test_v1_upgrade_maps_types_multipliers_and_inputs():
     # the line of each layer in the file (for messages)
     with open(fixture("deconvnet_v1.prototxt")) as f:
         text = f.read().splitlines()
-    assert "name: 'conv1_1'" in text[d.lines[1] - 1]
+    assert "name: 'conv1_1'" in text[d.lines[2] - 1]
     assert d.lines[0] is None                        # the Input layer came from input_dim
 
 
@@ -321,6 +325,16 @@ def test_wiring_errors_name_the_layer():
                 'layer { name: "a" type: "ReLU" bottom: "x" top: "y" }\n'
                 'layer { name: "b" type: "ReLU" bottom: "x" top: "y" }\n')
     assert "<text>:3: layer 'b' (type ReLU)" in msg and "already" in msg
+
+
+def test_unknown_bottom_names_the_blob():
+    msg = error('input: "data" input_dim: 1 input_dim: 3 input_dim: 6 input_dim: 6\n'
+                'layer { name: "pool1" type: "Pooling" bottom: "data" top: "pool1"\n'
+                '  pooling_param { kernel_size: 2 stride: 2 } }\n'
+                'layer { name: "conv2" type: "Convolution" bottom: "poool1" top: "conv2"\n'
+                '  convolution_param { num_output: 2 kernel_size: 1 } }\n')
+    assert "<text>:4: layer 'conv2'" in msg and "unknown bottom blob 'poool1'" in msg
+    assert "did you mean 'pool1'" in msg
 
 
 def test_missing_file_and_not_a_net():

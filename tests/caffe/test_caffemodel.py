@@ -277,7 +277,7 @@ def test_bad_caffemodels(tmp_path):
 
 
 def test_weights_need_shapes(tmp_path):
-    net = quiet(caffe.load_net, 'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+    net = quiet(caffe.load_net, 'input: "x" layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
                                 'convolution_param { num_output: 2 kernel_size: 1 } }')
     path = write(tmp_path / "c.caffemodel", v2_layer("c", "Convolution", []))
     with pytest.raises(StateError, match=r"input shapes are unknown for \['x'\]"):
@@ -285,3 +285,37 @@ def test_weights_need_shapes(tmp_path):
     net.setup(x=(1, 3, 4, 4))
     assert caffe.load_weights(net, path).missing == ["c/weight", "c/bias"]
     assert os.path.getsize(path) > 0
+
+
+def test_net_built_by_hand_takes_batchnorm_and_its_scale(tmp_path):
+    from convnet import Net, layers
+    net = Net("hand")
+    net.add(layers.Convolution(num_output=4, kernel_size=1, bias_term=False, name="conv"),
+            bottom=["x"], top=["c"])
+    net.add(layers.BatchNorm(name="bn"), bottom=["c"], top=["b"])
+    net.setup(x=(1, 2, 3, 3))
+    rng = np.random.default_rng(4)
+    gamma, beta, mean = rng.standard_normal(4), rng.standard_normal(4), rng.standard_normal(4)
+    path = write(tmp_path / "h.caffemodel",
+                 v2_layer("conv", "Convolution", [blob(np.ones((4, 2, 1, 1)))]),
+                 v2_layer("bn", "BatchNorm", [blob(mean * 2), blob(np.full(4, 2.0)),
+                                              blob(np.array([2.0]))]),
+                 v2_layer("scale_bn", "Scale", [blob(gamma), blob(beta)]))
+    report = caffe.load_weights(net, path, strict=True)
+    assert report.skipped == []
+    bn = net.layer("bn")
+    np.testing.assert_allclose(bn.params[0].data, gamma, rtol=1e-6)
+    np.testing.assert_allclose(bn.params[1].data, beta, rtol=1e-6)
+    np.testing.assert_allclose(bn.buffers["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(bn.buffers["var"], np.ones(4), rtol=1e-6)
+    caffe.save_caffemodel(net, tmp_path / "out.caffemodel")
+    written = caffe.read_caffemodel(tmp_path / "out.caffemodel")
+    assert [(x.name, x.type, len(x.blobs)) for x in written] == [
+        ("conv", "Convolution", 1), ("bn", "BatchNorm", 3), ("bn_scale", "Scale", 2)]
+    again = Net("hand")
+    again.add(layers.Convolution(num_output=4, kernel_size=1, bias_term=False, name="conv"),
+              bottom=["x"], top=["c"])
+    again.add(layers.BatchNorm(name="bn"), bottom=["c"], top=["b"])
+    again.setup(x=(1, 2, 3, 3))
+    caffe.load_weights(again, tmp_path / "out.caffemodel", strict=True)
+    np.testing.assert_allclose(again.layer("bn").params[0].data, gamma, rtol=1e-6)
