@@ -672,14 +672,20 @@ def build_net(definition, phase="TEST", level=0, stages=(), dtype=None, name=Non
         specs.append((layer, list(lp.bottom), _tops(lp, k, selected, folded_scales), ctx.index,
                       lp))
     _wire(net, specs, definition, info)
+    index_of = {lp.name: index for _, _, _, index, lp in specs}
     net.train(phase == "TRAIN")
     shapes = {k: v for k, v in info.input_shapes.items() if k in net.inputs}
     if net.layers and shapes and set(shapes) == set(net.inputs):
         try:
             net.setup(**shapes)
         except ConvnetError as exc:
-            raise type(exc)(f"{definition.source}: setting the net up from its input shapes "
-                            f"{shapes}: {exc}") from None
+            failed = next((layer.name for layer in net.layers if layer.bottom_shapes is None),
+                          None)
+            where = definition.source
+            if failed in index_of:
+                where = definition.where(index_of[failed])
+            raise type(exc)(f"{where}: setting the net up from its input shapes {shapes}: "
+                            f"{exc}") from None
     return net
 
 

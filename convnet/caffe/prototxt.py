@@ -101,11 +101,39 @@ def parse_message(data, cls_name, source, dialect=None):
             errors.append((0, d, str(exc)))
     # report the dialect that read furthest: its error is the one the file most likely has
     line, d, text = max(errors, key=lambda e: e[0])
-    text = re.sub(r"^\d+:\d+ : ", "", text)
+    text = re.sub(r"^\d+:\d+ : ", "", text) + _expected(text, d)
     where = f"{source}:{line}" if line else source
     tried = ", ".join(dialects)
     raise FileFormatError(f"{where}: cannot read the {cls_name} ({text}) [tried the Caffe "
                           f"dialect(s) {tried}; the error is {d}'s]")
+
+
+def _expected(text, dialect):
+    """What the schema has where the file names an unknown field or enum value."""
+    import difflib
+    m = re.search(r'Message type "caffe\.(\w+)" has no field named "(\w+)"', text)
+    if m:
+        try:
+            fields = list(schema.message_class(dialect, m.group(1)).DESCRIPTOR.fields_by_name)
+        except KeyError:
+            return ""
+        close = difflib.get_close_matches(m.group(2), fields, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return f"; {hint}{m.group(1)} has: {', '.join(fields)}"
+    m = re.search(r'Enum type "caffe\.([\w.]+)" has no value named (\w+)', text)
+    if m:
+        *owner, enum = m.group(1).split(".")
+        try:
+            desc = schema.message_class(dialect, owner[0]).DESCRIPTOR
+            for name in owner[1:]:
+                desc = desc.nested_types_by_name[name]
+            values = [v.name for v in desc.enum_types_by_name[enum].values]
+        except (KeyError, IndexError):
+            return ""
+        close = difflib.get_close_matches(m.group(2), values, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"; {hint}{enum} values: {', '.join(values)}"
+    return ""
 
 
 def _layer_lines(text):

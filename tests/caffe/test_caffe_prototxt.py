@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("google.protobuf")
 
 from convnet import Net, caffe, layers  # noqa: E402
-from convnet.errors import ConfigError, FileFormatError  # noqa: E402
+from convnet.errors import ConfigError, FileFormatError, ShapeError  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
@@ -264,11 +264,13 @@ def test_unknown_field_names_the_line():
     msg = error('layer { name: "c" type: "Convolution"\n'
                 '  convolution_param { num_outputs: 3 } }', FileFormatError)
     assert "<text>:2" in msg and "num_outputs" in msg and "bvlc" in msg
+    assert "did you mean 'num_output'?" in msg and "ConvolutionParameter has: num_output, " in msg
 
 
 def test_unknown_v1_type_in_every_dialect():
-    msg = error('layers { name: "c" type: FANCY }', FileFormatError)
-    assert "FANCY" in msg and "deconvnet" in msg
+    msg = error('layers { name: "c" type: CONVOLUTON }', FileFormatError)
+    assert "CONVOLUTON" in msg and "deconvnet" in msg
+    assert "did you mean CONVOLUTION?" in msg and "LayerType values: NONE, " in msg
 
 
 def test_v1_and_v2_together_is_an_error():
@@ -310,6 +312,15 @@ def test_bad_layer_fields(body, words):
     assert "<text>:2: layer 'bad'" in msg
     for word in words:
         assert word in msg
+
+
+def test_shape_errors_at_setup_name_the_layer_line():
+    msg = error('input: "x" input_dim: 1 input_dim: 3 input_dim: 6 input_dim: 6\n'
+                'input: "y" input_dim: 1 input_dim: 3 input_dim: 8 input_dim: 8\n'
+                'layer { name: "ok" type: "ReLU" bottom: "x" top: "a" }\n'
+                'layer { name: "crop" type: "Crop" bottom: "a" bottom: "y" top: "c" }\n',
+                ShapeError)
+    assert msg.startswith("<text>:4: setting the net up") and "Crop 'crop'" in msg
 
 
 def test_weight_sharing_is_refused():
