@@ -2,7 +2,8 @@
 
 ``read_net(path_or_text)`` parses a ``.prototxt`` (text) or a binary NetParameter with the
 dialect that reads it (BVLC first, then DeepLab, SegNet and DeconvNet: the first schema that
-accepts every field and enum name of the file), upgrades it to V2 (``layer {}`` with string
+accepts every field and enum name of the file; for a binary file, the first that leaves no
+field unknown), upgrades it to V2 (``layer {}`` with string
 types) and returns a :class:`NetDefinition`: the V2 message, the dialect, and the line of each
 layer in the file for error messages.
 
@@ -87,11 +88,18 @@ def parse_message(data, cls_name, source, dialect=None):
     of schema.DIALECTS that reads it). Returns (message, dialect)."""
     dialects = [dialect] if dialect else list(schema.DIALECTS)
     errors = []
+    partial = []
     for d in dialects:
         msg = schema.message_class(d, cls_name)()
         try:
             if isinstance(data, bytes):
                 msg.ParseFromString(data)
+                # a binary file reads under any schema; the fork's fields and enum values
+                # stay unknown under the wrong one
+                unknown = _unknown_count(msg)
+                if unknown and len(dialects) > 1:
+                    partial.append((unknown, msg, d))
+                    continue
             else:
                 text_format.Parse(data, msg)
             return msg, d
@@ -99,6 +107,9 @@ def parse_message(data, cls_name, source, dialect=None):
             errors.append((exc.GetLine() or 0, d, str(exc)))
         except _message.DecodeError as exc:
             errors.append((0, d, str(exc)))
+    if partial:
+        _, msg, d = min(partial, key=lambda p: p[0])
+        return msg, d
     # report the dialect that read furthest: its error is the one the file most likely has
     line, d, text = max(errors, key=lambda e: e[0])
     text = re.sub(r"^\d+:\d+ : ", "", text) + _expected(text, d)
@@ -106,6 +117,19 @@ def parse_message(data, cls_name, source, dialect=None):
     tried = ", ".join(dialects)
     raise FileFormatError(f"{where}: cannot read the {cls_name} ({text}) [tried the Caffe "
                           f"dialect(s) {tried}; the error is {d}'s]")
+
+
+def _unknown_count(msg):
+    """Unknown fields in ``msg`` and every submessage (a binary file read with a schema that
+    is not its own)."""
+    from google.protobuf import unknown_fields
+    count = len(unknown_fields.UnknownFieldSet(msg))
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        for item in (value if field.is_repeated else [value]):
+            count += _unknown_count(item)
+    return count
 
 
 def _expected(text, dialect):

@@ -358,3 +358,16 @@ def test_missing_file_and_not_a_net():
 def test_net_from_prototxt():
     net = Net.from_prototxt(fixture("fcn8s_v2.prototxt"))
     assert isinstance(net, Net) and net.outputs == ["score"]
+
+
+def test_binary_definitions_find_their_dialect():
+    from convnet.caffe import schema
+    for name, dialect in (("deconvnet_v1.prototxt", "deconvnet"),
+                          ("segnet.prototxt", "segnet"), ("deeplab_v2.prototxt", "deeplab")):
+        text = caffe.read_net(fixture(name))
+        data = text.message.SerializeToString()
+        binary = caffe.read_net(data)
+        assert binary.dialect == dialect
+        assert binary.message == text.message
+    plain = schema.message_class("bvlc", "NetParameter")(name="n")
+    assert caffe.read_net(plain.SerializeToString()).dialect == "bvlc"
