@@ -153,8 +153,15 @@ def _unpooling(g, layer, ins, outs):
     full = g.node("Add", [index, g.const(f"{layer.name}_offsets", offsets, np.int64)],
                   [g.tmp(f"{layer.name}_indices")])
     shape = g.const(f"{layer.name}_shape", np.array(layer.top_shapes[0], np.int64), np.int64)
+    # onnxruntime refuses an output_shape below (H - 1)s - 2p + k (an odd size that a ceil
+    # pooling rounded up, SegNet's upsample_h 45); pads only shape that bound, not the scatter
+    h, w = layer.bottom_shapes[0][2:]
+    extra = [max(0, (size - 1) * s - 2 * p + k - out) for size, s, p, k, out in zip(
+        (h, w), layer.stride, layer.pad, layer.kernel_size, (oh, ow))]
+    pads = [int(layer.pad[0]), int(layer.pad[1]), int(layer.pad[0] + extra[0]),
+            int(layer.pad[1] + extra[1])]
     g.node("MaxUnpool", [ins[0], full, shape], [outs[0]], kernel_shape=list(layer.kernel_size),
-           strides=list(layer.stride), pads=_pads(layer.pad))
+           strides=list(layer.stride), pads=pads)
 
 
 @exporter("Interp")

@@ -128,6 +128,19 @@ def test_pooling_masks_interp_and_combinations():
     assert {"mask2", "gap", "ave2", "zoom", "half", "shrunk", "nearest", "flat"} <= outputs
 
 
+def test_segnet_with_odd_sizes():
+    from convnet import caffe
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", caffe.CaffeLoadNote)
+        net = caffe.load_net(os.path.join(FIXTURES, "segnet.prototxt"), phase="TRAIN")
+    net.setup(data=(2, 3, 32, 40), label=(2, 1, 32, 40))
+    randomise_statistics(net, 7)
+    x = np.random.default_rng(8).standard_normal((2, 3, 32, 40)).astype(np.float32)
+    compare(net, {"data": x, "label": np.zeros((2, 1, 32, 40), np.float32)})
+    assert net.blobs["pool4"].shape[2:] == (2, 3)          # 4 x 5 pooled with ceil
+    assert net.blobs["upsample4"].shape[2:] == (4, 5)      # MaxUnpool to an odd size
+
+
 def test_pooling_output_padding_deconvolution():
     net = Net("op")
     net.add(layers.Deconvolution(num_output=3, kernel_size=3, stride=3, name="up"),
