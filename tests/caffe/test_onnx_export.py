@@ -202,3 +202,16 @@ def test_missing_protobuf_names_the_extra():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
     assert 'pip install ".[caffe]"' in out.stdout, out.stderr
+
+
+@pytest.mark.parametrize("h,k,s,p,pool", [
+    (2, 3, 2, 2, "MAX"), (2, 3, 2, 2, "AVE"), (7, 3, 3, 2, "MAX"), (7, 3, 3, 2, "AVE"),
+    (6, 2, 2, 1, "AVE"), (5, 4, 3, 3, "AVE"), (5, 2, 2, 0, "MAX")])
+def test_ceil_pooling_edges_agree(h, k, s, p, pool):
+    # windows that would start in the padding are dropped (Caffe's rule with pad > 0); AVE
+    # divides by the window clipped to the padded extent
+    net = Net()
+    net.add(layers.Pooling(kernel_size=k, stride=s, pad=p, pool=pool, name="p"),
+            bottom=["x"], top=["y"])
+    x = np.random.default_rng(h * k + s).standard_normal((1, 2, h, h + 1)).astype(np.float32)
+    compare(net, {"x": x})
