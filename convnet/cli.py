@@ -11,7 +11,9 @@
                     .prototxt -> its V2 text)
 
 ``--data DIR`` is the folder the training script reads (DIR/images/*.png|jpg and
-DIR/labels/<same name>.png); ``--data synthetic`` uses the embedded synthetic dataset. It
+DIR/labels/<same name>.png, or DIR/train/... and DIR/val/...: train reads DIR/train, test
+and the test_interval runs DIR/val); ``--data synthetic`` uses the embedded synthetic
+dataset. It
 feeds the net's dataset layers (Data, ImageData, ImageSegData, DenseImageData, Python, ...)
 or, without one, its inputs named ``data`` and ``label``. ``--shape name=N,C,H,W`` gives an
 input shape the prototxt leaves open.
@@ -78,7 +80,8 @@ def _data_roles(net):
 class _Feeder:
     """``next_batch()`` -> the net's inputs from a dataset (images and label maps)."""
 
-    def __init__(self, net, spec, shapes, batch_size=None, seed=0, shuffle=True):
+    def __init__(self, net, spec, shapes, batch_size=None, seed=0, shuffle=True,
+                 split="train"):
         from convnet.data import BatchIterator, FolderDataset, SyntheticShapes
         self.image, self.label = _data_roles(net)
         shape = shapes.get(self.image)
@@ -89,14 +92,16 @@ class _Feeder:
         batch = batch_size or rec.get("batch_size") or (shape[0] if shape else 1)
         if spec == "synthetic":
             side = size[0] if size else 64
-            dataset = SyntheticShapes("train", num_images=64, size=side, seed=seed)
+            dataset = SyntheticShapes(split, num_images=64, size=side, seed=seed)
             if size and size[0] != size[1]:
                 raise ConfigError(f"--data synthetic makes square images; the net's input "
                                   f"'{self.image}' is {size[0]}x{size[1]}")
         else:
             if not os.path.isdir(spec):
                 raise FileFormatError(f"--data {spec}: no such folder")
-            dataset = FolderDataset(spec, size=size)
+            # the training script's layout: DIR/images + DIR/labels, or DIR/train and DIR/val
+            folder = os.path.join(spec, split)
+            dataset = FolderDataset(folder if os.path.isdir(folder) else spec, size=size)
         self.extra = [k for k in net.inputs if k not in (self.image, self.label)]
         self.shapes = shapes
         self.iterator = BatchIterator(dataset, int(batch), shuffle=shuffle, seed=seed)
@@ -156,7 +161,8 @@ def cmd_train(args):
         test_net = config.load_net("TEST")
         test_shapes = dict(test_net.caffe.input_shapes)
         test_shapes.update(_shapes(args.shape))
-        tester = (test_net, _Feeder(test_net, args.data, test_shapes, seed=1, shuffle=False))
+        tester = (test_net, _Feeder(test_net, args.data, test_shapes, seed=1, shuffle=False,
+                                    split="val"))
     max_iter = args.iterations or config.max_iter
     prefix = config.snapshot_prefix or os.path.splitext(os.path.basename(args.solver))[0]
     display = config.display or max(1, max_iter // 10)
@@ -199,7 +205,7 @@ def cmd_test(args):
     net, shapes = _load_model(args.model, "TEST", _shapes(args.shape))
     data = args.data or "synthetic"
     # a deploy net has no label input: the dataset's labels still score its output
-    feeder = _Feeder(net, data, shapes, shuffle=False)
+    feeder = _Feeder(net, data, shapes, shuffle=False, split="val")
     first = feeder.next_batch()
     _setup_from(net, first)
     if args.weights:

@@ -70,6 +70,27 @@ def test_train_resume_test_and_convert(workdir, capsys):
     assert code == 0 and (workdir / "net.onnx").exists()
 
 
+def test_test_reads_a_folder_dataset(workdir, capsys):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for folder in ("images", "labels"):
+            (workdir / "data" / split / folder).mkdir(parents=True)
+        for i in range(2):
+            image = rng.integers(0, 256, (41, 41, 3), dtype=np.uint8)
+            label = rng.integers(0, 5, (41, 41), dtype=np.uint8)
+            Image.fromarray(image).save(workdir / "data" / split / "images" / f"{i}.png")
+            Image.fromarray(label, mode="L").save(workdir / "data" / split / "labels" / f"{i}.png")
+    code, out, err = run(capsys, "test", "--model", "deeplab_v2.prototxt", "--data", "data",
+                         "--iterations", "2")
+    assert code == 0, err
+    assert "mean_iou = " in out
+    code, out, err = run(capsys, "train", "--solver", "solver_deeplab.prototxt", "--data",
+                         "data", "--iterations", "2")
+    assert code == 0, err
+    assert "Test net output: pixel_accuracy" in out
+
+
 def test_time_prints_per_layer_and_totals(capsys):
     code, out, _ = run(capsys, "time", "--model", os.path.join(FIXTURES, "fcn8s_v2.prototxt"),
                        "--iterations", "1", "--phase", "TEST")
