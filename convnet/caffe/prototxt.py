@@ -135,6 +135,9 @@ def _unknown_count(msg):
 def _expected(text, dialect):
     """What the schema has where the file names an unknown field or enum value."""
     import difflib
+    if 'V1LayerParameter" has no field named "layer"' in text:
+        return ("; this is Caffe's V0 format (layers { layer { ... } }), which convnet does "
+                "not read: upgrade it with Caffe's upgrade_net_proto_text first")
     m = re.search(r'Message type "caffe\.(\w+)" has no field named "(\w+)"', text)
     if m:
         try:

@@ -273,6 +273,12 @@ def test_unknown_v1_type_in_every_dialect():
     assert "did you mean CONVOLUTION?" in msg and "LayerType values: NONE, " in msg
 
 
+def test_v0_format_is_named():
+    msg = error('layers { layer { name: "conv1" type: "conv" num_output: 2 } }',
+                FileFormatError)
+    assert "V0 format" in msg and "upgrade_net_proto_text" in msg
+
+
 def test_v1_and_v2_together_is_an_error():
     msg = error('layer { name: "a" type: "ReLU" bottom: "x" top: "y" }\n'
                 'layers { name: "b" type: RELU bottom: "x" top: "z" }', FileFormatError)
