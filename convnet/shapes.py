@@ -106,3 +106,11 @@ def fits_int32(*dims):
 
 __all__ = ["pair", "conv_out", "deconv_out", "pool_out", "unpool_out", "interp_out",
            "interp_scale", "fits_int32"]
+
+
+def lattice_tiles(out, residue, step, tile):
+    """Tiles of ``tile`` outputs covering the lattice residue, residue + step, ... < out of one
+    output axis (a dilated Winograd convolution tiles each of its step residues on its own)."""
+    if residue >= out:
+        return 0
+    return -(-(-(-(out - residue) // step)) // tile)

@@ -490,10 +490,17 @@ def _conv_threads(items):
     return max(min(items, get_num_threads()), 1)
 
 
-def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, workspace):
+def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, workspace,
+                 algorithm="im2col"):
     """Convolution forward. IN x (N, C, H, W), weight (M, C/group, kh, kw), bias (M,) or
     None; OUT y (N, M, OH, OW) = conv(x) + bias. kernel, stride, pad, dilation: (h, w)
-    pairs; ``workspace``: a dict the caller keeps between calls (scratch buffers)."""
+    pairs; ``workspace``: a dict the caller keeps between calls (scratch buffers);
+    ``algorithm``: "im2col", "winograd" (3x3, stride 1) or "subpixel" (as im2col here: the
+    strided deconvolution's sub-pixel pass is its forward, conv_backward_data). The layer
+    checked that the algorithm applies (convnet.layers.conv_algorithms)."""
+    if algorithm == "winograd":
+        _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace)
+        return
     n, out = x.shape[0], y.shape[2:]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
     threads = _conv_threads(n * -(-out[0] // rows))
@@ -506,10 +513,21 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
                                      dilation[0], dilation[1], group, rows)
 
 
-def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, group, workspace):
+def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, group, workspace,
+                       algorithm="im2col"):
     """The adjoint of conv_forward's linear part. IN dy (N, M, OH, OW), weight (M, C/group,
     kh, kw), bias (C,) or None (added per channel of dx: Deconvolution's forward); OUT dx
-    (N, C, H, W), overwritten."""
+    (N, C, H, W), overwritten. ``algorithm`` as in conv_forward; "subpixel" computes the
+    stride**2 output phases as stride-1 convolutions (no col2im scatter)."""
+    if algorithm == "winograd":
+        # a stride-1 transposed convolution is a correlation with the rotated filters
+        _winograd_correlate(dy, _winograd_transposed(weight, group), bias, dx,
+                            (dilation[0] * 2 - pad[0], dilation[1] * 2 - pad[1]), dilation,
+                            group, workspace)
+        return
+    if algorithm == "subpixel":
+        _subpixel_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace)
+        return
     n, channels, out = dx.shape[0], dx.shape[1] // group, dy.shape[2:]
     block = _conv_block(n, channels, group, out, kernel, dx.itemsize)
     threads = _conv_threads(n * group * -(-channels // block))
@@ -523,10 +541,14 @@ def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, grou
                                            block)
 
 
-def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace):
+def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
+                         algorithm="im2col"):
     """IN x (N, C, H, W), dy (N, M, OH, OW); INOUT dweight (M, C/group, kh, kw) += the
     weight gradient. The summation order depends only on the shapes: the result is the same
-    for any thread count."""
+    for any thread count. ``algorithm`` as in conv_forward."""
+    if algorithm == "winograd":
+        _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace)
+        return
     n, channels, out = x.shape[0], x.shape[1] // group, dy.shape[2:]
     block = _conv_block(1, channels, group, out, kernel, x.itemsize)
     blocks = group * -(-channels // block)
@@ -543,6 +565,156 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
         _conv_kernels().conv_backward_weight(x, dy, dweight, col, partial, stride[0],
                                              stride[1], pad[0], pad[1], dilation[0],
                                              dilation[1], group, block)
+
+
+# ---- conv: Winograd F(4x4, 3x3) (pyx/winograd.pyx), 3x3 filters at stride 1
+
+WINOGRAD_TILE = 4
+WINOGRAD_POINTS = 36
+#: bytes of one work item's transformed tiles and products (V and M of pyx/winograd.pyx):
+#: small enough to stay in the L2/L3 caches between the transforms and the 36 GEMMs
+WINOGRAD_ITEM_BYTES = 2 * 1024 * 1024
+#: the fewest tiles in one work item: narrower GEMMs (N or K of a few tiles) lose more than
+#: the cache saves
+WINOGRAD_MIN_TILES = 64
+#: the most weight-gradient classes (each a 36 x M x C/group partial sum), and their budget
+WINOGRAD_MAX_CLASSES = 4
+WINOGRAD_CLASS_BYTES = 32 * 1024 * 1024
+
+
+def _winograd_kernels():
+    from convnet._cpu import winograd
+    return winograd
+
+
+def _winograd_items(n, out, dilation, per_tile_bytes):
+    """Work items (image, lattice residues a and b, tile rows [tr0, tr1)) and the most tiles
+    in one: runs of tile rows of at most WINOGRAD_ITEM_BYTES, split to give CONV_MIN_ITEMS
+    items in all, yet of at least WINOGRAD_MIN_TILES tiles. Depends on the shapes only
+    (results never depend on the thread count)."""
+    from convnet.shapes import lattice_tiles
+    dh, dw = dilation
+    lattices = [(a, b, lattice_tiles(out[0], a, dh, WINOGRAD_TILE),
+                 lattice_tiles(out[1], b, dw, WINOGRAD_TILE))
+                for a in range(min(dh, out[0])) for b in range(min(dw, out[1]))]
+    tw_max = max(tw for _, _, _, tw in lattices)
+    rows = max(WINOGRAD_ITEM_BYTES // max(per_tile_bytes * tw_max, 1), 1)
+    total_rows = n * sum(th for _, _, th, _ in lattices)
+    rows = max(min(rows, -(-total_rows // CONV_MIN_ITEMS)), -(-WINOGRAD_MIN_TILES // tw_max), 1)
+    items = [(i, a, b, r, min(r + rows, th))
+             for i in range(n) for a, b, th, _ in lattices for r in range(0, th, rows)]
+    return np.array(items, dtype=np.intp).reshape(-1, 5), rows * tw_max, tw_max
+
+
+def _winograd_filters(weight, workspace):
+    """The transformed filters U (36, M, C/group) of a (M, C/group, 3, 3) weight."""
+    m, cg = weight.shape[:2]
+    u = _conv_scratch(workspace, "winograd_u", WINOGRAD_POINTS, m * cg, weight.dtype)
+    u = u.reshape(WINOGRAD_POINTS, m, cg)
+    _winograd_kernels().winograd_filter(weight, u)
+    return u
+
+
+def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace):
+    """y = x correlated with the 3x3 (dilated) weight at stride 1, any pad (negative crops),
+    for every pixel of y whatever its size; + bias per output channel."""
+    wk = _winograd_kernels()
+    u = _winograd_filters(weight, workspace)
+    c, m = x.shape[1], y.shape[1]
+    items, max_tiles, tw_max = _winograd_items(x.shape[0], y.shape[2:], dilation,
+                                               WINOGRAD_POINTS * (c + m) * x.itemsize)
+    # few items (small images, one image): split the output channels too, in blocks of at
+    # least 32 (the GEMMs' M side)
+    mblock = m
+    if len(items) < CONV_MIN_ITEMS and group == 1:
+        mblock = max(-(-m // -(-CONV_MIN_ITEMS // len(items))), min(m, 32))
+    threads = _conv_threads(len(items) * -(-m // mblock))
+    scratch = _conv_scratch(workspace, "col", threads,
+                            wk.scratch_size(c, mblock, max_tiles, tw_max), x.dtype)
+    b = np.empty(0, x.dtype) if bias is None else bias
+    with blas_threads(1):
+        wk.winograd_forward(x, u, b, y, items, scratch, max_tiles, mblock, pad[0], pad[1],
+                            dilation[0], dilation[1], group)
+
+
+def _winograd_transposed(weight, group):
+    """The filters of the adjoint (stride 1): rotated 180 degrees, in/out channels swapped
+    per group: (M, C/group, 3, 3) -> (C, M/group, 3, 3)."""
+    m, cg, kh, kw = weight.shape
+    w = weight.reshape(group, m // group, cg, kh, kw)[:, :, :, ::-1, ::-1]
+    return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4).reshape(group * cg, m // group,
+                                                                   kh, kw))
+
+
+def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
+    wk = _winograd_kernels()
+    n, c = x.shape[:2]
+    m = dy.shape[1]
+    cg, mg = c // group, m // group
+    block = cg
+    per_tile = WINOGRAD_POINTS * (block + mg) * x.itemsize
+    items, max_tiles, tw_max = _winograd_items(n, dy.shape[2:], dilation, per_tile)
+    size = m * cg
+    classes = max(min(WINOGRAD_MAX_CLASSES, len(items),
+                      WINOGRAD_CLASS_BYTES // max(WINOGRAD_POINTS * size * x.itemsize, 1)), 1)
+    if classes * group < CONV_MIN_ITEMS and cg >= 2 * 16:
+        # few classes fit: split the channels instead (each block redoes dY's transform)
+        block = -(-cg // -(-CONV_MIN_ITEMS // (classes * group)))
+    threads = _conv_threads(classes * group * -(-cg // block))
+    scratch = _conv_scratch(workspace, "col", threads,
+                            wk.scratch_size(block, mg, max_tiles, tw_max), x.dtype)
+    du = _conv_scratch(workspace, "partial", classes, WINOGRAD_POINTS * size, x.dtype)
+    du = du.reshape(classes, WINOGRAD_POINTS, size)
+    with blas_threads(1):
+        wk.winograd_backward_weight(x, dy, du, items, scratch, max_tiles, block, pad[0],
+                                    pad[1], dilation[0], dilation[1], group)
+    wk.winograd_filter_adjoint(du[0], dweight)
+
+
+# ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)
+
+def _subpixel_phases(out, kernel, stride, pad):
+    """Per output phase r < stride of one axis: (first output pixel, pixels, taps J, first
+    low-resolution input row u0). Output pixel h = first + stride*v reads taps
+    i = r + stride*j (j < J) at input row u0 + v - j."""
+    phases = []
+    for r in range(stride):
+        taps = max(-(-(kernel - r) // stride), 0)
+        u0 = -(-(pad - r) // stride)
+        first = stride * u0 + r - pad
+        count = max(-(-(out - first) // stride), 0) if first < out else 0
+        phases.append((first, count, taps, u0))
+    return phases
+
+
+def _subpixel_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace):
+    """The adjoint of a strided convolution (a Deconvolution's forward) as stride**2 stride-1
+    convolutions, one per output phase, each written straight into its pixels of dx: output
+    pixel h = s*u + r - p receives sum_j W[.., r + s*j] dy[u - j], a correlation of dy with
+    the phase's sub-kernel flipped (no col2im scatter)."""
+    n, m = dy.shape[:2]
+    c = dx.shape[1]
+    mg, cg = m // group, c // group
+    rows = _subpixel_phases(dx.shape[2], kernel[0], stride[0], pad[0])
+    cols = _subpixel_phases(dx.shape[3], kernel[1], stride[1], pad[1])
+    w = weight.reshape(group, mg, cg, kernel[0], kernel[1])
+    for first_h, count_h, taps_h, u0_h in rows:
+        for first_w, count_w, taps_w, u0_w in cols:
+            if count_h == 0 or count_w == 0:
+                continue
+            target = dx[:, :, first_h::stride[0], first_w::stride[1]][:, :, :count_h, :count_w]
+            if taps_h == 0 or taps_w == 0:
+                target[...] = 0 if bias is None else bias[:, None, None]
+                continue
+            r_h, r_w = first_h + pad[0] - stride[0] * u0_h, first_w + pad[1] - stride[1] * u0_w
+            # sub-kernel taps r + s*j, flipped (j' = J-1-j), in/out channels swapped per group
+            sub = w[:, :, :, r_h::stride[0], r_w::stride[1]][:, :, :, :taps_h, :taps_w]
+            sub = sub[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+            sub = np.ascontiguousarray(sub.reshape(c, mg, taps_h, taps_w))
+            phase = np.empty((n, c, count_h, count_w), dx.dtype)
+            conv_forward(dy, sub, bias, phase, (taps_h, taps_w), (1, 1),
+                         (taps_h - 1 - u0_h, taps_w - 1 - u0_w), (1, 1), group, workspace)
+            target[...] = phase
 
 
 def conv_backward_bias(dy, dbias):

@@ -15,7 +15,7 @@ import numpy as np
 
 from convnet.cuda import _lib
 from convnet.cuda.array import DeviceArray, from_numpy as _upload
-from convnet.errors import DeviceError
+from convnet.errors import ConfigError, DeviceError
 
 name = "cuda"
 
@@ -508,7 +508,11 @@ def _conv_scratch(workspace, key, size):
 
 
 def _conv_call(entry, arrays, x_shape, y_shape, kernel, stride, pad, dilation, group,
-               workspace):
+               workspace, algorithm):
+    if algorithm != "im2col":
+        # the layers ask for im2col on this device (convnet.layers.conv_algorithms)
+        raise ConfigError(f"{entry}: the CUDA backend runs algorithm 'im2col' only, got "
+                          f"{algorithm!r}")
     n, c, h, w = x_shape
     m, oh, ow = y_shape[1], y_shape[2], y_shape[3]
     col = _conv_scratch(workspace, "col", c * kernel[0] * kernel[1] * oh * ow)
@@ -516,23 +520,26 @@ def _conv_call(entry, arrays, x_shape, y_shape, kernel, stride, pad, dilation, g
               stride[1], pad[0], pad[1], dilation[0], dilation[1], int(group), None)
 
 
-def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, workspace):
+def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, workspace,
+                 algorithm="im2col"):
     """Convolution forward: y = conv(x) + bias (bias (M,) or None); im2col + cuBLAS gemm."""
     _conv_call("convnet_conv_forward", (_f(x), _f(weight), _f(bias), _f(y)), x.shape, y.shape,
-               kernel, stride, pad, dilation, group, workspace)
+               kernel, stride, pad, dilation, group, workspace, algorithm)
 
 
-def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, group, workspace):
+def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, group, workspace,
+                       algorithm="im2col"):
     """dx (overwritten) = the adjoint of conv_forward's linear part applied to dy, plus bias
     (C,) per channel when given (Deconvolution's forward); gemm + col2im (a gather)."""
     _conv_call("convnet_conv_backward_data", (_f(dy), _f(weight), _f(bias), _f(dx)), dx.shape,
-               dy.shape, kernel, stride, pad, dilation, group, workspace)
+               dy.shape, kernel, stride, pad, dilation, group, workspace, algorithm)
 
 
-def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace):
+def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
+                         algorithm="im2col"):
     """INOUT dweight += the weight gradient (images in turn, gemm with beta = 1)."""
     _conv_call("convnet_conv_backward_weight", (_f(x), _f(dy), _f(dweight)), x.shape, dy.shape,
-               kernel, stride, pad, dilation, group, workspace)
+               kernel, stride, pad, dilation, group, workspace, algorithm)
 
 
 def conv_backward_bias(dy, dbias):

@@ -11,6 +11,7 @@ import numpy as np
 
 from convnet import fillers, shapes
 from convnet.errors import ShapeError, fail
+from convnet.layers import conv_algorithms
 from convnet.layers.base import Layer, check_number, shape_str
 
 _scratch = threading.local()
@@ -42,11 +43,14 @@ class _ConvolutionBase(Layer):
 
     def __init__(self, num_output, kernel_size, stride=1, pad=0, dilation=1, group=1,
                  bias_term=True, weight_filler="msra", bias_filler=0.0, name=None,
-                 dtype=np.float32, param=None):
+                 dtype=np.float32, param=None, algorithm="auto"):
         self._raw = dict(num_output=num_output, kernel_size=kernel_size, stride=stride, pad=pad,
                          dilation=dilation, group=group, bias_term=bias_term,
-                         weight_filler=weight_filler, bias_filler=bias_filler)
+                         weight_filler=weight_filler, bias_filler=bias_filler,
+                         algorithm=algorithm)
         self._x = None
+        #: the algorithm setup chose for the current bottom shape and device (None before)
+        self.algorithm_used = None
         super().__init__(name=name, dtype=dtype, param=param)
 
     def _check_params(self):
@@ -66,6 +70,7 @@ class _ConvolutionBase(Layer):
                        f"({self.group})")
         self.weight_filler = fillers.normalize(raw["weight_filler"], "weight_filler", self)
         self.bias_filler = fillers.normalize(raw["bias_filler"], "bias_filler", self)
+        self.algorithm = conv_algorithms.check_name(raw["algorithm"], self)
 
     # ------------------------------------------------------------------ params
     @property
@@ -103,10 +108,6 @@ class _ConvolutionBase(Layer):
                                f"{shape_str(a.shape)}; it was replaced after setup",
                          ShapeError)
 
-    def _move_state(self, device):
-        super()._move_state(device)
-        self._x = None
-
     # ------------------------------------------------------------------ shapes
     def _check_bottom(self, shape):
         if len(shape) != 4:
@@ -127,10 +128,19 @@ class _ConvolutionBase(Layer):
                        f"the 32-bit ints of BLAS; use smaller images or fewer channels",
                  ShapeError)
 
+    def _choose_algorithm(self, shape):
+        self.algorithm_used = conv_algorithms.choose(self, shape, self.device)
+
+    def _move_state(self, device):
+        super()._move_state(device)
+        self._x = None
+        if self.bottom_shapes:
+            self.algorithm_used = conv_algorithms.choose(self, self.bottom_shapes[0], device)
+
     def _geometry(self):
         return dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
                     dilation=self.dilation, group=self.group,
-                    workspace=_workspace(self.device))
+                    workspace=_workspace(self.device), algorithm=self.algorithm_used)
 
     def _learns(self, index):
         return len(self.params) > index and self.params[index].lr_mult != 0
@@ -151,6 +161,9 @@ class Convolution(_ConvolutionBase):
     group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0); kernel_size,
     stride, pad and dilation take an int or an (h, w) pair. ``param=[dict(lr_mult=...), ...]``
     sets the weight's and bias's multipliers; lr_mult 0 skips that gradient entirely.
+    ``algorithm`` ("auto"): "im2col", or "winograd" for 3x3 kernels at stride 1 (any pad and
+    dilation); "auto" picks by the rule in :mod:`convnet.layers.conv_algorithms`, and
+    ``algorithm_used`` says what setup chose.
 
     >>> conv = Convolution(num_output=8, kernel_size=3, pad=1)
     >>> conv.forward(np.zeros((2, 3, 5, 7), np.float32)).shape
@@ -168,6 +181,7 @@ class Convolution(_ConvolutionBase):
                        f"{_show(self.dilation)} gives an empty output "
                        f"({max(oh, 0)}x{max(ow, 0)})", ShapeError)
         self._check_blas(c * kh * kw, oh * ow, self.num_output, n)
+        self._choose_algorithm(shapes_[0])
         self._make_params((self.num_output, c // self.group, kh, kw), self.num_output)
         return (n, self.num_output, oh, ow)
 
@@ -212,7 +226,10 @@ class Deconvolution(_ConvolutionBase):
     Caffe parameters (defaults): num_output, kernel_size, stride (1), pad (0), dilation (1),
     group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0), plus
     output_padding (0). For FCN's fixed upsampling use ``weight_filler="bilinear"``,
-    ``group=C`` and ``param=[dict(lr_mult=0)]``.
+    ``group=C`` and ``param=[dict(lr_mult=0)]``. ``algorithm`` ("auto"): "im2col",
+    "winograd" (3x3, stride 1) or "subpixel" (stride > 1, dilation 1: the forward as
+    stride**2 stride-1 convolutions, no col2im scatter); see
+    :mod:`convnet.layers.conv_algorithms`.
 
     >>> up = Deconvolution(num_output=4, kernel_size=4, stride=2, pad=1)
     >>> up.forward(np.zeros((1, 4, 5, 6), np.float32)).shape
@@ -221,10 +238,10 @@ class Deconvolution(_ConvolutionBase):
 
     def __init__(self, num_output, kernel_size, stride=1, pad=0, dilation=1, group=1,
                  output_padding=0, bias_term=True, weight_filler="msra", bias_filler=0.0,
-                 name=None, dtype=np.float32, param=None):
+                 name=None, dtype=np.float32, param=None, algorithm="auto"):
         self._raw_output_padding = output_padding
         super().__init__(num_output, kernel_size, stride, pad, dilation, group, bias_term,
-                         weight_filler, bias_filler, name, dtype, param)
+                         weight_filler, bias_filler, name, dtype, param, algorithm)
 
     def _check_params(self):
         super()._check_params()
@@ -279,6 +296,7 @@ class Deconvolution(_ConvolutionBase):
                        f"{_show(self.dilation)}, output_padding {_show(op)} gives an empty "
                        f"output ({max(oh, 0)}x{max(ow, 0)})", ShapeError)
         self._check_blas(self.num_output * kh * kw, h * w, c, n, oh * ow)
+        self._choose_algorithm(shapes_[0])
         self._make_params((c, self.num_output // self.group, kh, kw), self.num_output)
         return (n, self.num_output, oh, ow)
 

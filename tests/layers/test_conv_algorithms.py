@@ -1,0 +1,271 @@
+"""Every convolution algorithm (im2col, Winograd, sub-pixel) against the naive float64 loops,
+finite differences and PyTorch, on random configurations of the shapes it applies to; the
+auto rule; forced algorithms that do not apply; accuracy on large shapes."""
+
+import numpy as np
+import pytest
+
+import convnet
+from convnet import shapes
+from convnet.errors import ConfigError
+from convnet.layers import Convolution, Deconvolution, conv_algorithms
+from convnet.testing import check_gradients
+from conftest import assert_close
+from reference import conv as ref
+
+N_CONFIGS = 16
+
+
+def _winograd_config(seed):
+    """3x3 at stride 1: random pads (also beyond 2: the adjoint then crops), per-axis
+    dilation, groups, odd sizes, batches."""
+    r = np.random.default_rng(3000 + seed)
+    while True:
+        group = int(r.choice([1, 1, 2, 3]))
+        cfg = dict(n=int(r.integers(1, 4)), c=group * int(r.integers(1, 5)),
+                   m=group * int(r.integers(1, 5)), group=group, kernel=(3, 3), stride=(1, 1),
+                   pad=(int(r.integers(0, 5)), int(r.integers(0, 4))),
+                   dilation=(int(r.integers(1, 4)), int(r.integers(1, 3))),
+                   size=(int(r.integers(1, 19)), int(r.integers(1, 14))), output_padding=(0, 0))
+        out = [shapes.conv_out(cfg["size"][a], 3, 1, cfg["pad"][a], cfg["dilation"][a])
+               for a in range(2)]
+        dout = [shapes.deconv_out(cfg["size"][a], 3, 1, cfg["pad"][a], cfg["dilation"][a])
+                for a in range(2)]
+        if min(out) >= 1 and min(dout) >= 1:
+            return cfg
+
+
+def _subpixel_config(seed):
+    """Strided Deconvolutions: kernels smaller and larger than the stride, pads, output
+    padding, groups."""
+    r = np.random.default_rng(4000 + seed)
+    while True:
+        group = int(r.choice([1, 1, 2]))
+        stride = (int(r.integers(1, 5)), int(r.integers(2, 5)))
+        cfg = dict(n=int(r.integers(1, 3)), c=group * int(r.integers(1, 4)),
+                   m=group * int(r.integers(1, 4)), group=group,
+                   kernel=(int(r.integers(1, 9)), int(r.integers(1, 9))), stride=stride,
+                   pad=(int(r.integers(0, 4)), int(r.integers(0, 4))), dilation=(1, 1),
+                   size=(int(r.integers(1, 7)), int(r.integers(1, 8))))
+        cfg["output_padding"] = tuple(int(r.integers(0, stride[a])) for a in range(2))
+        out = [shapes.deconv_out(cfg["size"][a], cfg["kernel"][a], stride[a], cfg["pad"][a], 1,
+                                 cfg["output_padding"][a]) for a in range(2)]
+        if min(out) >= 1:
+            return cfg
+
+
+WINOGRAD = [_winograd_config(i) for i in range(N_CONFIGS)]
+SUBPIXEL = [_subpixel_config(i) for i in range(N_CONFIGS)]
+#: (layer type, algorithm, configuration)
+CASES = ([("conv", "winograd", c) for c in WINOGRAD] + [("deconv", "winograd", c) for c in WINOGRAD]
+         + [("deconv", "subpixel", c) for c in SUBPIXEL]
+         + [("conv", "im2col", c) for c in WINOGRAD[:6]]
+         + [("deconv", "im2col", c) for c in SUBPIXEL[:6]])
+IDS = [f"{kind}-{alg}-{i}" for i, (kind, alg, _) in enumerate(CASES)]
+
+
+def _make(kind, algorithm, cfg, dtype):
+    kw = dict(stride=cfg["stride"], pad=cfg["pad"], dilation=cfg["dilation"], group=cfg["group"],
+              dtype=dtype, algorithm=algorithm, bias_filler=dict(type="uniform", min=-1, max=1))
+    if kind == "conv":
+        layer = Convolution(cfg["m"], cfg["kernel"], weight_filler="gaussian", **kw)
+    else:
+        layer = Deconvolution(cfg["m"], cfg["kernel"], output_padding=cfg["output_padding"],
+                              weight_filler=dict(type="gaussian", std=0.5), **kw)
+    layer.rng = np.random.default_rng(7)
+    return layer
+
+
+def _reference(kind, layer, x, cfg):
+    geom = (cfg["stride"], cfg["pad"], cfg["dilation"], cfg["group"])
+    if kind == "conv":
+        return ref.conv2d(x, layer.weight.data, layer.bias.data, *geom)
+    return ref.deconv2d(x, layer.weight.data, layer.bias.data, *geom, cfg["output_padding"])
+
+
+def _reference_grads(kind, layer, x, dy, cfg):
+    geom = (cfg["stride"], cfg["pad"], cfg["dilation"], cfg["group"])
+    fn = ref.conv2d_grads if kind == "conv" else ref.deconv2d_grads
+    return fn(x, layer.weight.data, dy, *geom)
+
+
+def _input(cfg, rng):
+    return rng.standard_normal((cfg["n"], cfg["c"]) + cfg["size"])
+
+
+@pytest.mark.parametrize("kind,algorithm,cfg", CASES, ids=IDS)
+def test_forward_matches_naive_loops(kind, algorithm, cfg, dtype, rng):
+    layer = _make(kind, algorithm, cfg, dtype)
+    x = _input(cfg, rng).astype(dtype)
+    y = layer.forward(x)
+    assert layer.algorithm_used == algorithm
+    expected = _reference(kind, layer, x, cfg)
+    assert y.shape == expected.shape
+    assert_close(y, expected, dtype, scale=np.sqrt(expected.size))
+
+
+@pytest.mark.parametrize("kind,algorithm,cfg", CASES, ids=IDS)
+def test_gradients_match_naive_loops_and_accumulate(kind, algorithm, cfg, rng):
+    layer = _make(kind, algorithm, cfg, np.float64)
+    x = _input(cfg, rng)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, db_ref = _reference_grads(kind, layer, x, dy, cfg)
+    start_w = rng.standard_normal(layer.weight.shape)
+    layer.weight.diff[...] = start_w
+    dx = layer.backward(dy)
+    np.testing.assert_array_equal(dx, layer.backward(dy))
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.diff, start_w + 2 * dw_ref, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(layer.bias.diff, 2 * db_ref, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("kind,algorithm,cfg", CASES[::5], ids=IDS[::5])
+def test_gradients_pass_finite_differences(kind, algorithm, cfg, rng):
+    check_gradients(_make(kind, algorithm, cfg, np.float64), _input(cfg, rng))
+
+
+@pytest.mark.parametrize("kind,algorithm,cfg", CASES[::3], ids=IDS[::3])
+def test_matches_torch(kind, algorithm, cfg, dtype, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    layer = _make(kind, algorithm, cfg, dtype)
+    x = _input(cfg, rng).astype(dtype)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = layer.backward(dy)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(layer.weight.data.copy(), requires_grad=True)
+    tb = torch.tensor(layer.bias.data.copy(), requires_grad=True)
+    kw = dict(stride=layer.stride, padding=layer.pad, dilation=layer.dilation,
+              groups=layer.group)
+    if kind == "conv":
+        out = F.conv2d(tx, tw, tb, **kw)
+    else:
+        out = F.conv_transpose2d(tx, tw, tb, output_padding=cfg["output_padding"], **kw)
+    out.backward(torch.tensor(dy))
+    scale = 1.0 if dtype == np.float64 else 10.0
+    assert_close(y, out.detach().numpy(), dtype, scale=scale)
+    assert_close(dx, tx.grad.numpy(), dtype, scale=scale)
+    assert_close(layer.weight.diff, tw.grad.numpy(), dtype, scale=scale * 10)
+
+
+@pytest.mark.parametrize("kind,algorithm,cfg",
+                         [("conv", "winograd", dict(WINOGRAD[3], n=3, c=12, m=10,
+                                                    size=(37, 29), group=1)),
+                          ("deconv", "winograd", dict(WINOGRAD[5], n=1, c=9, m=20,
+                                                      size=(23, 41), group=1)),
+                          ("deconv", "subpixel", dict(SUBPIXEL[2], n=3, c=6, m=5,
+                                                      size=(17, 13)))],
+                         ids=["conv-winograd", "deconv-winograd", "deconv-subpixel"])
+def test_one_and_two_threads_are_bit_identical(kind, algorithm, cfg, rng):
+    x = _input(cfg, rng).astype(np.float32)
+    results = []
+    before = convnet.get_num_threads()
+    try:
+        for threads in (1, 2):
+            convnet.set_num_threads(threads)
+            layer = _make(kind, algorithm, cfg, np.float32)
+            y = layer.forward(x)
+            dx = layer.backward(np.cos(np.arange(y.size, dtype=np.float32)).reshape(y.shape))
+            results.append((y, dx, layer.weight.diff.copy(), layer.bias.diff.copy()))
+    finally:
+        convnet.set_num_threads(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- large shapes, float32
+
+def _relative_error(actual, expected):
+    return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+@pytest.mark.parametrize("n,c,m,size,pad,dilation", [
+    (1, 512, 512, (10, 9), 1, 1),        # 512 channels (VGG's conv4/conv5)
+    (1, 3, 8, (224, 224), 1, 1),         # a 224x224 input
+    (2, 64, 64, (30, 34), 2, 2),         # dilated (DeepLab)
+], ids=["512ch", "224x224", "dilated"])
+def test_float32_stays_within_the_conformance_bound_on_large_shapes(algorithm, n, c, m, size,
+                                                                    pad, dilation, rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = rng.standard_normal((n, c) + size).astype(np.float32)
+    layer = Convolution(m, 3, pad=pad, dilation=dilation, algorithm=algorithm,
+                        weight_filler="msra")
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(layer.weight.data, dtype=torch.float64, requires_grad=True)
+    out = F.conv2d(tx, tw, torch.tensor(layer.bias.data, dtype=torch.float64), padding=pad,
+                   dilation=dilation)
+    out.backward(torch.tensor(dy, dtype=torch.float64))
+    assert _relative_error(y, out.detach().numpy()) <= 2e-4
+    assert _relative_error(dx, tx.grad.numpy()) <= 2e-4
+    assert _relative_error(layer.weight.diff, tw.grad.numpy()) <= 2e-4
+
+
+def test_float32_subpixel_deconvolution_large_shape(rng):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x = rng.standard_normal((2, 21, 28, 28)).astype(np.float32)
+    layer = Deconvolution(21, 16, stride=8, pad=4, algorithm="subpixel", bias_term=False)
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = layer.backward(dy)
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    tw = torch.tensor(layer.weight.data, dtype=torch.float64, requires_grad=True)
+    out = F.conv_transpose2d(tx, tw, stride=8, padding=4)
+    out.backward(torch.tensor(dy, dtype=torch.float64))
+    assert _relative_error(y, out.detach().numpy()) <= 2e-4
+    assert _relative_error(dx, tx.grad.numpy()) <= 2e-4
+    assert _relative_error(layer.weight.diff, tw.grad.numpy()) <= 2e-4
+
+
+# ---------------------------------------------------------------- choice
+
+def test_auto_picks_winograd_for_wide_3x3_stride_1_and_im2col_otherwise():
+    wide = Convolution(16, 3, pad=1)
+    wide.setup((2, 16, 9, 9))
+    assert wide.algorithm_used == "winograd"
+    narrow = Convolution(32, 3, pad=1)
+    narrow.setup((2, conv_algorithms.WINOGRAD_MIN_CHANNELS - 1, 9, 9))
+    assert narrow.algorithm_used == "im2col"
+    strided = Convolution(16, 3, stride=2)
+    strided.setup((2, 16, 9, 9))
+    assert strided.algorithm_used == "im2col"
+    five = Convolution(16, 5, pad=2)
+    five.setup((2, 16, 9, 9))
+    assert five.algorithm_used == "im2col"
+
+
+def test_auto_picks_subpixel_for_strided_deconvolution():
+    up = Deconvolution(8, 4, stride=2, pad=1)
+    up.setup((1, 8, 5, 5))
+    assert up.algorithm_used == "subpixel"
+    dilated = Deconvolution(8, 4, stride=2, pad=1, dilation=2)
+    dilated.setup((1, 8, 5, 5))
+    assert dilated.algorithm_used == "im2col"
+
+
+@pytest.mark.parametrize("layer,algorithm,match", [
+    (lambda a: Convolution(4, 5, algorithm=a), "winograd",
+     "it needs a 3x3 kernel, got kernel_size 5"),
+    (lambda a: Convolution(4, 3, stride=2, algorithm=a), "winograd",
+     "it needs stride 1, got stride 2"),
+    (lambda a: Convolution(4, 3, algorithm=a), "subpixel", "it is the strided Deconvolution's"),
+    (lambda a: Deconvolution(4, 3, algorithm=a), "subpixel", "it needs stride > 1"),
+    (lambda a: Deconvolution(4, 4, stride=2, dilation=(1, 2), algorithm=a), "subpixel",
+     r"it needs dilation 1, got dilation \(1, 2\)"),
+])
+def test_a_forced_algorithm_that_does_not_apply_is_a_config_error(layer, algorithm, match):
+    with pytest.raises(ConfigError, match=f"algorithm '{algorithm}' does not apply: {match}"):
+        layer(algorithm).setup((1, 4, 8, 8))
+
+
+def test_unknown_algorithm_is_named():
+    with pytest.raises(ConfigError, match="algorithm must be one of 'auto', 'im2col', "
+                                          "'winograd', 'subpixel', got 'fft'"):
+        Convolution(4, 3, algorithm="fft")
