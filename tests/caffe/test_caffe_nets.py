@@ -208,7 +208,8 @@ layer { name: "split" type: "Split" bottom: "x" top: "x1" top: "x2" }
 layer { name: "ip" type: "InnerProduct" bottom: "x1" top: "ip"
   inner_product_param { num_output: 4 weight_filler { type: "gaussian" } } }
 layer { name: "prob" type: "Softmax" bottom: "ip" top: "prob" }
-layer { name: "reshape" type: "Reshape" bottom: "x2" top: "r" reshape_param { shape { dim: 0 dim: -1 } } }
+layer { name: "reshape" type: "Reshape" bottom: "x2" top: "r"
+  reshape_param { shape { dim: 0 dim: -1 } } }
 """)
     out = net.forward(x=np.random.default_rng(0).standard_normal((2, 3, 2, 2)))
     assert out["prob"].shape == (2, 4) and out["r"].shape == (2, 12)

@@ -136,7 +136,8 @@ layer { name: "sink" type: "Silence" bottom: "gpool" }
 def test_v1_concat_dim_and_deconvnet_bn():
     net = load("""
 input: "x" input_dim: 2 input_dim: 3 input_dim: 4 input_dim: 4
-layers { name: "cat" type: CONCAT bottom: "x" bottom: "x" top: "cat" concat_param { concat_dim: 1 } }
+layers { name: "cat" type: CONCAT bottom: "x" bottom: "x" top: "cat"
+  concat_param { concat_dim: 1 } }
 layers { name: "bn" type: BN bottom: "cat" top: "cat" blobs_lr: 1 blobs_lr: 1
   weight_decay: 0 weight_decay: 0
   bn_param { bn_mode: INFERENCE scale_filler { type: "constant" value: 2 }
@@ -236,7 +237,8 @@ def test_memory_and_dummy_data_give_shapes():
     net = load("""
 layer { name: "mem" type: "MemoryData" top: "data" top: "label"
   memory_data_param { batch_size: 2 channels: 3 height: 5 width: 6 } }
-layer { name: "dummy" type: "DummyData" top: "extra" dummy_data_param { shape { dim: 2 dim: 3 dim: 5 dim: 6 } } }
+layer { name: "dummy" type: "DummyData" top: "extra"
+  dummy_data_param { shape { dim: 2 dim: 3 dim: 5 dim: 6 } } }
 layer { name: "sum" type: "Eltwise" bottom: "data" bottom: "extra" top: "s" }
 layer { name: "sink" type: "Silence" bottom: "label" }
 """)

@@ -93,7 +93,8 @@ layers { name: "up" type: DECONVOLUTION bottom: "conv1" top: "up"
 
 V2_NET = """
 name: "bvlc"
-layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
+layer { name: "data" type: "Input" top: "data"
+  input_param { shape { dim: 2 dim: 3 dim: 5 dim: 5 } } }
 layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
   convolution_param { num_output: 4 kernel_size: 3 bias_term: false } }
 layer { name: "bn" type: "BatchNorm" bottom: "conv" top: "conv" }
@@ -277,8 +278,9 @@ def test_bad_caffemodels(tmp_path):
 
 
 def test_weights_need_shapes(tmp_path):
-    net = quiet(caffe.load_net, 'input: "x" layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
-                                'convolution_param { num_output: 2 kernel_size: 1 } }')
+    net = quiet(caffe.load_net, 'input: "x" '
+                'layer { name: "c" type: "Convolution" bottom: "x" top: "y" '
+                'convolution_param { num_output: 2 kernel_size: 1 } }')
     path = write(tmp_path / "c.caffemodel", v2_layer("c", "Convolution", []))
     with pytest.raises(StateError, match=r"input shapes are unknown for \['x'\]"):
         caffe.load_weights(net, path)
