@@ -390,7 +390,7 @@ def export(net, path=None, input_shapes=None, opset=OPSET, check=True):
                               producer_name="convnet")
     model.ir_version = min(model.ir_version, 10)
     if check:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(model, full_check=True)     # with shape inference
     if path is not None:
         onnx.save(model, str(path))
     return model
