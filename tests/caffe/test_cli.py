@@ -134,3 +134,11 @@ def test_module_entry_point():
     assert out.returncode == 0
     for command in ("train", "test", "time", "convert"):
         assert command in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("convnet") is None, reason="convnet is not installed "
+                                                            "(pip install .)")
+def test_console_script():
+    out = subprocess.run(["convnet", "convert", "a.txt", "b.npz"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and ".caffemodel, .npz or .prototxt" in out.stderr
