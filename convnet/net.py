@@ -215,12 +215,27 @@ class Net:
             tops.append(self._latest[t])
         if in_place:
             layer.in_place = True
+        self._fuse_batch_norm_relu(layer, bottoms)
         node = _Node(layer, bottoms, tops, bool(in_place))
         self._nodes.append(node)
         self._by_name[layer.name] = node
         self.layers.append(layer)
         self._forwarded = False
         return layer
+
+    def _fuse_batch_norm_relu(self, layer, bottoms):
+        """An in-place ReLU (negative_slope 0) on the top of the BatchNorm just added runs
+        inside it (one pass; see BatchNorm). The in-place check guarantees that nothing else
+        reads the BatchNorm's own output, so the fusion is invisible."""
+        from convnet.layers.activation import ReLU
+        from convnet.layers.normalization import BatchNorm
+        if not (isinstance(layer, ReLU) and layer.in_place and layer.negative_slope == 0
+                and self._nodes and isinstance(self._nodes[-1].layer, BatchNorm)):
+            return
+        previous = self._nodes[-1]
+        if len(bottoms) == 1 and previous.tops[0] == bottoms[0]:
+            previous.layer.fused_relu = layer
+            layer.fused_into = previous.layer
 
     def _check_in_place(self, layer, bottom, top):
         for j, t in enumerate(top):

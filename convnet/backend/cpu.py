@@ -68,32 +68,25 @@ def blas_threads(n):
 
 
 # ---- activation
-# ReLU and Dropout are memory-bound element-wise passes; NumPy ufuncs with out= run them near
-# memory speed, so there is no compiled module for them. Measured on 8x64x64x64 float32 (2
-# cores): ReLU forward / backward 1.6 / 1.6 ms, leaky (slope 0.1) 1.6 / 6 ms, Dropout 11 / 1.4
-# ms (the forward is mostly the random draw); PyTorch CPU's relu took 20 ms in the same run.
+# ReLU runs as a compiled OpenMP pass (pyx/activation.pyx); Dropout's mask multiply is a NumPy
+# ufunc pass at memory speed (its forward is mostly the random draw).
+
+def _activation_kernels():
+    from convnet._cpu import activation
+    return activation
+
 
 def activation_relu_forward(x, negative_slope, y):
-    """y = max(x, 0) + negative_slope * min(x, 0). x, y: same shape; y may be x (in place)."""
-    if negative_slope == 0.0:
-        np.maximum(x, 0, out=y)
-        return
-    # max(x, slope*x) for slope <= 1, min for slope > 1: branch-free (masked ufuncs are
-    # several times slower on random signs)
-    scaled = np.multiply(x, negative_slope, out=None if y is x else y)
-    (np.maximum if negative_slope <= 1.0 else np.minimum)(x, scaled, out=y)
+    """y = x where x > 0, negative_slope * x elsewhere (NaN kept). x, y: same shape; y may be
+    x (in place)."""
+    _activation_kernels().relu_forward(x.reshape(-1), y.reshape(-1), float(negative_slope))
 
 
 def activation_relu_backward(dy, x, negative_slope, dx):
     """dx = dy where x > 0, negative_slope * dy elsewhere. ``x`` is the bottom, or the top
     when negative_slope >= 0 (same sign). dx may be dy (in place)."""
-    if negative_slope == 0.0:
-        np.multiply(dy, x > 0, out=dx)
-        return
-    # Caffe's factor (x > 0) + slope * (x <= 0) is exactly 1 or slope
-    factor = np.multiply(x <= 0, negative_slope, dtype=dx.dtype)
-    factor += x > 0
-    np.multiply(dy, factor, out=dx)
+    _activation_kernels().relu_backward(dy.reshape(-1), x.reshape(-1), dx.reshape(-1),
+                                        float(negative_slope))
 
 
 def activation_dropout_forward(x, keep, scale, y):
@@ -110,20 +103,32 @@ def activation_dropout_backward(dy, keep, scale, dx):
 
 # ---- normalization
 # Batch-norm arrays are viewed as (N, C, S) (S = H*W, or 1 for (N, C) bottoms); per-channel
-# vectors have shape (C,). Sums run over the contiguous axis first (pairwise summation) so
-# float32 statistics stay accurate on large planes.
+# vectors have shape (C,). The kernels (pyx/normalization.pyx) sum each channel in double, in
+# one fixed order; the per-channel algebra between them is NumPy on C values.
 
-def _channel_sum(a):
-    return a.sum(axis=2).sum(axis=0)
+def _normalization_kernels():
+    from convnet._cpu import normalization
+    return normalization
 
 
 def normalization_batch_norm_stats(x, mean, var):
-    """OUT mean (C,) and biased var (C,) of x (N, C, S) over the N and S axes."""
+    """OUT mean (C,) and biased var (C,) of x (N, C, S) over the N and S axes: one pass of
+    shifted sums in double; a second, centred pass only for channels whose mean is large
+    against their spread (the one-pass variance would lose bits to cancellation)."""
+    kern = _normalization_kernels()
     count = x.shape[0] * x.shape[2]
-    mean[...] = _channel_sum(x) / count
-    centered = x - mean[:, None]
-    np.square(centered, out=centered)
-    var[...] = _channel_sum(centered) / count
+    shift = np.zeros(x.shape[1])
+    sums = np.empty((2, x.shape[1]))
+    kern.batch_norm_sums(x, shift, sums)
+    m = sums[0] / count
+    v = sums[1] / count - m * m
+    if np.any(m * m > 64.0 * v):
+        shift = m
+        kern.batch_norm_sums(x, shift, sums)
+        m = sums[0] / count
+        v = sums[1] / count - m * m
+    mean[...] = shift + m
+    var[...] = np.maximum(v, 0.0)
 
 
 def normalization_batch_norm_update(running_mean, running_var, mean, var, fraction,
@@ -137,58 +142,56 @@ def normalization_batch_norm_update(running_mean, running_var, mean, var, fracti
 
 
 def _bn_inv_std(var, eps):
-    return 1.0 / np.sqrt(var + eps)
+    return 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
 
 
-def normalization_batch_norm_forward(x, mean, var, eps, scale, bias, y):
-    """y = (x - mean) / sqrt(var + eps) * scale + bias per channel. x, y: (N, C, S); mean,
-    var, scale, bias: (C,); scale and bias may be None (no affine)."""
+def normalization_batch_norm_forward(x, mean, var, eps, scale, bias, y, relu=False):
+    """y = (x - mean) / sqrt(var + eps) * scale + bias per channel, then max(y, 0) with
+    ``relu`` (a fused in-place ReLU). x, y: (N, C, S); mean, var, scale, bias: (C,); scale and
+    bias may be None (no affine)."""
     a = _bn_inv_std(var, eps)
     if scale is not None:
         a = a * scale
-    b = -mean * a
-    if bias is not None:
-        b = b + bias
-    np.multiply(x, a[:, None], out=y)
-    y += b[:, None]
+    b = np.zeros(x.shape[1], x.dtype) if bias is None else bias
+    _normalization_kernels().batch_norm_apply(x, np.asarray(mean, x.dtype), a.astype(x.dtype),
+                                              np.asarray(b, x.dtype), y, bool(relu))
 
 
 def normalization_batch_norm_backward(dy, x, mean, var, eps, scale, dx, dscale, dbias,
-                                      batch_stats):
-    """Gradients of normalization_batch_norm_forward. dy, x, dx: (N, C, S); the rest (C,).
+                                      batch_stats, top=None):
+    """Gradients of normalization_batch_norm_forward. dy, x, dx, top: (N, C, S); the rest (C,).
 
-    ADDS sum(dy * xhat) into dscale and sum(dy) into dbias (either may be None). Writes dx
+    With ``top`` (the fused ReLU's output) the top gradient is g = dy * (top > 0), else dy.
+    ADDS sum(g * xhat) into dscale and sum(g) into dbias (either may be None). Writes dx
     (may be None): with batch_stats, through the batch mean and variance,
-    dx = scale * inv_std * (dy - mean(dy) - xhat * mean(dy * xhat)); otherwise (fixed
-    statistics) dx = scale * inv_std * dy.
+    dx = scale * inv_std * (g - mean(g) - xhat * mean(g * xhat)); otherwise (fixed
+    statistics) dx = scale * inv_std * g.
     """
+    kern = _normalization_kernels()
     inv_std = _bn_inv_std(var, eps)
     gain = inv_std if scale is None else inv_std * scale
+    mask = np.empty((0, 0, 0), x.dtype) if top is None else top
+    zeros = np.zeros(x.shape[1], x.dtype)
     need_sums = dscale is not None or dbias is not None or (dx is not None and batch_stats)
-    if not need_sums:
-        if dx is not None:
-            np.multiply(dy, gain[:, None], out=dx)
-        return
-    count = x.shape[0] * x.shape[2]
-    xhat = x - mean[:, None]
-    xhat *= inv_std[:, None]
-    sum_dy = _channel_sum(dy)
-    prod = dy * xhat
-    sum_dy_xhat = _channel_sum(prod)
-    del prod
-    if dscale is not None:
-        dscale += sum_dy_xhat
-    if dbias is not None:
-        dbias += sum_dy
+    if need_sums:
+        sums = np.empty((2, x.shape[1]))
+        mean64 = np.asarray(mean, np.float64)
+        kern.batch_norm_grad_sums(dy, x, mask, mean64, sums)
+        sum_g, sum_gx = sums
+        if dscale is not None:
+            dscale += (inv_std * sum_gx).astype(dscale.dtype)
+        if dbias is not None:
+            dbias += sum_g.astype(dbias.dtype)
     if dx is None:
         return
-    if not batch_stats:
-        np.multiply(dy, gain[:, None], out=dx)
-        return
-    xhat *= (sum_dy_xhat / count)[:, None]
-    np.subtract(dy, xhat, out=dx)
-    dx -= (sum_dy / count)[:, None]
-    dx *= gain[:, None]
+    if batch_stats:
+        count = x.shape[0] * x.shape[2]
+        slope = gain * inv_std * inv_std * sum_gx / count
+        offset = slope * mean64 - gain * sum_g / count
+        kern.batch_norm_backward_apply(dy, x, mask, gain.astype(x.dtype),
+                                       slope.astype(x.dtype), offset.astype(x.dtype), dx)
+    else:
+        kern.batch_norm_backward_apply(dy, x, mask, gain.astype(x.dtype), zeros, zeros, dx)
 
 
 # ---- structure

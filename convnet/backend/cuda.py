@@ -195,17 +195,25 @@ def normalization_batch_norm_update(running_mean, running_var, mean, var, fracti
               _f(var), float(fraction), float(var_correction), mean.size, None)
 
 
-def normalization_batch_norm_forward(x, mean, var, eps, scale, bias, y):
-    """y = (x - mean) / sqrt(var + eps) * scale + bias per channel; scale, bias may be None."""
+def normalization_batch_norm_forward(x, mean, var, eps, scale, bias, y, relu=False):
+    """y = (x - mean) / sqrt(var + eps) * scale + bias per channel; scale, bias may be None;
+    then max(y, 0) with ``relu`` (a fused in-place ReLU: a second pass here)."""
     n, c, s = _ncs(x)
     _lib.call("convnet_batch_norm_forward", _f(x), _f(mean), _f(var), float(eps), _f(scale),
               _f(bias), _f(y), n, c, s, None)
+    if relu:
+        activation_relu_forward(y, 0.0, y)
 
 
 def normalization_batch_norm_backward(dy, x, mean, var, eps, scale, dx, dscale, dbias,
-                                      batch_stats):
-    """Gradients of the forward; ADDS into dscale / dbias (None skips); dx may be None."""
+                                      batch_stats, top=None):
+    """Gradients of the forward; ADDS into dscale / dbias (None skips); dx may be None. With
+    ``top`` (the fused ReLU's output) the top gradient is dy * (top > 0)."""
     n, c, s = _ncs(x)
+    if top is not None:
+        masked = empty(tuple(dy.shape), dy.dtype)
+        activation_relu_backward(dy, top, 0.0, masked)
+        dy = masked
     _lib.call("convnet_batch_norm_backward", _f(dy), _f(x), _f(mean), _f(var), float(eps),
               _f(scale), _f(dx), _f(dscale), _f(dbias), int(bool(batch_stats)), n, c, s, None)
 

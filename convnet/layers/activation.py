@@ -37,6 +37,9 @@ class ReLU(Layer):
     def __init__(self, negative_slope=0.0, in_place=False, **kwargs):
         self.negative_slope = negative_slope
         self.in_place = in_place
+        #: the BatchNorm a Net fused this ReLU into (see BatchNorm), or None
+        self.fused_into = None
+        self._fused_run = False
         super().__init__(**kwargs)
 
     def _check_params(self):
@@ -56,6 +59,12 @@ class ReLU(Layer):
         x = bottoms[0]
         # in_place may have been switched on by the Net after construction
         self._check_in_place()
+        owner = self.fused_into
+        self._fused_run = (self.in_place and owner is not None
+                           and getattr(owner, "_fused_top", None) is x)
+        if self._fused_run:
+            # the BatchNorm before it already wrote max(y, 0) into this array
+            return [x]
         y = x if self.in_place else self.backend.empty(x.shape, self.dtype)
         self.backend.activation_relu_forward(x, self.negative_slope, y)
         # the top has the bottom's sign for slope >= 0, so in place it serves as the mask
@@ -67,6 +76,8 @@ class ReLU(Layer):
         if not propagate_down[0]:
             return [None]
         dy = top_diffs[0]
+        if self._fused_run:
+            return [dy]             # the BatchNorm applies the mask in its backward
         dx = dy if self._in_place_run else self.backend.empty(dy.shape, self.dtype)
         self.backend.activation_relu_backward(dy, self._sign_source, self.negative_slope, dx)
         return [dx]

@@ -33,6 +33,13 @@ class BatchNorm(Layer):
     that order), ``scale_filler`` (default 1.0), ``bias_filler`` (default 0.0).
     ``buffers["mean"]`` and ``buffers["var"]`` hold running_mean (initially 0) and
     running_var (initially 1), shape (C,); the Net saves them with the weights.
+    ``in_place`` (default False; the Net sets it when top == bottom, as Caffe's definitions
+    do everywhere): allowed, with the same results; the layer still keeps its input for
+    backward, so it saves no memory.
+
+    In a Net, a BatchNorm whose top is read by an in-place ReLU (negative_slope 0) right
+    after it runs fused with it: one pass computes max(y, 0), and backward applies the ReLU's
+    mask (its top > 0) inside the batch-norm gradient; results are identical to the pair.
 
     >>> bn = BatchNorm(moving_average_fraction=0.9)
     >>> y = bn.forward(np.random.randn(8, 3, 5, 5))    # per-channel zero mean, unit variance
@@ -41,8 +48,12 @@ class BatchNorm(Layer):
     """
 
     def __init__(self, eps=1e-5, moving_average_fraction=0.999, use_global_stats=None,
-                 affine=True, scale_filler=1.0, bias_filler=0.0, **kwargs):
+                 affine=True, scale_filler=1.0, bias_filler=0.0, in_place=False, **kwargs):
         self.eps = eps
+        self.in_place = in_place
+        #: the ReLU a Net fused into this layer (an in-place ReLU reading its top), or None
+        self.fused_relu = None
+        self._fused_top = None
         self.moving_average_fraction = moving_average_fraction
         self.use_global_stats = use_global_stats
         self.affine = affine
@@ -139,13 +150,16 @@ class BatchNorm(Layer):
             var = self.buffers["var"].copy()
         scale, bias = (self.params[0].data, self.params[1].data) if self.affine else (None, None)
         y = be.empty(x.shape, self.dtype)
+        relu = self.fused_relu is not None and self.fused_relu.negative_slope == 0
         be.normalization_batch_norm_forward(x3, mean, var, self.eps, scale, bias,
-                                            self._as3d(y))
-        self._cache = (x3, mean, var, batch_stats)
+                                            self._as3d(y), relu=relu)
+        # the fused ReLU recognises this exact array as already rectified
+        self._fused_top = y if relu else None
+        self._cache = (x3, mean, var, batch_stats, self._as3d(y) if relu else None)
         return [y]
 
     def _backward(self, top_diffs, propagate_down):
-        x3, mean, var, batch_stats = self._cache
+        x3, mean, var, batch_stats, top = self._cache
         be = self.backend
         dy3 = self._as3d(top_diffs[0])
         dx = be.empty(self.bottom_shapes[0], self.dtype) if propagate_down[0] else None
@@ -155,5 +169,5 @@ class BatchNorm(Layer):
             scale = dscale = dbias = None
         be.normalization_batch_norm_backward(dy3, x3, mean, var, self.eps, scale,
                                              None if dx is None else self._as3d(dx),
-                                             dscale, dbias, batch_stats)
+                                             dscale, dbias, batch_stats, top=top)
         return [dx]

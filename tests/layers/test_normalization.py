@@ -248,3 +248,106 @@ def test_batch_norm_bad_shapes_raise():
         bn.forward(np.ones((1, 3, 1, 1)))
     # with moving averages a single value per channel is fine
     bn.eval().forward(np.ones((1, 3, 1, 1)))
+
+
+# ---------------------------------------------------------------- in place and fused with ReLU
+
+def _bn_relu_net(in_place_bn, in_place_relu, dtype, slope=0.0):
+    net = convnet.Net()
+    net.add(convnet.layers.Convolution(6, 3, pad=1, name="conv", dtype=dtype,
+                                       bias_filler=dict(type="gaussian", std=1.0)),
+            bottom=["data"], top=["conv"])
+    bn_top = "conv" if in_place_bn else "bn"
+    net.add(BatchNorm(name="bn", dtype=dtype, moving_average_fraction=0.9),
+            bottom=["conv"], top=[bn_top])
+    relu_top = bn_top if in_place_relu else "relu"
+    net.add(convnet.layers.ReLU(name="relu", dtype=dtype, negative_slope=slope),
+            bottom=[bn_top], top=[relu_top])
+    net.add(convnet.layers.EuclideanLoss(name="loss", dtype=dtype),
+            bottom=[relu_top, "target"], top=["loss"])
+    for layer in net.layers:
+        layer.rng = np.random.default_rng(5)
+    return net
+
+
+def _run(net, x, target, phase="TRAIN"):
+    if phase == "TEST":
+        net.eval()
+    loss = net.forward(data=x, target=target)["loss"]
+    net.backward()
+    return [loss] + [p.diff.copy() for p in net.learnable_params] + [
+        net.layer("bn").buffers["mean"].copy(), net.layer("bn").buffers["var"].copy()]
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_batchnorm_relu_pair_runs_fused_with_results_identical_to_the_pair(phase, dtype, rng):
+    x = rng.standard_normal((3, 4, 7, 9)).astype(dtype)
+    target = rng.standard_normal((3, 6, 7, 9)).astype(dtype)
+    fused = _bn_relu_net(in_place_bn=False, in_place_relu=True, dtype=dtype)
+    plain = _bn_relu_net(in_place_bn=False, in_place_relu=False, dtype=dtype)
+    assert fused.layer("bn").fused_relu is fused.layer("relu")
+    assert plain.layer("bn").fused_relu is None
+    for a, b in zip(_run(fused, x, target, phase), _run(plain, x, target, phase)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_leaky_relu_after_batchnorm_is_not_fused_and_still_correct(rng):
+    x = rng.standard_normal((2, 4, 5, 5))
+    target = rng.standard_normal((2, 6, 5, 5))
+    leaky = _bn_relu_net(in_place_bn=False, in_place_relu=True, dtype=np.float64, slope=0.1)
+    plain = _bn_relu_net(in_place_bn=False, in_place_relu=False, dtype=np.float64, slope=0.1)
+    assert leaky.layer("bn").fused_relu is None
+    for a, b in zip(_run(leaky, x, target), _run(plain, x, target)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+def test_in_place_batchnorm_equals_out_of_place(phase, rng):
+    """Caffe definitions (DeconvNet, SegNet, ResNet) run BatchNorm and ReLU in place."""
+    x = rng.standard_normal((3, 4, 6, 5))
+    target = rng.standard_normal((3, 6, 6, 5))
+    in_place = _bn_relu_net(in_place_bn=True, in_place_relu=True, dtype=np.float64)
+    out_of_place = _bn_relu_net(in_place_bn=False, in_place_relu=False, dtype=np.float64)
+    assert in_place.layer("bn").in_place
+    for a, b in zip(_run(in_place, x, target, phase), _run(out_of_place, x, target, phase)):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_relu_fed_another_array_after_fusion_computes_normally(rng):
+    net = _bn_relu_net(in_place_bn=False, in_place_relu=True, dtype=np.float64)
+    net.forward(data=rng.standard_normal((2, 4, 5, 5)), target=np.zeros((2, 6, 5, 5)))
+    relu = net.layer("relu")
+    x = np.array([[-1.0, 2.0, np.nan]])
+    np.testing.assert_array_equal(relu.forward(x), [[0.0, 2.0, np.nan]])
+
+
+def test_batchnorm_and_relu_are_bit_identical_at_one_and_two_threads(rng):
+    x = rng.standard_normal((5, 7, 33, 17)).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    results = []
+    before = convnet.get_num_threads()
+    try:
+        for threads in (1, 2):
+            convnet.set_num_threads(threads)
+            bn = BatchNorm(name="bn")
+            y = bn.forward(x)
+            dx = bn.backward(dy)
+            relu = convnet.layers.ReLU(name="relu")
+            z = relu.forward(y)
+            dz = relu.backward(dy)
+            results.append((y, dx, z, dz, bn.params[0].diff.copy(), bn.buffers["var"].copy()))
+    finally:
+        convnet.set_num_threads(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(rng):
+    x = 1e4 + rng.standard_normal((4, 3, 8, 8))
+    bn = BatchNorm(name="bn", dtype=np.float64)
+    y = bn.forward(x)
+    xr = x.transpose(1, 0, 2, 3).reshape(3, -1)
+    expected = (x - xr.mean(1)[None, :, None, None]) / np.sqrt(
+        xr.var(1)[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
