@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("google.protobuf")
 
+import convnet  # noqa: E402
 from convnet import Net, SGDSolver, caffe, layers  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -52,9 +53,13 @@ SHAPES = {
 }
 
 
+LR = {"fcn8s_v2.prototxt": 1e-4, "deconvnet_v1.prototxt": 0.05}
+
+
 @pytest.mark.parametrize("name", sorted(SHAPES))
 def test_forward_gives_caffe_shapes_and_training_lowers_the_loss(name):
     phase, shapes, expected = SHAPES[name]
+    convnet.seed(0)                 # fillers and Dropout's streams
     net = load(name, phase=phase)
     batch = inputs(shapes)
     if phase == "TEST":
@@ -63,12 +68,19 @@ def test_forward_gives_caffe_shapes_and_training_lowers_the_loss(name):
             assert net.blobs[blob].shape == shape, blob
         net = load(name, phase="TRAIN")
         batch["label"] = inputs({"label": (shapes["data"][0], 1) + shapes["data"][2:]})["label"]
-    solver = SGDSolver(net, base_lr=0.002 if "fcn" not in name else 1e-4, momentum=0.9)
+    def test_loss():                # Dropout off: the loss of the weights, not of the noise
+        net.eval()
+        value = net.forward(**batch)["loss"]
+        net.train()
+        return value
+
+    before = test_loss()
+    solver = SGDSolver(net, base_lr=LR.get(name, 0.01), momentum=0.9)
     losses = [solver.step(**batch) for _ in range(4)]
     if phase == "TRAIN":
         for blob, shape in expected.items():
             assert net.blobs[blob].shape == shape, blob
-    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert np.all(np.isfinite(losses)) and test_loss() < before
 
 
 def test_deeplab_test_phase_interp_and_matwrite_left_out():
@@ -148,6 +160,10 @@ def test_in_place_deconvnet_equals_the_layer_api_net_out_of_place():
     loaded.setup(**shapes)
     hand.setup(**shapes)
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in hand.layers]
+    # every BN and ReLU of the file runs in place, on Caffe's blob names
+    assert loaded.caffe.aliases == {}
+    assert all(layer.in_place for layer in loaded.layers
+               if layer.type_name in ("BatchNorm", "ReLU"))
     rng = np.random.default_rng(3)
     arrays = {k: (np.abs(rng.standard_normal(v.shape)) + 0.5 if k.endswith("var") else
                   rng.standard_normal(v.shape) * (0.1 if "weight" in k else 0.2) +
