@@ -125,7 +125,6 @@ def load_weights(net, path, strict=False):
     """Load a ``.caffemodel`` into ``net`` by layer name; returns the Net's LoadReport
     (matched / skipped / missing, as :meth:`Net.load`). ``strict=True`` requires every param
     and buffer of the net to be in the file and nothing else."""
-    from convnet.net import _param_keys
     _ensure_setup(net, str(path))
     file_layers = read_caffemodel(path)
     info = getattr(net, "caffe", None)
@@ -141,15 +140,9 @@ def load_weights(net, path, strict=False):
                 and previous.type_name == "BatchNorm" and previous.affine \
                 and previous.name not in folded:
             target = previous.name        # a net built by hand: Scale follows its BatchNorm
-        if target is not None and layer is None:
-            bn = by_name.get(target)
-            keys = dict(_param_keys(bn)) if bn is not None else {}
-            names = [k for k, _ in _param_keys(bn)] if bn is not None else []
-            for i, blob in enumerate(entry.blobs):
-                if i < len(names):
-                    arrays[f"{target}/{names[i]}"] = _fit(blob, keys[names[i]].shape)
-                else:
-                    arrays[f"{entry.name}/blob{i}"] = blob
+        if layer is None and target in by_name:
+            # the Scale of a BatchNorm + Scale pair: BatchNorm's scale (and bias)
+            _param_arrays(by_name[target], entry, arrays)
             previous = None
             continue
         if layer is None:
@@ -160,16 +153,22 @@ def load_weights(net, path, strict=False):
         previous = layer
         if layer.type_name == "BatchNorm":
             _batch_norm_arrays(layer, entry, arrays, path)
-            continue
-        params = _param_keys(layer)
-        for i, blob in enumerate(entry.blobs):
-            if i < len(params):
-                key, p = params[i]
-                arrays[f"{layer.name}/{key}"] = _fit(blob, p.shape)
-            else:
-                arrays[f"{layer.name}/blob{i}"] = blob
+        else:
+            _param_arrays(layer, entry, arrays)
     report = net.load_arrays(arrays, str(path), strict)
     return report
+
+
+def _param_arrays(layer, entry, arrays):
+    """Blob i of ``entry`` -> param i of ``layer``; extra blobs are left for the report."""
+    from convnet.net import _param_keys
+    params = _param_keys(layer)
+    for i, blob in enumerate(entry.blobs):
+        if i < len(params):
+            key, p = params[i]
+            arrays[f"{layer.name}/{key}"] = _fit(blob, p.shape)
+        else:
+            arrays[f"{entry.name}/blob{i}"] = blob
 
 
 def _batch_norm_arrays(layer, entry, arrays, path):
