@@ -21,7 +21,8 @@ from convnet.caffe.weights import load_weights, read_caffemodel, save_caffemodel
 DIALECTS = _schema.DIALECTS
 
 
-def load_net(path, phase="TEST", dialect=None, level=0, stages=(), dtype=None, name=None):
+def load_net(path, phase="TEST", dialect=None, level=0, stages=(), dtype=None, name=None,
+             input_shapes=None):
     """Build a :class:`convnet.Net` from a Caffe net definition.
 
     ``path``: a ``.prototxt`` file (text, or a binary NetParameter), or the text itself.
@@ -35,10 +36,12 @@ def load_net(path, phase="TEST", dialect=None, level=0, stages=(), dtype=None, n
     (MatWrite, HDF5Output, Accuracy, SegAccuracy) are left out; each is reported in one line
     (a :class:`CaffeLoadNote` warning). When the file gives every input's shape (Input layer,
     ``input_dim``, ``input_shape``, MemoryData, a crop size) the Net is set up, so its params
-    exist. ``net.caffe`` (a :class:`CaffeInfo`) keeps what the loader learned.
+    exist; ``input_shapes={"data": (1, 3, 500, 500)}`` gives or overrides them.
+    ``dtype`` (float32 default, or float64) is every layer's dtype. ``net.caffe`` (a
+    :class:`CaffeInfo`) keeps what the loader learned.
     """
     return build_net(read_net(path, dialect), phase=phase, level=level, stages=stages,
-                     dtype=dtype, name=name)
+                     dtype=dtype, name=name, input_shapes=input_shapes)
 
 
 __all__ = ["load_net", "read_net", "build_net", "load_weights", "save_caffemodel",

@@ -637,7 +637,8 @@ def _find_folds(selected):
 
 
 # ---------------------------------------------------------------------- build
-def build_net(definition, phase="TEST", level=0, stages=(), dtype=None, name=None):
+def build_net(definition, phase="TEST", level=0, stages=(), dtype=None, name=None,
+              input_shapes=None):
     """A convnet Net from a NetDefinition (see :func:`convnet.caffe.load_net`)."""
     import numpy as np
     from convnet.net import Net
@@ -674,6 +675,11 @@ def build_net(definition, phase="TEST", level=0, stages=(), dtype=None, name=Non
     _wire(net, specs, definition, info)
     index_of = {lp.name: index for _, _, _, index, lp in specs}
     net.train(phase == "TRAIN")
+    for key, shape in (input_shapes or {}).items():
+        if key not in net.inputs:
+            raise ConfigError(f"{definition.source}: input_shapes names '{key}', which is not "
+                              f"an input of the net (its inputs: {', '.join(net.inputs)})")
+        info.input_shapes[key] = tuple(int(d) for d in shape)
     shapes = {k: v for k, v in info.input_shapes.items() if k in net.inputs}
     if net.layers and shapes and set(shapes) == set(net.inputs):
         try:

@@ -233,6 +233,14 @@ layers { name: "sink" type: SILENCE bottom: "data_dim" bottom: "label_shrink" }
     assert net.layer("fc6").top_shapes == [(2, 4, 17, 17)]            # set up from the crop
 
 
+def test_input_shapes_argument():
+    net = load(fixture("segnet.prototxt"), phase="TRAIN",
+               input_shapes={"data": (1, 3, 32, 40), "label": (1, 1, 32, 40)})
+    assert net.layer("conv_classifier").top_shapes == [(1, 5, 32, 40)]
+    with pytest.raises(ConfigError, match="input_shapes names 'image'.*inputs: data, label"):
+        load(fixture("segnet.prototxt"), phase="TRAIN", input_shapes={"image": (1, 3, 8, 8)})
+
+
 def test_memory_and_dummy_data_give_shapes():
     net = load("""
 layer { name: "mem" type: "MemoryData" top: "data" top: "label"
