@@ -140,6 +140,9 @@ def cmd_train(args):
     """Train the solver's net (TRAIN phase), Caffe's ``caffe train``."""
     from convnet import caffe
     config = caffe.load_solver(args.solver)
+    if config.random_seed >= 0:
+        import convnet
+        convnet.seed(config.random_seed)        # fillers and Dropout streams, as Caffe's
     net = config.load_net("TRAIN")
     shapes = dict(net.caffe.input_shapes)
     shapes.update(_shapes(args.shape))
@@ -153,8 +156,12 @@ def cmd_train(args):
     if args.weights:
         _load_weights(net, args.weights)
     solver = config.build(net, data=feeder)
+    pending = first
     if args.snapshot:
+        # weights, history, iteration, the data order and Dropout's streams: the run goes on
+        # exactly as the uninterrupted one
         solver.restore(args.snapshot)
+        pending = None
         print(f"Resumed from {args.snapshot} at iteration {solver.iter}")
     tester = None
     if config.test_interval and config.test_iter:
@@ -167,10 +174,13 @@ def cmd_train(args):
     prefix = config.snapshot_prefix or os.path.splitext(os.path.basename(args.solver))[0]
     display = config.display or max(1, max_iter // 10)
     start = time.time()
-    batch = first
     while solver.iter < max_iter:
-        loss = solver.step(**batch) if config.iter_size == 1 else solver.step()
-        batch = feeder.next_batch()
+        if config.iter_size == 1:
+            batch = pending if pending is not None else feeder.next_batch()
+            loss = solver.step(**batch)
+        else:
+            loss = solver.step()            # the solver draws iter_size batches itself
+        pending = None
         if solver.iter % display == 0 or solver.iter == max_iter:
             print(f"Iteration {solver.iter}, loss = {loss:.6g}, lr = {solver.lr:.6g} "
                   f"({time.time() - start:.1f} s)", flush=True)

@@ -44,12 +44,18 @@ def test_train_resume_test_and_convert(workdir, capsys):
     for stem in ("deeplab_iter_2", "deeplab_iter_4"):
         assert (workdir / f"{stem}.caffemodel").exists()
         assert (workdir / f"{stem}.solverstate.npz").exists()
+    shutil.copy("deeplab_iter_4.caffemodel", "straight.caffemodel")
     code, out, _ = run(capsys, "train", "--solver", "solver_deeplab.prototxt", "--data",
                        "synthetic", "--snapshot", "deeplab_iter_2.solverstate.npz",
                        "--weights", "deeplab_iter_2.caffemodel")
     assert code == 0
     assert "Resumed from deeplab_iter_2.solverstate.npz at iteration 2" in out
     assert "Iteration 2," not in out and "Iteration 4, loss" in out
+    # the resumed run ends exactly where the uninterrupted one did
+    for x, y in zip(caffe.read_caffemodel("straight.caffemodel"),
+                    caffe.read_caffemodel("deeplab_iter_4.caffemodel")):
+        for u, v in zip(x.blobs, y.blobs):
+            np.testing.assert_array_equal(u, v)
     code, out, _ = run(capsys, "test", "--model", "deeplab_v2.prototxt", "--weights",
                        "deeplab_iter_4.caffemodel", "--iterations", "2")
     assert code == 0, out
