@@ -7,7 +7,8 @@
     convnet test    --model net.prototxt --weights x.caffemodel|x.npz [--iterations N]
                     [--data DIR|synthetic]
     convnet time    --model net.prototxt [--iterations N] [--phase TRAIN|TEST]
-    convnet convert IN OUT [--model net.prototxt]     (caffemodel <-> npz -> onnx; a V1
+    convnet convert IN OUT [--model net.prototxt]     (caffemodel <-> npz -> onnx; without
+                    --model, a caffemodel written by Caffe gives its own net; a V1
                     .prototxt -> its V2 text)
 
 ``--data DIR`` is the folder the training script reads (DIR/images/*.png|jpg and
@@ -335,7 +336,8 @@ _WEIGHT_EXTS = (".caffemodel", ".npz")
 
 
 def cmd_convert(args):
-    """caffemodel <-> npz, either -> ONNX (with --model); a .prototxt -> its V2 text."""
+    """caffemodel <-> npz, either -> ONNX, with --model (or the net a Caffe-written
+    caffemodel holds); a .prototxt -> its V2 text."""
     src, dst = args.input, args.output
     if src.endswith(".prototxt"):
         from convnet import caffe
@@ -349,10 +351,14 @@ def cmd_convert(args):
         raise ConfigError(f"convert: input {src!r} must be a .caffemodel, .npz or .prototxt")
     if not dst.endswith(_WEIGHT_EXTS + (".onnx",)):
         raise ConfigError(f"convert: output {dst!r} must be a .caffemodel, .npz or .onnx")
-    if not args.model:
-        raise ConfigError("convert: weights files need --model net.prototxt (the net they "
-                          "belong to)")
-    net, shapes = _load_model(args.model, "TEST", _shapes(args.shape))
+    model, phase = args.model, "TEST"
+    if not model:
+        if not (src.endswith(".caffemodel") and _holds_definition(src)):
+            raise ConfigError("convert: weights files need --model net.prototxt (the net they "
+                              "belong to)")
+        # a caffemodel Caffe wrote holds the net it was trained as (TRAIN phase)
+        model, phase = src, "TRAIN"
+    net, shapes = _load_model(model, phase, _shapes(args.shape))
     if any(layer.bottom_shapes is None for layer in net.layers):
         missing = [k for k in net.inputs if k not in shapes]
         if missing:
@@ -369,6 +375,16 @@ def cmd_convert(args):
         net.export_onnx(dst)
     print(f"Wrote {dst}")
     return 0
+
+
+def _holds_definition(path):
+    """Whether a caffemodel carries its net's layers (bottoms, tops) besides the blobs."""
+    from convnet import caffe
+    try:
+        definition = caffe.read_net(path)
+    except FileFormatError:
+        return False
+    return any(lp.top or lp.bottom for lp in definition.message.layer)
 
 
 def _train_args(p):

@@ -97,6 +97,33 @@ def test_test_reads_a_folder_dataset(workdir, capsys):
     assert "Test net output: pixel_accuracy" in out
 
 
+def test_convert_a_caffemodel_that_holds_its_net(workdir, capsys):
+    # Caffe writes the whole NetParameter (layers with bottoms, tops and params) plus blobs
+    from convnet.caffe import schema
+    from convnet.caffe.weights import caffemodel_layers
+    net = caffe.load_net(os.path.join(FIXTURES, "fcn8s_v2.prototxt"))
+    message = caffe.read_net(os.path.join(FIXTURES, "fcn8s_v2.prototxt")).message
+    blobs = {name: arrays for name, _, arrays in caffemodel_layers(net)}
+    full = schema.message_class("bvlc", "NetParameter")()
+    full.CopyFrom(message)
+    for lp in full.layer:
+        for array in blobs.get(lp.name, []):
+            b = lp.blobs.add()
+            b.shape.dim.extend(array.shape)
+            b.data.extend(array.reshape(-1).tolist())
+    (workdir / "full.caffemodel").write_bytes(full.SerializeToString())
+    code, out, err = run(capsys, "convert", "full.caffemodel", "w.npz", "--shape",
+                         "data=1,3,32,32", "--shape", "label=1,1,32,32")
+    assert code == 0, err
+    again = caffe.load_net(os.path.join(FIXTURES, "fcn8s_v2.prototxt"))
+    again.load("w.npz")
+    for (key, p), (_, q) in zip(net.named_params(), again.named_params()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=key)
+    caffe.save_caffemodel(net, "weights_only.caffemodel")
+    code, _, err = run(capsys, "convert", "weights_only.caffemodel", "x.npz")
+    assert code == 2 and "--model" in err
+
+
 def test_time_prints_per_layer_and_totals(capsys):
     code, out, _ = run(capsys, "time", "--model", os.path.join(FIXTURES, "fcn8s_v2.prototxt"),
                        "--iterations", "1", "--phase", "TEST")
