@@ -363,6 +363,12 @@ class Subset:
         return self.dataset[self.indices[index]]
 
 
+def split_range(total, index, count):
+    """(lo, hi): part ``index`` of ``count`` near-equal consecutive parts of range(total)
+    (the first ``total % count`` parts have one more element)."""
+    return index * total // count, (index + 1) * total // count
+
+
 class BatchIterator:
     """Endless shuffled mini-batches from a dataset (a :class:`SyntheticShapes`,
     :class:`FolderDataset` or anything with ``len`` and ``ds[i] -> (image, label)``).
@@ -418,8 +424,16 @@ class BatchIterator:
                 self._order = self._new_order()
         return out
 
-    def next_batch(self):
+    def next_batch(self, part=None):
+        """The next batch; ``part=(index, count)`` loads only that part of it (see
+        :func:`split_range`): data-parallel ranks each advance the same iterator and read
+        their own images, and the flips are drawn for the whole batch."""
         indices = self.next_indices()
+        flip = self._rng.random(len(indices)) < 0.5 if self.augment else None
+        if part is not None:
+            lo, hi = split_range(len(indices), *part)
+            indices = indices[lo:hi]
+            flip = None if flip is None else flip[lo:hi]
         if hasattr(self.dataset, "get_batch"):
             data, label = self.dataset.get_batch(indices)
         else:
@@ -432,8 +446,7 @@ class BatchIterator:
             label = np.stack([item[1] for item in items])
         data = np.array(data, dtype=np.float32, order="C")
         label = np.array(label, dtype=np.int64, order="C")
-        if self.augment:
-            flip = self._rng.random(len(indices)) < 0.5
+        if flip is not None:
             data[flip] = data[flip][..., ::-1]
             label[flip] = label[flip][..., ::-1]
         return {"data": data, "label": label}

@@ -128,6 +128,10 @@ class Net:
         self._latest = {}          # blob name -> index of its latest version
         self._by_name = {}         # layer name -> node
         self._forwarded = False
+        #: functions called as hook(layer) after each layer's backward (its param diffs are
+        #: then complete) and hook(None) when backward is done; convnet.distributed starts
+        #: and waits its gradient reductions there
+        self.backward_hooks = []
 
     type_name = "Net"
 
@@ -504,6 +508,10 @@ class Net:
                 # this layer produced its tops: nothing upstream reads their diffs again
                 for t in node.tops:
                     diffs.pop(t, None)
+            for hook in self.backward_hooks:
+                hook(layer)
+        for hook in self.backward_hooks:
+            hook(None)
         self.diffs = {}
         for v in sorted(diffs):
             self.diffs.setdefault(self._versions[v].name, diffs[v])

@@ -45,9 +45,9 @@ cdef void _sums(const floating* p, Py_ssize_t count, double shift, double* s,
         q[0] += pq[j]
 
 
-cdef void _grad_sums(const floating* dy, const floating* x, const floating* top,
-                     Py_ssize_t count, double mean, double* s, double* q) noexcept nogil:
-    # s += sum(g), q += sum(g * (x - mean)), g = dy (where top > 0 when top is given)
+cdef void _grad_sums(const floating* dy, const floating* x, Py_ssize_t count, double mean,
+                     double* s, double* q) noexcept nogil:
+    # s += sum(g), q += sum(g * (x - mean)), g = dy
     cdef double ps[LANES]
     cdef double pq[LANES]
     cdef double g
@@ -58,14 +58,37 @@ cdef void _grad_sums(const floating* dy, const floating* x, const floating* top,
     for i in range(0, full, 8):
         for j in range(LANES):
             g = dy[i + j]
-            if top != NULL:
-                g = g * (1 if top[i + j] > 0 else 0)    # the ReLU's dy * (top > 0)
             ps[j] += g
             pq[j] += g * (x[i + j] - mean)
     for i in range(full, count):
         g = dy[i]
-        if top != NULL:
-            g = g * (1 if top[i] > 0 else 0)
+        ps[0] += g
+        pq[0] += g * (x[i] - mean)
+    for j in range(LANES):
+        s[0] += ps[j]
+        q[0] += pq[j]
+
+
+cdef void _masked_grad_sums(const floating* dy, const floating* x, const floating* top,
+                            Py_ssize_t count, double mean, double* s,
+                            double* q) noexcept nogil:
+    # as _grad_sums with g = dy * (top > 0): the fused ReLU's gradient, as its own kernel
+    # computes it (so a NaN in dy stays NaN)
+    cdef double ps[LANES]
+    cdef double pq[LANES]
+    cdef floating one = 1, zero = 0
+    cdef double g
+    cdef Py_ssize_t i, j, full = count - count % LANES
+    for j in range(LANES):
+        ps[j] = 0
+        pq[j] = 0
+    for i in range(0, full, 8):
+        for j in range(LANES):
+            g = dy[i + j] * (one if top[i + j] > 0 else zero)
+            ps[j] += g
+            pq[j] += g * (x[i + j] - mean)
+    for i in range(full, count):
+        g = dy[i] * (one if top[i] > 0 else zero)
         ps[0] += g
         pq[0] += g * (x[i] - mean)
     for j in range(LANES):
@@ -142,8 +165,11 @@ def batch_norm_grad_sums(const floating[:, :, ::1] dy,   # IN  (N, C, S)
             s = 0
             q = 0
             for n in range(N):
-                _grad_sums(&dy[n, c, 0], &x[n, c, 0], &top[n, c, 0] if masked else NULL, S,
-                           mean[c], &s, &q)
+                if masked:
+                    _masked_grad_sums(&dy[n, c, 0], &x[n, c, 0], &top[n, c, 0], S, mean[c],
+                                      &s, &q)
+                else:
+                    _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &s, &q)
             sums[0, c] = s
             sums[1, c] = q
 
@@ -163,6 +189,7 @@ def batch_norm_backward_apply(const floating[:, :, ::1] dy,   # IN  (N, C, S)
     cdef bint masked = top.shape[0] > 0
     cdef Py_ssize_t c, n, i
     cdef floating gc, sc, oc, g
+    cdef floating one = 1, zero = 0
     cdef const floating* d
     cdef const floating* xs
     cdef const floating* t
@@ -179,7 +206,7 @@ def batch_norm_backward_apply(const floating[:, :, ::1] dy,   # IN  (N, C, S)
                 if masked:
                     t = &top[n, c, 0]
                     for i in range(S):
-                        g = d[i] * (1 if t[i] > 0 else 0)
+                        g = d[i] * (one if t[i] > 0 else zero)
                         out[i] = gc * g - sc * xs[i] + oc
                 else:
                     for i in range(S):

@@ -16,6 +16,13 @@ sides run at their best (``--default-malloc`` keeps glibc's defaults). It also s
 with spin-waiting the idle threads of one spin through the other's next call on a 2-core
 machine (``--omp-wait-policy default`` leaves it unset).
 
+Convolution cases print the algorithm convnet chose (``algorithm="auto"``); their GFLOP/s
+count the direct convolution's multiply-adds, so Winograd, which does fewer, can show more
+than 100% of the sgemm rate. ``deconvnet_vgg_infer`` / ``deconvnet_vgg_train`` are the
+published DeconvNet at 224x224 (scripts/bench_deconvnet.py). The header names the BLAS kernels
+OpenBLAS runs (threadpoolctl); OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for the run,
+as on a user's machine, unless ``--keep-openblas-env``.
+
     python scripts/bench.py                       # every case, 2 threads
     python scripts/bench.py --cases conv_3x3,maxpool_idx --reps 20 --json out.json
     python scripts/bench.py --device cuda         # against PyTorch CUDA
@@ -98,10 +105,11 @@ def randn(rng, shape, dtype=np.float32):
 
 
 class Case:
-    """One benchmark: builds both sides' forward and backward closures."""
+    """One benchmark: builds both sides' closures, one per phase (``cv_<phase>`` and
+    ``th_<phase>``)."""
 
-    def __init__(self, name, kind, build):
-        self.name, self.kind, self.build = name, kind, build
+    def __init__(self, name, kind, build, phases=("fwd", "bwd")):
+        self.name, self.kind, self.build, self.phases = name, kind, build, phases
 
 
 def conv_case(name, n, cin, cout, hw, k, s=1, p=0, d=1, bias=True, deconv=False):
@@ -125,6 +133,7 @@ def conv_case(name, n, cin, cout, hw, k, s=1, p=0, d=1, bias=True, deconv=False)
             "cv_fwd": lambda: layer.forward(x),
             "cv_bwd": lambda: layer.backward(dy),
             "flops_fwd": flops_fwd, "flops_bwd": 2 * flops_fwd, "gemm": gemm,
+            "algorithm": layer.algorithm_used,
         }
         torch = ctx.get("torch")
         if torch is not None:
@@ -289,8 +298,19 @@ def softmax_loss(ctx):
     return side
 
 
+def deconvnet_vgg(phase):
+    def build(ctx):
+        from bench_deconvnet import build_infer, build_train
+        side = (build_infer if phase == "infer" else build_train)(ctx)
+        print(f"# deconvnet_vgg_{phase}: {side.get('check', 'no PyTorch to check against')}; "
+              f"convolutions: {side['algorithms']}", flush=True)
+        return side
+    return build
+
+
 CASES = [
     conv_case("conv_3x3", 8, 64, 64, 64, 3, p=1),
+    conv_case("conv_3x3_c16", 16, 16, 16, 64, 3, p=1),
     conv_case("conv_atrous", 8, 128, 128, 32, 3, p=2, d=2),
     conv_case("conv_first", 8, 3, 32, 128, 3, p=1),
     conv_case("conv_1x1", 8, 256, 64, 32, 1, bias=False),
@@ -303,6 +323,8 @@ CASES = [
     memory_case("avgpool", avgpool),
     memory_case("euclidean_loss", euclidean_loss),
     memory_case("softmax_loss", softmax_loss),
+    Case("deconvnet_vgg_infer", "net", deconvnet_vgg("infer"), phases=("fwd",)),
+    Case("deconvnet_vgg_train", "net", deconvnet_vgg("train"), phases=("step",)),
 ]
 
 
@@ -342,19 +364,25 @@ def run(args):
           f"GLIBC_TUNABLES={'set' if os.environ.get('GLIBC_TUNABLES') == TUNABLES else 'default'}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'auto')}")
-    header = (f"{'case':<15}{'pass':<5}{'convnet ms':>11}{'torch ms':>10}{'ratio':>7}"
-              f"{'GFLOP/s':>9}{'%sgemm':>8}{'GB/s':>7}{'%copy':>7}{'x copy t':>9}")
+    print(f"# convnet's BLAS: {blas_kernels()}; OPENBLAS_L2_SIZE="
+          f"{os.environ.get('OPENBLAS_L2_SIZE', 'unset')}")
+    header = (f"{'case':<20}{'pass':<5}{'convnet ms':>11}{'torch ms':>10}{'ratio':>7}"
+              f"{'GFLOP/s':>9}{'%sgemm':>8}{'GB/s':>7}{'%copy':>7}{'x copy t':>9}  algorithm")
     print(header)
     rows = []
     for case in [c for c in CASES if c.name in wanted]:
         side = case.build(ctx)
-        for phase in ("fwd", "bwd"):
+        heavy = case.kind == "net"
+        for phase in case.phases:
             cv, th = measure_pair(side[f"cv_{phase}"], side.get(f"th_{phase}"),
-                                  args.reps, args.warmup, sync)
+                                  max(args.reps // 5, 3) if heavy else args.reps,
+                                  1 if heavy else args.warmup, sync)
             row = {"case": case.name, "kind": case.kind, "pass": phase,
                    "convnet_ms": cv * 1e3, "torch_ms": th * 1e3 if th else None,
-                   "ratio": th / cv if th else None}
-            if case.kind == "gemm":
+                   "ratio": th / cv if th else None, "algorithm": side.get("algorithm")}
+            if case.kind == "net":
+                pass
+            elif case.kind == "gemm":
                 flops = side[f"flops_{phase}"]
                 m, n, k = side["gemm"]
                 batch = flops / (2.0 * m * n * k * (2 if phase == "bwd" else 1))
@@ -388,11 +416,21 @@ def fmt(value, spec):
 
 
 def format_row(r):
-    return (f"{r['case']:<15}{r['pass']:<5}{fmt(r['convnet_ms'], '11.2f')}"
+    return (f"{r['case']:<20}{r['pass']:<5}{fmt(r['convnet_ms'], '11.2f')}"
             f"{fmt(r.get('torch_ms'), '10.2f')}{fmt(r.get('ratio'), '7.2f')}"
             f"{fmt(r.get('gflops'), '9.1f')}{fmt(r.get('pct_sgemm'), '8.0f')}"
             f"{fmt(r.get('gbps'), '7.1f')}{fmt(r.get('pct_copy'), '7.0f')}"
-            f"{fmt(r.get('x_copy_time'), '9.2f')}")
+            f"{fmt(r.get('x_copy_time'), '9.2f')}  {r.get('algorithm') or ''}").rstrip()
+
+
+def blas_kernels():
+    """The BLAS libraries loaded in this process and the kernel each runs (threadpoolctl)."""
+    import scipy.linalg.cython_blas  # noqa: F401  (convnet's BLAS door loads scipy's BLAS)
+    from threadpoolctl import threadpool_info
+    found = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')} "
+             f"kernels, {os.path.basename(i.get('filepath', ''))})"
+             for i in threadpool_info() if i.get("user_api") == "blas"]
+    return "; ".join(found) or "none found"
 
 
 def summarize(rows):
@@ -405,6 +443,9 @@ def summarize(rows):
     step = [r for r in rows if r["kind"] == "train"]
     if step and step[0].get("ratio"):
         out["train_step ratio"] = round(step[0]["ratio"], 3)
+    for r in rows:
+        if r["kind"] == "net" and r.get("ratio"):
+            out[f"{r['case']} ratio"] = round(r["ratio"], 3)
     return out
 
 
@@ -440,6 +481,9 @@ def main(argv=None):
                         help="keep glibc's malloc defaults (page faults in both sides)")
     parser.add_argument("--omp-wait-policy", choices=("passive", "default"), default="passive",
                         help="OMP_WAIT_POLICY for both sides (default %(default)s)")
+    parser.add_argument("--keep-openblas-env", action="store_true",
+                        help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (by default they are "
+                             "unset, as on a user's machine, so OpenBLAS picks its own kernels)")
     args = parser.parse_args(argv)
     if args.reps < 10:
         parser.error("--reps must be at least 10")
@@ -454,6 +498,11 @@ def main(argv=None):
         env["GLIBC_TUNABLES"] = TUNABLES
     if args.omp_wait_policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    if not args.keep_openblas_env:
+        # some machines pin scipy's OpenBLAS to older kernels; a user's does not (PyTorch
+        # does not use OpenBLAS, so this changes convnet's side only)
+        env.pop("OPENBLAS_CORETYPE", None)
+        env.pop("OPENBLAS_L2_SIZE", None)
     if env != dict(os.environ):
         # both settings are read once, when the C libraries load: start afresh with them
         os.execve(sys.executable, [sys.executable, os.path.abspath(__file__), *sys.argv[1:]], env)

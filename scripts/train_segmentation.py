@@ -125,6 +125,10 @@ def parse_args(argv):
                    help="only evaluate --weights on the validation split")
     p.add_argument("--weights", metavar="FILE", default=None,
                    help="weights (.npz) for --eval-only")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks (mpiexec -n K python -m mpi4py "
+                        "train_segmentation.py --distributed): --batch-size is the global "
+                        "batch, split over the ranks; synchronised BatchNorm; rank 0 writes")
     args = p.parse_args(argv)
     for name in ("iters", "batch_size", "width", "train_images", "val_images"):
         if getattr(args, name) < 1:
@@ -143,6 +147,8 @@ def parse_args(argv):
         p.error("--eval-only needs --weights FILE")
     if args.weights and not args.eval_only:
         p.error("--weights is only used with --eval-only (use --resume to continue training)")
+    if args.eval_only and args.distributed:
+        p.error("--eval-only runs in one process (--distributed is for training)")
     if args.eval_only and args.resume:
         p.error("--eval-only and --resume cannot be combined")
     if args.size is not None and (min(args.size) < 8 or args.size[0] % 8 or args.size[1] % 8):
@@ -244,7 +250,8 @@ def train(args, net, solver, out_dir, log):
                 log(f"Iteration {solver.iter}, loss = {np.mean(losses):.4f}, lr = {lr:.4g}, "
                     f"{rate:.1f} img/s, ETA {fmt_time(eta)}")
                 losses, last_display = [], now
-            if interrupted:
+            # distributed: every rank stops at the same step (Ctrl-C reaches them apart)
+            if (solver.any_rank(interrupted) if hasattr(solver, "any_rank") else interrupted):
                 solver.snapshot(snapshot_path)
                 log(f"Interrupted at iteration {solver.iter}: snapshot written to "
                     f"{snapshot_path} (continue with --resume {snapshot_path})")
@@ -259,6 +266,12 @@ def train(args, net, solver, out_dir, log):
 
 def run(args):
     log = print
+    if args.distributed:
+        try:
+            from convnet import distributed
+        except ImportError as exc:
+            raise UsageError(f"--distributed: {exc}")
+        log = distributed.root_log()
     t_start = time.perf_counter()
     if args.threads is not None:
         convnet.set_num_threads(args.threads)
@@ -296,6 +309,9 @@ def run(args):
             solver = convnet.SGDSolver(net, base_lr=args.lr, momentum=0.9, weight_decay=5e-4,
                                        lr_policy="poly", power=0.9, max_iter=args.iters,
                                        data=batches)
+        if args.distributed:
+            solver = distributed.DistributedSolver(solver, sync_batchnorm=True,
+                                                   threads=args.threads)
         if args.resume is not None:
             solver.restore(args.resume)
             log(f"Resumed from {args.resume} at iteration {solver.iter}")
@@ -306,6 +322,11 @@ def run(args):
         status = train(args, net, solver, args.out, log)
         if status != EXIT_OK:
             return status
+        if args.distributed:
+            log(f"{solver.size} ranks x {solver.threads} threads; waited "
+                f"{solver.comm_wait_seconds:.2f} s on gradient allreduces")
+            if not solver.is_root:
+                return EXIT_OK      # rank 0 writes the weights and evaluates
         net.save(os.path.join(args.out, "weights.npz"))
         log(f"Trained in {fmt_time(time.perf_counter() - t_start)}; weights and snapshot "
             f"written to {args.out}")
@@ -323,6 +344,19 @@ def run(args):
 def main(argv=None):
     args = parse_args(argv)
     prog = os.path.basename(sys.argv[0]) if argv is None else "train_segmentation.py"
+    if args.distributed:
+        try:
+            from convnet import distributed
+        except ImportError:
+            distributed = None      # run() reports what to install
+        if distributed is not None:
+            # a failing rank ends the job rather than leave the others in a collective
+            return distributed.run_main(lambda: report_errors(args, prog))
+    return report_errors(args, prog)
+
+
+def report_errors(args, prog):
+    """run(args), with usage errors, failures and Ctrl-C reported as exit statuses."""
     try:
         return run(args)
     except UsageError as exc:

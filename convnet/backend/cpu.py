@@ -498,11 +498,15 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
     """Convolution forward. IN x (N, C, H, W), weight (M, C/group, kh, kw), bias (M,) or
     None; OUT y (N, M, OH, OW) = conv(x) + bias. kernel, stride, pad, dilation: (h, w)
     pairs; ``workspace``: a dict the caller keeps between calls (scratch buffers);
-    ``algorithm``: "im2col", "winograd" (3x3, stride 1) or "subpixel" (as im2col here: the
+    ``algorithm``: "im2col", "winograd" (3x3, stride 1), "kn2row" (stride 1, no im2col
+    buffer) or "subpixel" (as im2col here: the
     strided deconvolution's sub-pixel pass is its forward, conv_backward_data). The layer
     checked that the algorithm applies (convnet.layers.conv_algorithms)."""
     if algorithm == "winograd":
         _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace)
+        return
+    if algorithm == "kn2row":
+        _kn2row_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace)
         return
     n, out = x.shape[0], y.shape[2:]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
@@ -531,6 +535,9 @@ def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, grou
     if algorithm == "subpixel":
         _subpixel_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace)
         return
+    if algorithm == "kn2row":
+        _kn2row_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace)
+        return
     n, channels, out = dx.shape[0], dx.shape[1] // group, dy.shape[2:]
     block = _conv_block(n, channels, group, out, kernel, dx.itemsize)
     threads = _conv_threads(n * group * -(-channels // block))
@@ -551,6 +558,9 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
     for any thread count. ``algorithm`` as in conv_forward."""
     if algorithm == "winograd":
         _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace)
+        return
+    if algorithm == "kn2row":
+        _kn2row_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace)
         return
     n, channels, out = x.shape[0], x.shape[1] // group, dy.shape[2:]
     block = _conv_block(1, channels, group, out, kernel, x.itemsize)
@@ -576,7 +586,7 @@ WINOGRAD_TILE = 4
 WINOGRAD_POINTS = 36
 #: bytes of one work item's transformed tiles and products (V and M of pyx/winograd.pyx):
 #: small enough to stay in the L2/L3 caches between the transforms and the 36 GEMMs
-WINOGRAD_ITEM_BYTES = 2 * 1024 * 1024
+WINOGRAD_ITEM_BYTES = 1024 * 1024
 #: the fewest tiles in one work item: narrower GEMMs (N or K of a few tiles) lose more than
 #: the cache saves
 WINOGRAD_MIN_TILES = 64
@@ -672,6 +682,66 @@ def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
         wk.winograd_backward_weight(x, dy, du, items, scratch, max_tiles, block, pad[0],
                                     pad[1], dilation[0], dilation[1], group)
     wk.winograd_filter_adjoint(du[0], dweight)
+
+
+# ---- conv: kn2row (pyx/kn2row.pyx), any kernel at stride 1, no im2col buffer
+
+def _kn2row_kernels():
+    from convnet._cpu import kn2row
+    return kn2row
+
+
+def _kn2row_taps(weight):
+    """(M, C/group, kh, kw) -> (kh*kw, M, C/group): one contiguous matrix per tap."""
+    m, cg, kh, kw = weight.shape
+    return np.ascontiguousarray(weight.transpose(2, 3, 0, 1).reshape(kh * kw, m, cg))
+
+
+def _kn2row_scratch(x_shape, y_shape, kernel, pad, dilation, workspace, dtype, rows):
+    image, ext = _kn2row_kernels().sizes(x_shape[1], x_shape[2], x_shape[3], y_shape[1],
+                                         y_shape[2], y_shape[3], kernel[0], kernel[1], pad[0],
+                                         pad[1], dilation[0], dilation[1])
+    return image, ext, _conv_scratch(workspace, "col", rows, image + ext, dtype)
+
+
+def _kn2row_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace):
+    threads = _conv_threads(x.shape[0])
+    _, _, scratch = _kn2row_scratch(x.shape, y.shape, kernel, pad, dilation, workspace,
+                                    x.dtype, threads)
+    b = np.empty(0, x.dtype) if bias is None else bias
+    with blas_threads(1):
+        _kn2row_kernels().kn2row_forward(x, _kn2row_taps(weight), b, y, scratch, kernel[0],
+                                         kernel[1], pad[0], pad[1], dilation[0], dilation[1],
+                                         group)
+
+
+def _kn2row_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace):
+    threads = _conv_threads(dx.shape[0])
+    _, _, scratch = _kn2row_scratch(dx.shape, dy.shape, kernel, pad, dilation, workspace,
+                                    dx.dtype, threads)
+    b = np.empty(0, dx.dtype) if bias is None else bias
+    with blas_threads(1):
+        _kn2row_kernels().kn2row_backward_data(dy, _kn2row_taps(weight), b, dx, scratch,
+                                               kernel[0], kernel[1], pad[0], pad[1],
+                                               dilation[0], dilation[1], group)
+
+
+def _kn2row_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace):
+    n = x.shape[0]
+    if n == 0:
+        return
+    image, ext = _kn2row_kernels().sizes(x.shape[1], x.shape[2], x.shape[3], dy.shape[1],
+                                         dy.shape[2], dy.shape[3], kernel[0], kernel[1],
+                                         pad[0], pad[1], dilation[0], dilation[1])
+    padded = _conv_scratch(workspace, "col", n, image, x.dtype)
+    extended = _conv_scratch(workspace, "partial", n, ext, x.dtype)
+    m, cg = dweight.shape[:2]
+    dtaps = np.empty((kernel[0] * kernel[1], m, cg), x.dtype)
+    with blas_threads(1):
+        _kn2row_kernels().kn2row_backward_weight(x, dy, dtaps, padded, extended, kernel[0],
+                                                 kernel[1], pad[0], pad[1], dilation[0],
+                                                 dilation[1], group)
+    dweight += dtaps.transpose(1, 2, 0).reshape(dweight.shape)
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

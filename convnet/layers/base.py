@@ -231,6 +231,20 @@ class Layer:
     def set_rng_state(self, state):
         """Restore what :meth:`get_rng_state` returned."""
 
+    # ------------------------------------------------------------------ data parallelism
+    #: None, or a function returning the element-wise sum of a float64 array over every rank
+    #: of a data-parallel run; convnet.distributed installs it on loss layers and on
+    #: BatchNorm(sync=True)
+    stats_reducer = None
+
+    def _reduce_stats(self, stats):
+        """Sum per-batch statistics (a float64 array: BatchNorm's per-channel count and
+        moments, a loss's sum and normaliser) over the ranks of a data-parallel run, so the
+        layer computes what one process would on the whole batch; ``stats`` unchanged in
+        one process."""
+        reducer = self.stats_reducer
+        return stats if reducer is None else reducer(stats)
+
     # ------------------------------------------------------------------ hooks
     def _check_params(self):
         """Validate the constructor's parameters (no shapes known yet)."""

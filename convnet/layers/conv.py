@@ -161,9 +161,10 @@ class Convolution(_ConvolutionBase):
     group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0); kernel_size,
     stride, pad and dilation take an int or an (h, w) pair. ``param=[dict(lr_mult=...), ...]``
     sets the weight's and bias's multipliers; lr_mult 0 skips that gradient entirely.
-    ``algorithm`` ("auto"): "im2col", or "winograd" for 3x3 kernels at stride 1 (any pad and
-    dilation); "auto" picks by the rule in :mod:`convnet.layers.conv_algorithms`, and
-    ``algorithm_used`` says what setup chose.
+    ``algorithm`` ("auto"): "im2col", "winograd" for 3x3 kernels at stride 1 (any pad and
+    dilation), or "kn2row" (any kernel at stride 1, no im2col buffer); "auto" picks by the
+    rule in :mod:`convnet.layers.conv_algorithms`, and ``algorithm_used`` says what setup
+    chose.
 
     >>> conv = Convolution(num_output=8, kernel_size=3, pad=1)
     >>> conv.forward(np.zeros((2, 3, 5, 7), np.float32)).shape
@@ -227,7 +228,8 @@ class Deconvolution(_ConvolutionBase):
     group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0), plus
     output_padding (0). For FCN's fixed upsampling use ``weight_filler="bilinear"``,
     ``group=C`` and ``param=[dict(lr_mult=0)]``. ``algorithm`` ("auto"): "im2col",
-    "winograd" (3x3, stride 1) or "subpixel" (stride > 1, dilation 1: the forward as
+    "winograd" (3x3, stride 1), "kn2row" (stride 1) or "subpixel" (stride > 1, dilation 1:
+    the forward as
     stride**2 stride-1 convolutions, no col2im scatter); see
     :mod:`convnet.layers.conv_algorithms`.
 

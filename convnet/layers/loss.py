@@ -115,9 +115,10 @@ class SoftmaxWithLoss(Layer):
                  ShapeError)
         return ()
 
-    def _normalizer_for(self, n, pixels, valid):
-        count = {"VALID": valid, "FULL": n * pixels, "BATCH_SIZE": n, "NONE": 1}
-        return float(max(1, count[self.normalization]))
+    def _count_for(self, n, pixels, valid):
+        """The normalisation's count for this batch (0 for NONE: the normaliser stays 1)."""
+        return {"VALID": valid, "FULL": n * pixels, "BATCH_SIZE": n, "NONE": 0}[
+            self.normalization]
 
     def _forward(self, bottoms):
         scores, labels = bottoms
@@ -139,8 +140,12 @@ class SoftmaxWithLoss(Layer):
         if bad >= 0:
             self._raise_bad_label(labels, bad, c)
         self._prob, self._label_index, self._inv_sum = prob, label_index, inv_sum
-        self._normalizer = self._normalizer_for(n, pixels, valid)
-        return loss_sum / self._normalizer
+        # data-parallel ranks sum both: every rank returns the whole batch's loss and
+        # scales its gradient by the whole batch's normaliser
+        loss_sum, count = self._reduce_stats(np.array(
+            [loss_sum, self._count_for(n, pixels, valid)], dtype=np.float64))
+        self._normalizer = max(1.0, float(count))
+        return float(loss_sum) / self._normalizer
 
     def _raise_bad_label(self, labels, flat, classes):
         host = np.asarray(self.backend.to_numpy(labels))
@@ -192,6 +197,7 @@ class EuclideanLoss(Layer):
 
     def __init__(self, loss_weight=1.0, name=None, dtype=np.float32):
         self._bottoms = None
+        self._batch = 0.0
         super().__init__(name=name, dtype=dtype, loss_weight=loss_weight)
 
     def _reshape(self, shapes):
@@ -209,8 +215,10 @@ class EuclideanLoss(Layer):
         # Convolution keeps x), which saves writing and re-reading a stored difference
         total = self.backend.loss_euclidean_sum(a.reshape(-1), b.reshape(-1))
         self._bottoms = (a.reshape(-1), b.reshape(-1))
-        batch = a.shape[0]
-        return total / (2 * batch) if batch else 0.0
+        # data-parallel ranks sum both (see SoftmaxWithLoss)
+        total, batch = self._reduce_stats(np.array([total, a.shape[0]], dtype=np.float64))
+        self._batch = float(batch)
+        return float(total) / (2 * self._batch) if self._batch else 0.0
 
     def _backward(self, top_diffs, propagate_down):
         shape = self.bottom_shapes[0]
@@ -218,6 +226,6 @@ class EuclideanLoss(Layer):
         size = math.prod(shape)
         grads = [be.empty((size,), self.dtype) if flag else None for flag in propagate_down]
         if any(propagate_down) and shape[0]:
-            alpha = top_diffs[0] / shape[0]
+            alpha = top_diffs[0] / self._batch
             be.loss_euclidean_grad(*self._bottoms, alpha, *grads)
         return [g.reshape(shape) if g is not None else None for g in grads]

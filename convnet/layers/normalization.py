@@ -30,7 +30,9 @@ class BatchNorm(Layer):
     Parameters: ``eps`` (default 1e-5, > 0), ``moving_average_fraction`` (default 0.999, in
     [0, 1]), ``use_global_stats`` (default None: follow the phase; True / False force moving
     averages / batch statistics), ``affine`` (default True: params [scale (C,), bias (C,)], in
-    that order), ``scale_filler`` (default 1.0), ``bias_filler`` (default 0.0).
+    that order), ``scale_filler`` (default 1.0), ``bias_filler`` (default 0.0), ``sync``
+    (default False; True: in a data-parallel run, batch statistics and their gradient span
+    every rank's part of the batch, see :mod:`convnet.distributed`).
     ``buffers["mean"]`` and ``buffers["var"]`` hold running_mean (initially 0) and
     running_var (initially 1), shape (C,); the Net saves them with the weights.
     ``in_place`` (default False; the Net sets it when top == bottom, as Caffe's definitions
@@ -48,7 +50,8 @@ class BatchNorm(Layer):
     """
 
     def __init__(self, eps=1e-5, moving_average_fraction=0.999, use_global_stats=None,
-                 affine=True, scale_filler=1.0, bias_filler=0.0, in_place=False, **kwargs):
+                 affine=True, scale_filler=1.0, bias_filler=0.0, in_place=False, sync=False,
+                 **kwargs):
         self.eps = eps
         self.in_place = in_place
         #: the ReLU a Net fused into this layer (an in-place ReLU reading its top), or None
@@ -59,6 +62,7 @@ class BatchNorm(Layer):
         self.affine = affine
         self.scale_filler = scale_filler
         self.bias_filler = bias_filler
+        self.sync = sync
         super().__init__(**kwargs)
 
     def _check_params(self):
@@ -73,6 +77,9 @@ class BatchNorm(Layer):
         if not isinstance(self.affine, (bool, np.bool_)):
             fail(self, f"affine must be True or False, got {self.affine!r}")
         self.affine = bool(self.affine)
+        if not isinstance(self.sync, (bool, np.bool_)):
+            fail(self, f"sync must be True or False, got {self.sync!r}")
+        self.sync = bool(self.sync)
         self.scale_filler = fillers.normalize(self.scale_filler, "scale_filler", self)
         self.bias_filler = fillers.normalize(self.bias_filler, "bias_filler", self)
 
@@ -133,14 +140,17 @@ class BatchNorm(Layer):
         x3 = self._as3d(x)
         count = x3.shape[0] * x3.shape[2]
         batch_stats = not self.uses_global_stats
+        if batch_stats and self.sync:
+            count, mean, var = self._synced_stats(x3)
         if batch_stats:
             if count < 2:
                 fail(self, f"batch statistics need more than one value per channel, got bottom "
                            f"shape {shape_str(x.shape)}; use more samples or "
                            f"use_global_stats=True", ShapeError)
-            mean = be.empty((x3.shape[1],), self.dtype)
-            var = be.empty((x3.shape[1],), self.dtype)
-            be.normalization_batch_norm_stats(x3, mean, var)
+            if not self.sync:
+                mean = be.empty((x3.shape[1],), self.dtype)
+                var = be.empty((x3.shape[1],), self.dtype)
+                be.normalization_batch_norm_stats(x3, mean, var)
             be.normalization_batch_norm_update(self.buffers["mean"], self.buffers["var"],
                                                mean, var, self.moving_average_fraction,
                                                count / (count - 1))
@@ -156,7 +166,48 @@ class BatchNorm(Layer):
         # the fused ReLU recognises this exact array as already rectified
         self._fused_top = y if relu else None
         self._cache = (x3, mean, var, batch_stats, self._as3d(y) if relu else None)
+        self._count = count
         return [y]
+
+    def _synced_stats(self, x3):
+        """(count, mean, var) over every rank's batch: the per-channel stats
+        [count, sum x, sum x^2] (float64, shape (3, C)) summed by _reduce_stats."""
+        x = np.asarray(self.backend.to_numpy(x3))
+        stats = np.empty((3, x.shape[1]), np.float64)
+        stats[0] = x.shape[0] * x.shape[2]
+        stats[1] = x.sum(axis=(0, 2), dtype=np.float64)
+        stats[2] = np.einsum("ncs,ncs->c", x, x, dtype=np.float64)
+        count, total, squares = self._reduce_stats(stats)
+        mean = total / count
+        var = np.maximum(squares / count - mean * mean, 0.0)
+        be = self.backend
+        return int(count[0]), be.asarray(mean, self.dtype), be.asarray(var, self.dtype)
+
+    def _synced_backward(self, dy3, x3, mean, var, dx3, dscale, dbias, top):
+        """Backward through statistics that span every rank: the per-channel sums
+        [sum dy, sum dy * xhat] (float64, shape (2, C)) of this rank go into the param diffs
+        (the gradient allreduce sums them over ranks) and, summed by _reduce_stats, into dx.
+        ``top``: the fused ReLU's output (its mask applies to dy first), or None."""
+        be = self.backend
+        dy = np.asarray(be.to_numpy(dy3), np.float64)
+        if top is not None:
+            dy = dy * (np.asarray(be.to_numpy(top)) > 0)
+        inv_std = 1.0 / np.sqrt(np.asarray(be.to_numpy(var), np.float64) + self.eps)
+        xhat = np.asarray(be.to_numpy(x3), np.float64) - np.asarray(
+            be.to_numpy(mean), np.float64)[:, None]
+        xhat *= inv_std[:, None]
+        sums = np.stack([dy.sum(axis=(0, 2)), np.einsum("ncs,ncs->c", dy, xhat)])
+        if dscale is not None:
+            be.net_accumulate(dscale, be.asarray(sums[1], self.dtype))
+        if dbias is not None:
+            be.net_accumulate(dbias, be.asarray(sums[0], self.dtype))
+        if dx3 is None:
+            return
+        sums = self._reduce_stats(sums) / self._count
+        gain = inv_std if not self.affine else inv_std * np.asarray(
+            be.to_numpy(self.params[0].data), np.float64)
+        dx = (dy - sums[0][:, None] - xhat * sums[1][:, None]) * gain[:, None]
+        dx3[...] = dx.astype(self.dtype)
 
     def _backward(self, top_diffs, propagate_down):
         x3, mean, var, batch_stats, top = self._cache
@@ -167,6 +218,10 @@ class BatchNorm(Layer):
             scale, dscale, dbias = self.params[0].data, self.params[0].diff, self.params[1].diff
         else:
             scale = dscale = dbias = None
+        if batch_stats and self.sync:
+            self._synced_backward(dy3, x3, mean, var, None if dx is None else self._as3d(dx),
+                                  dscale, dbias, top)
+            return [dx]
         be.normalization_batch_norm_backward(dy3, x3, mean, var, self.eps, scale,
                                              None if dx is None else self._as3d(dx),
                                              dscale, dbias, batch_stats, top=top)

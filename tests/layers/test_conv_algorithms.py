@@ -54,11 +54,32 @@ def _subpixel_config(seed):
             return cfg
 
 
+def _kn2row_config(seed):
+    """Any kernel at stride 1: 1xk, kx1, even and odd sizes, pads, dilation, groups."""
+    r = np.random.default_rng(5000 + seed)
+    while True:
+        group = int(r.choice([1, 1, 2, 3]))
+        cfg = dict(n=int(r.integers(1, 4)), c=group * int(r.integers(1, 4)),
+                   m=group * int(r.integers(1, 4)), group=group,
+                   kernel=(int(r.integers(1, 6)), int(r.integers(1, 6))), stride=(1, 1),
+                   pad=(int(r.integers(0, 4)), int(r.integers(0, 3))),
+                   dilation=(int(r.integers(1, 3)), int(r.integers(1, 4))),
+                   size=(int(r.integers(1, 15)), int(r.integers(1, 12))), output_padding=(0, 0))
+        out = [shapes.conv_out(cfg["size"][a], cfg["kernel"][a], 1, cfg["pad"][a],
+                               cfg["dilation"][a]) for a in range(2)]
+        dout = [shapes.deconv_out(cfg["size"][a], cfg["kernel"][a], 1, cfg["pad"][a],
+                                  cfg["dilation"][a]) for a in range(2)]
+        if min(out) >= 1 and min(dout) >= 1:
+            return cfg
+
+
 WINOGRAD = [_winograd_config(i) for i in range(N_CONFIGS)]
+KN2ROW = [_kn2row_config(i) for i in range(N_CONFIGS)]
 SUBPIXEL = [_subpixel_config(i) for i in range(N_CONFIGS)]
 #: (layer type, algorithm, configuration)
 CASES = ([("conv", "winograd", c) for c in WINOGRAD] + [("deconv", "winograd", c) for c in WINOGRAD]
          + [("deconv", "subpixel", c) for c in SUBPIXEL]
+         + [("conv", "kn2row", c) for c in KN2ROW] + [("deconv", "kn2row", c) for c in KN2ROW]
          + [("conv", "im2col", c) for c in WINOGRAD[:6]]
          + [("deconv", "im2col", c) for c in SUBPIXEL[:6]])
 IDS = [f"{kind}-{alg}-{i}" for i, (kind, alg, _) in enumerate(CASES)]
@@ -156,8 +177,9 @@ def test_matches_torch(kind, algorithm, cfg, dtype, rng):
                           ("deconv", "winograd", dict(WINOGRAD[5], n=1, c=9, m=20,
                                                       size=(23, 41), group=1)),
                           ("deconv", "subpixel", dict(SUBPIXEL[2], n=3, c=6, m=5,
-                                                      size=(17, 13)))],
-                         ids=["conv-winograd", "deconv-winograd", "deconv-subpixel"])
+                                                      size=(17, 13))),
+                          ("conv", "kn2row", dict(KN2ROW[1], n=3, c=6, m=4, size=(19, 23)))],
+                         ids=["conv-winograd", "deconv-winograd", "deconv-subpixel", "kn2row"])
 def test_one_and_two_threads_are_bit_identical(kind, algorithm, cfg, rng):
     x = _input(cfg, rng).astype(np.float32)
     results = []
@@ -181,7 +203,7 @@ def _relative_error(actual, expected):
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "winograd"])
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "kn2row"])
 @pytest.mark.parametrize("n,c,m,size,pad,dilation", [
     (1, 512, 512, (10, 9), 1, 1),        # 512 channels (VGG's conv4/conv5)
     (1, 3, 8, (224, 224), 1, 1),         # a 224x224 input
@@ -257,6 +279,8 @@ def test_auto_picks_subpixel_for_strided_deconvolution():
      "it needs stride 1, got stride 2"),
     (lambda a: Convolution(4, 3, algorithm=a), "subpixel", "it is the strided Deconvolution's"),
     (lambda a: Deconvolution(4, 3, algorithm=a), "subpixel", "it needs stride > 1"),
+    (lambda a: Convolution(4, 3, stride=(1, 2), algorithm=a), "kn2row",
+     r"it needs stride 1, got stride \(1, 2\)"),
     (lambda a: Deconvolution(4, 4, stride=2, dilation=(1, 2), algorithm=a), "subpixel",
      r"it needs dilation 1, got dilation \(1, 2\)"),
 ])
@@ -267,5 +291,5 @@ def test_a_forced_algorithm_that_does_not_apply_is_a_config_error(layer, algorit
 
 def test_unknown_algorithm_is_named():
     with pytest.raises(ConfigError, match="algorithm must be one of 'auto', 'im2col', "
-                                          "'winograd', 'subpixel', got 'fft'"):
+                                          "'winograd', 'kn2row', 'subpixel', got 'fft'"):
         Convolution(4, 3, algorithm="fft")
