@@ -627,6 +627,18 @@ class Net:
                     else tuple(value.shape), _buffer_setter(node.layer, k))
         return targets
 
+    # ------------------------------------------------------------------ other formats
+    @classmethod
+    def from_prototxt(cls, path, phase="TEST", **kwargs):
+        """A Net from a Caffe ``.prototxt`` (see :func:`convnet.caffe.load_net`)."""
+        from convnet.caffe import load_net
+        return load_net(path, phase=phase, **kwargs)
+
+    def export_onnx(self, path, **kwargs):
+        """Write the net as an ONNX model (see :func:`convnet.onnx.export`)."""
+        from convnet.onnx import export
+        return export(self, path, **kwargs)
+
     # ------------------------------------------------------------------ random state
     def get_rng_state(self):
         """{layer name: state} for the layers with a random stream of their own (Dropout)."""

@@ -1,7 +1,7 @@
 """All layers, by Caffe type name. One family per module:
 
 conv (Convolution, Deconvolution), pooling (Pooling, Unpooling), interp (Interp),
-activation (ReLU, Dropout), normalization (BatchNorm), structure (Crop, Concat, Eltwise),
+activation (ReLU, Dropout), normalization (BatchNorm), structure (Crop, Concat, Eltwise, Silence, Flatten),
 loss (SoftmaxWithLoss, EuclideanLoss).
 """
 
@@ -16,6 +16,7 @@ _FAMILY = {
     "ReLU": "activation", "Dropout": "activation",
     "BatchNorm": "normalization",
     "Crop": "structure", "Concat": "structure", "Eltwise": "structure",
+    "Silence": "structure", "Flatten": "structure",
     "SoftmaxWithLoss": "loss", "EuclideanLoss": "loss",
 }
 

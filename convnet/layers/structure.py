@@ -1,4 +1,5 @@
-"""Layers that cut, join and combine blobs: Crop, Concat, Eltwise (Caffe semantics)."""
+"""Layers that cut, join, combine and reshape blobs: Crop, Concat, Eltwise, Silence, Flatten
+(Caffe semantics)."""
 
 import numbers
 
@@ -241,3 +242,74 @@ class Eltwise(Layer):
                 if dx is not None:
                     be.structure_eltwise_max_backward(dy, self._argmax, i, dx)
         return dxs
+
+
+class Silence(Layer):
+    """Consume blobs and produce nothing, Caffe's Silence layer (it keeps unused tops from
+    becoming net outputs). Any number of bottoms (at least one), no tops; backward gives each
+    bottom a zero diff (the Net never asks: nothing downstream of it reaches a loss).
+
+    >>> Silence().forward(np.zeros((2, 3)), np.zeros(4))
+    ()
+    """
+
+    min_bottoms = 1
+    max_bottoms = 1 << 16
+    num_tops = 0
+
+    def _reshape(self, shapes):
+        return []
+
+    def _forward(self, bottoms):
+        return []
+
+    def _backward(self, top_diffs, propagate_down):
+        return [self.backend.zeros(s, self.dtype) if f else None
+                for s, f in zip(self.bottom_shapes, propagate_down)]
+
+
+class Flatten(Layer):
+    """Merge axes ``axis`` .. ``end_axis`` into one, Caffe's Flatten layer.
+
+    top shape = shape[:axis] + (prod(shape[axis:end_axis + 1]),) + shape[end_axis + 1:]; the
+    values keep their C order, so forward and backward are reshapes (copies: the top never
+    aliases the bottom). Negative axes count from the end (``end_axis=-1``: the last axis).
+
+    Parameters (Caffe ``flatten_param``): ``axis`` (default 1), ``end_axis`` (default -1).
+
+    >>> Flatten().forward(np.zeros((2, 3, 4, 5))).shape
+    (2, 60)
+    """
+
+    def __init__(self, axis=1, end_axis=-1, **kwargs):
+        self.axis = axis
+        self.end_axis = end_axis
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.axis = _check_int(self.axis, "axis", self)
+        self.end_axis = _check_int(self.end_axis, "end_axis", self)
+
+    def _reshape(self, shapes):
+        shape = shapes[0]
+        ndim = len(shape)
+        if ndim == 0:
+            fail(self, "the bottom must have at least one axis, got a 0-d bottom", ShapeError)
+        start = _check_axis(self.axis, ndim, self, "axis")
+        end = _check_axis(self.end_axis, ndim, self, "end_axis")
+        if end < start:
+            fail(self, f"end_axis ({self.end_axis}, axis {end} of the {ndim}-d bottom "
+                       f"{shape_str(shape)}) must not come before axis ({self.axis}, axis "
+                       f"{start})")
+        merged = 1
+        for d in shape[start:end + 1]:
+            merged *= d
+        return tuple(shape[:start]) + (merged,) + tuple(shape[end + 1:])
+
+    def _forward(self, bottoms):
+        return [bottoms[0].reshape(self.top_shapes[0]).copy()]
+
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None]
+        return [top_diffs[0].reshape(self.bottom_shapes[0]).copy()]
