@@ -1,5 +1,5 @@
 // Caffe's fused LSTM unit (LSTMUnit): one thread per (row, unit), gates in the order i, f,
-// o, g. Forward keeps the activated gates and tanh(c) for backward (as pyx/recurrent.pyx).
+// o, g. Forward keeps the activated gates and tanh(c) for backward.
 #include "common.cuh"
 
 using namespace convnet;

@@ -104,10 +104,8 @@ def beam_search(decoder, states, initial, beam_size=5, max_length=20, start_toke
                          minimum=0.0)
     static = dict(static or {})
     n = _check(decoder, states, token_input, scores, initial, static)
-    rows = np.repeat(np.arange(n), k)                        # beam row -> sequence
     values = {s: np.repeat(np.asarray(v), k, axis=0) for s, v in initial.items()}
     static_k = {b: np.repeat(np.asarray(v), k, axis=0) for b, v in static.items()}
-    del rows
     beam_score = np.full((n, k), -np.inf)
     beam_score[:, 0] = 0.0
     finished = np.zeros((n, k), bool)

@@ -192,6 +192,7 @@ class RecurrentNetwork:
     def train(self, mode=True):
         self.step_net.train(mode)
         self._static_nets = {}
+        self._pool = []
         return self
 
     def eval(self):
@@ -202,17 +203,56 @@ class RecurrentNetwork:
         return self.step_net.learnable_params
 
     # ------------------------------------------------------------------ workspaces
+    def _workspaces(self, T):
+        """Layer lists for steps 1 .. T-1 (step 0 runs the step net's own layers): shallow
+        copies sharing the params, each holding its own forward cache, kept between calls.
+        Layers that make or read a recomputed blob are shared by every step."""
+        proto = [node.layer for node in self.step_net._nodes]
+        phases = tuple(layer.phase for layer in proto)
+        if getattr(self, "_pool_phases", None) != phases:
+            self._pool, self._pool_phases = [], phases
+        while len(self._pool) < T - 1:
+            self._pool.append([proto[i] if self._shared[i] else copy.copy(proto[i])
+                               for i in range(len(proto))])
+        return [proto] + self._pool[:T - 1]
+
+    @staticmethod
+    def _ready(layer, arrays, shapes):
+        """True when ``arrays`` are what the layer's checks would pass unchanged (NumPy,
+        its dtype, C-contiguous, the shapes it was set up for): the engine then calls the
+        layer's compute hooks directly, skipping per-step validation that step 0 did."""
+        if len(arrays) != len(shapes):
+            return False
+        for a, s in zip(arrays, shapes):
+            if not (type(a) is np.ndarray and a.dtype == layer.dtype and a.shape == s
+                    and a.flags.c_contiguous):
+                return False
+        return True
+
+    def _layer_forward(self, layer, bottoms):
+        if layer.bottom_shapes is not None and self._ready(layer, bottoms, layer.bottom_shapes):
+            layer._forwarded = False
+            tops = layer._forward(list(bottoms))
+            layer._forwarded = True
+            return tops
+        out = layer.forward(*bottoms)
+        return list(out) if isinstance(out, tuple) else [out]
+
+    def _layer_backward(self, layer, tops, flags):
+        if layer._forwarded and self._ready(layer, tops, layer.top_shapes):
+            got = layer._backward(list(tops), list(flags))
+            return [d if f else None for d, f in zip(got, flags)]
+        got = layer.backward(*tops, propagate_down=flags)
+        return list(got) if isinstance(got, tuple) else [got]
+
     def _run_forward(self, layers, values, only=None):
         nodes = self.step_net._nodes
         for i, (node, layer) in enumerate(zip(nodes, layers)):
             if only is not None and not only[i]:
                 continue
-            out = layer.forward(*(values[b] for b in node.bottoms))
-            if isinstance(out, tuple):
-                for t, y in zip(node.tops, out):
-                    values[t] = y
-            else:
-                values[node.tops[0]] = out
+            outs = self._layer_forward(layer, [values[b] for b in node.bottoms])
+            for t, y in zip(node.tops, outs):
+                values[t] = y
 
     def _run_backward(self, layers, diffs):
         """Step backward: ``diffs`` maps versions to their diff (updated in place with every
@@ -226,8 +266,7 @@ class RecurrentNetwork:
             tops = [diffs[t] if t in diffs else np.zeros(s, layer.dtype)
                     for t, s in zip(node.tops, layer.top_shapes)]
             flags = self._flags[i]
-            got = layer.backward(*tops, propagate_down=flags)
-            got = got if isinstance(got, tuple) else (got,)
+            got = self._layer_backward(layer, tops, flags)
             for b, d, f in zip(node.bottoms, got, flags):
                 if not f or d is None:
                     continue
@@ -316,15 +355,11 @@ class RecurrentNetwork:
             buffers[s][0] = x0
         outs_all = {}
         proto = [node.layer for node in self.step_net._nodes]
-        shared = proto
+        workspaces = self._workspaces(T) if keep else None
         steps = []
         values_per_step = []
         for t in range(T):
-            if keep and t > 0:
-                layers = [shared[i] if self._shared[i] else copy.copy(proto[i])
-                          for i in range(len(proto))]
-            else:
-                layers = proto
+            layers = workspaces[t] if keep else proto
             values = {}
             for s, v in self._state_in.items():
                 values[v] = buffers[s][t] if v not in self._copy_inputs else buffers[s][t].copy()

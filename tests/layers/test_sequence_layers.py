@@ -81,7 +81,8 @@ def test_scale_with_the_scale_as_a_second_bottom():
 
 def test_scale_bad_shapes():
     with pytest.raises(ShapeError, match=r"Scale 's': bottom 1 \(the scale\) has shape 3 but "
-                                         r"must equal bottom 0's axes from axis 1 \(4; bottom 0 is 2x4\)"):
+                                         r"must equal bottom 0's axes from axis 1 "
+                                         r"\(4; bottom 0 is 2x4\)"):
         Scale(name="s").forward(np.zeros((2, 4)), np.zeros(3))
     with pytest.raises(ShapeError, match="axis 1 \\+ num_axes 3 exceeds"):
         Scale(num_axes=3, name="s").forward(np.zeros((2, 4)))
