@@ -150,3 +150,18 @@ def test_reshape_bad_input():
         Reshape(shape=[5, -1], name="r").forward(np.zeros((3, 4)))
     with pytest.raises(ShapeError, match="gives 5x2 \\(10 elements\\) but bottom 3x4 has 12"):
         Reshape(shape=[5, 2], name="r").forward(np.zeros((3, 4)))
+
+
+@pytest.mark.parametrize("layer,fn", [(Sigmoid, "sigmoid"), (TanH, "tanh")])
+def test_smooth_matches_torch(layer, fn):
+    torch = pytest.importorskip("torch")
+    r = np.random.default_rng(12)
+    x = 4 * r.standard_normal((3, 5))
+    lyr = layer(dtype=np.float64)
+    y = lyr.forward(x)
+    dy = r.standard_normal(x.shape)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = getattr(torch, fn)(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(lyr.backward(dy), xt.grad.numpy(), rtol=1e-10, atol=1e-15)

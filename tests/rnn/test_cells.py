@@ -81,13 +81,17 @@ def test_attention_layer_matches_reference_and_finite_differences(mode):
     check_gradients(Attention(mode=mode, dtype=F64), q, k, v, mask, exhaustive=True)
 
 
-@pytest.mark.parametrize("attention", ["dot", "additive"])
-def test_attention_cell_gradients_reach_the_encoder(attention):
-    """Finite differences of a decoder over T steps w.r.t. the encoder outputs and x."""
+@pytest.mark.parametrize("attention,stacked", [("dot", False), ("additive", False),
+                                               ("dot", True)])
+def test_attention_cell_gradients_reach_the_encoder(attention, stacked):
+    """Finite differences of a decoder over T steps w.r.t. the encoder outputs and x; the
+    decoder is one LSTM or a MultiRNNCell stack with the attention on top."""
     r = np.random.default_rng(3)
     convnet.seed(4)
-    cell = AttentionCell(LSTMCell(2 + 3, 4, name="dec", dtype=F64), 3, attention=attention,
-                         attention_dim=5)
+    decoder = (MultiRNNCell([LSTMCell(2 + 3, 4, name="d0", dtype=F64),
+                             LSTMCell(4, 4, name="d1", dtype=F64)]) if stacked
+               else LSTMCell(2 + 3, 4, name="dec", dtype=F64))
+    cell = AttentionCell(decoder, 3, attention=attention, attention_dim=5)
     run = CellRunner(cell)
     x, enc = r.standard_normal((3, 2, 2)), r.standard_normal((2, 4, 3))
     el = np.array([4, 2])
