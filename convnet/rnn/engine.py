@@ -103,8 +103,6 @@ class RecurrentNetwork:
         self._analyse()
         self._cache = None
         self._static_nets = {}
-        #: bytes held for backward by the last forward (blobs and layer caches not counted)
-        self.last_stats = {}
 
     # ------------------------------------------------------------------ checks
     def _fail(self, message, exc=ConfigError):
@@ -399,9 +397,18 @@ class RecurrentNetwork:
         for b in self.step_outputs:
             out[f"{b}_all"] = outs_all[b]
         self._cache = (steps, values_per_step, buffers, active, T) if keep else None
-        self.last_stats = {"steps": T, "kept_blob_bytes": _bytes(values_per_step),
-                           "recomputed_layers": sum(self._shared) if keep else 0}
         return out
+
+    @property
+    def last_stats(self):
+        """What the last forward kept for backward: ``steps``, ``kept_blob_bytes`` (the step
+        blobs kept; layer caches not counted) and ``recomputed_layers`` (layers re-run in
+        backward); empty before a forward that keeps anything."""
+        if self._cache is None:
+            return {}
+        steps, values_per_step, _, _, T = self._cache
+        return {"steps": T, "kept_blob_bytes": _bytes(values_per_step),
+                "recomputed_layers": sum(self._shared)}
 
     def _check_state_shape(self, s, nxt, prev):
         if tuple(nxt.shape) != tuple(prev.shape):
