@@ -4,8 +4,9 @@
 Case: T=50 steps, N=64 sequences, input 256, hidden 256, float32. Printed and returned by
 :func:`bench_lstm` (scripts/bench.py can call it and add the rows to its table):
 
-- forward and forward+backward times of a CellRunner(LSTMCell) and of torch.nn.LSTM, as
-  medians of ``repeat`` alternating runs, and their ratio (torch / convnet: > 1 is faster);
+- forward (keeping what backward needs, and ``forward_only``) and forward+backward times of a
+  CellRunner(LSTMCell) and of torch.nn.LSTM (forward under no_grad), as medians of
+  ``repeat`` alternating runs, and their ratio (torch / convnet: > 1 is faster);
 - the engine's own cost: the forward time minus the time of the same kernels (the hoisted
   projection gemm, and per step the hidden gemm, the gate sum and the LSTM unit) called
   back to back without the engine, as a share of the forward;
@@ -89,6 +90,11 @@ def bench_lstm(repeat=5, threads=None, log=print):
     convnet.seed(0)
     runner = CellRunner(LSTMCell(I, H))
     runner.forward(x)
+    # inference: the same weights, nothing kept for backward (as torch under no_grad)
+    infer = CellRunner(LSTMCell(I, H), forward_only=True)
+    infer.forward(x)
+    for mine, theirs in zip(infer.params, runner.params):
+        mine.data[...] = theirs.data
 
     def ours_fb():
         runner.forward(x)
@@ -99,7 +105,7 @@ def bench_lstm(repeat=5, threads=None, log=print):
         import torch
     except ImportError:
         torch = None
-    ours_f, ours_fb_t, torch_f, torch_fb = [], [], [], []
+    ours_f, ours_fb_t, ours_inf, kern, torch_f, torch_fb = [], [], [], [], [], []
     if torch is not None:
         lstm = torch.nn.LSTM(I, H)
         xt, dyt = torch.tensor(x), torch.tensor(dy)
@@ -114,19 +120,23 @@ def bench_lstm(repeat=5, threads=None, log=print):
             out.backward(dyt)
     for _ in range(repeat):          # alternate, so load changes hit both sides alike
         ours_f.append(_median(lambda: runner.forward(x), 1))
+        ours_inf.append(_median(lambda: infer.forward(x), 1))
+        kern.append(_median(lambda: _kernels_only(runner, x), 1))
         ours_fb_t.append(_median(ours_fb, 1))
         if torch is not None:
             torch_f.append(_median(torch_forward, 1))
             torch_fb.append(_median(torch_fwd_bwd, 1))
     res["convnet_forward_s"] = float(np.median(ours_f))
     res["convnet_forward_backward_s"] = float(np.median(ours_fb_t))
+    res["convnet_forward_only_s"] = float(np.median(ours_inf))
     if torch is not None:
         res["torch_forward_s"] = float(np.median(torch_f))
         res["torch_forward_backward_s"] = float(np.median(torch_fb))
         res["forward_ratio"] = res["torch_forward_s"] / res["convnet_forward_s"]
+        res["forward_only_ratio"] = res["torch_forward_s"] / res["convnet_forward_only_s"]
         res["forward_backward_ratio"] = (res["torch_forward_backward_s"] /
                                          res["convnet_forward_backward_s"])
-    kernels = _median(lambda: _kernels_only(runner, x), repeat)
+    kernels = float(np.median(kern))
     res["kernels_only_forward_s"] = kernels
     res["engine_share_of_forward"] = max(res["convnet_forward_s"] - kernels, 0.0) / \
         res["convnet_forward_s"]
@@ -145,7 +155,8 @@ def bench_lstm(repeat=5, threads=None, log=print):
         res[f"two_layer_{name}_peak_bytes"] = _peak_bytes(run)
         res[f"two_layer_{name}_s"] = _median(run, max(repeat // 2, 1))
     log(f"LSTM T={T} N={N} {I}->{H} float32, {res['threads']} threads, median of {repeat}:")
-    line = (f"  convnet forward {res['convnet_forward_s'] * 1e3:.1f} ms, forward+backward "
+    line = (f"  convnet forward {res['convnet_forward_s'] * 1e3:.1f} ms (forward_only "
+            f"{res['convnet_forward_only_s'] * 1e3:.1f} ms), forward+backward "
             f"{res['convnet_forward_backward_s'] * 1e3:.1f} ms")
     if torch is not None:
         line += (f"; torch.nn.LSTM {res['torch_forward_s'] * 1e3:.1f} / "
