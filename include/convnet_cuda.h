@@ -393,6 +393,79 @@ CONVNET_API convnet_status convnet_adam_update(float* data, const float* diff, f
 CONVNET_API convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
                                                   void* stream);
 
+/* ================================ sequence layers (inner_product.cu, smooth.cu, recurrent.cu)
+ * The layers recurrent cells are made of. InnerProduct's gemms go through convnet_gemm. */
+
+/* y (rows, cols) += bias (cols,) per row. */
+CONVNET_API convnet_status convnet_bias_add(float* y, const float* bias, int64_t rows,
+                                            int64_t cols, void* stream);
+
+/* dbias (cols,) += the column sums of dy (rows, cols). */
+CONVNET_API convnet_status convnet_bias_grad(const float* dy, float* dbias, int64_t rows,
+                                             int64_t cols, void* stream);
+
+/* Embed: y (n, dim) = weight[index] (+ bias (dim,), may be NULL); index (n,) of index_type,
+ * row ids in [0, rows); weight (rows, dim). host OUT bad_position: -1, or the smallest flat
+ * position of an id outside [0, rows) or not an integer (CONVNET_ERR_BAD_INDEX; y is then
+ * garbage). Synchronous. */
+CONVNET_API convnet_status convnet_embed_forward(const void* index, int32_t index_type,
+                                                 const float* weight, const float* bias,
+                                                 float* y, int64_t n, int64_t rows,
+                                                 int64_t dim, int64_t* bad_position,
+                                                 void* stream);
+
+/* dweight (rows, dim) += dy (n, dim) scattered to the rows index names (validated ids). */
+CONVNET_API convnet_status convnet_embed_backward(const void* index, int32_t index_type,
+                                                  const float* dy, float* dweight, int64_t n,
+                                                  int64_t rows, int64_t dim, void* stream);
+
+/* Sigmoid y = 1 / (1 + exp(-x)); backward dx = dy y (1 - y) from the top y. All (n,). */
+CONVNET_API convnet_status convnet_sigmoid_forward(const float* x, float* y, int64_t n,
+                                                   void* stream);
+CONVNET_API convnet_status convnet_sigmoid_backward(const float* dy, const float* y, float* dx,
+                                                    int64_t n, void* stream);
+
+/* TanH y = tanh(x); backward dx = dy (1 - y^2). All (n,). */
+CONVNET_API convnet_status convnet_tanh_forward(const float* x, float* y, int64_t n,
+                                                void* stream);
+CONVNET_API convnet_status convnet_tanh_backward(const float* dy, const float* y, float* dx,
+                                                 int64_t n, void* stream);
+
+/* Softmax over the channel axis of x, y (outer, channels, inner), max subtracted; backward
+ * dx = y (dy - sum_c dy y). */
+CONVNET_API convnet_status convnet_softmax_forward(const float* x, float* y, int64_t outer,
+                                                   int64_t channels, int64_t inner,
+                                                   void* stream);
+CONVNET_API convnet_status convnet_softmax_backward(const float* dy, const float* y, float* dx,
+                                                    int64_t outer, int64_t channels,
+                                                    int64_t inner, void* stream);
+
+/* Scale: y = x * scale + bias on (outer, size, inner) blobs, scale and bias (size,) (bias may
+ * be NULL). Backward: dx = dy * scale, dscale += sum(dy x), dbias += sum(dy) over outer and
+ * inner; each of dx, dscale, dbias may be NULL (skipped). */
+CONVNET_API convnet_status convnet_scale_forward(const float* x, const float* scale,
+                                                 const float* bias, float* y, int64_t outer,
+                                                 int64_t size, int64_t inner, void* stream);
+CONVNET_API convnet_status convnet_scale_backward(const float* dy, const float* x,
+                                                  const float* scale, float* dx, float* dscale,
+                                                  float* dbias, int64_t outer, int64_t size,
+                                                  int64_t inner, void* stream);
+
+/* LSTMUnit on rows: c_prev, c, h, tanh_c (rows, dim); gates, act (rows, 4 dim) in the order
+ * i, f, o, g; cont (rows,). c = cont f c_prev + i g, h = o tanh(c), f = sigmoid(gates_f +
+ * forget_bias); act and tanh_c are kept for backward, which writes dc_prev and dgates (the
+ * pre-activation diffs) from dc, dh. */
+CONVNET_API convnet_status convnet_lstm_unit_forward(const float* c_prev, const float* gates,
+                                                     const float* cont, float forget_bias,
+                                                     float* act, float* tanh_c, float* c,
+                                                     float* h, int64_t rows, int64_t dim,
+                                                     void* stream);
+CONVNET_API convnet_status convnet_lstm_unit_backward(const float* c_prev, const float* cont,
+                                                      const float* act, const float* tanh_c,
+                                                      const float* dc, const float* dh,
+                                                      float* dc_prev, float* dgates,
+                                                      int64_t rows, int64_t dim, void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -595,3 +595,124 @@ def all_finite(arrays):
 def net_accumulate(dst, src):
     """INOUT dst += src."""
     _lib.call("convnet_axpby", dst.size, 1.0, _f(src), 1.0, _f(dst), None)
+
+
+# ---- sequence layers: inner_product, activation (smooth), normalization (Scale), recurrent
+# Mirrors of the CPU backend's functions of the same names (cuda/inner_product.cu,
+# cuda/smooth.cu, cuda/recurrent.cu); the gemms go through convnet_gemm (cuBLAS).
+
+def _gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    _lib.call("convnet_gemm", int(trans_a), int(trans_b), m, n, k, 1.0, a, lda, b, ldb,
+              float(beta), c, ldc, None)
+
+
+def inner_product_forward(x, weight, bias, y, transpose):
+    """IN x (M, K), weight (N, K) or (K, N) when transpose, bias (N,) or None;
+    OUT y (M, N) = x W^T + bias (x W + bias when transpose)."""
+    m, k = x.shape
+    n = y.shape[1]
+    _gemm(0, 0 if transpose else 1, m, n, k, _f(x), k, _f(weight), n if transpose else k,
+          0.0, _f(y), n)
+    if bias is not None:
+        _lib.call("convnet_bias_add", _f(y), _f(bias), m, n, None)
+
+
+def inner_product_backward_data(dy, weight, dx, transpose):
+    """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose)."""
+    m, n = dy.shape
+    k = dx.shape[1]
+    _gemm(0, 1 if transpose else 0, m, k, n, _f(dy), n, _f(weight), n if transpose else k,
+          0.0, _f(dx), k)
+
+
+def inner_product_backward_weight(x, dy, dweight, transpose):
+    """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose."""
+    m, k = x.shape
+    n = dy.shape[1]
+    if transpose:
+        _gemm(1, 0, k, n, m, _f(x), k, _f(dy), n, 1.0, _f(dweight), n)
+    else:
+        _gemm(1, 0, n, k, m, _f(dy), n, _f(x), k, 1.0, _f(dweight), k)
+
+
+def inner_product_backward_bias(dy, dbias):
+    """INOUT dbias (N,) += the column sums of dy (M, N)."""
+    _lib.call("convnet_bias_grad", _f(dy), _f(dbias), dy.shape[0], dy.shape[1], None)
+
+
+def inner_product_embed_forward(index, weight, bias, y):
+    """IN index (any shape, int or float row ids), weight (V, D), bias (D,) or None; OUT y
+    (index.size, D) = weight[index] + bias. Returns -1, or the flat position of the first id
+    outside [0, V) or not an integer."""
+    _dev(index, "index")
+    bad = _lib.byref_int64(-1)
+    status = _lib.call_status("convnet_embed_forward", index.ptr, _code(index, "the index"),
+                              _f(weight), _f(bias), _f(y), index.size, weight.shape[0],
+                              weight.shape[1], _lib.ref(bad), None)
+    if status == _lib.ERR_BAD_INDEX:
+        return int(bad.value)
+    _lib._check(status, "convnet_embed_forward")
+    return -1
+
+
+def inner_product_embed_backward(index, dy, dweight):
+    """INOUT dweight (V, D) += dy (index.size, D) scattered to the rows index names."""
+    _dev(index, "index")
+    _lib.call("convnet_embed_backward", index.ptr, _code(index, "the index"), _f(dy),
+              _f(dweight), index.size, dweight.shape[0], dweight.shape[1], None)
+
+
+def activation_sigmoid_forward(x, y):
+    """y = 1 / (1 + exp(-x)); y may be x."""
+    _lib.call("convnet_sigmoid_forward", _f(x), _f(y), x.size, None)
+
+
+def activation_sigmoid_backward(dy, y, dx):
+    """dx = dy * y * (1 - y) from the top y; dx may be dy."""
+    _lib.call("convnet_sigmoid_backward", _f(dy), _f(y), _f(dx), dy.size, None)
+
+
+def activation_tanh_forward(x, y):
+    """y = tanh(x); y may be x."""
+    _lib.call("convnet_tanh_forward", _f(x), _f(y), x.size, None)
+
+
+def activation_tanh_backward(dy, y, dx):
+    """dx = dy * (1 - y^2) from the top y; dx may be dy."""
+    _lib.call("convnet_tanh_backward", _f(dy), _f(y), _f(dx), dy.size, None)
+
+
+def activation_softmax_forward(x, y):
+    """IN x (outer, C, inner); OUT y = exp(x - max) / sum over C."""
+    _lib.call("convnet_softmax_forward", _f(x), _f(y), *x.shape, None)
+
+
+def activation_softmax_backward(dy, y, dx):
+    """IN dy, y (outer, C, inner); OUT dx = y * (dy - sum_C(dy * y))."""
+    _lib.call("convnet_softmax_backward", _f(dy), _f(y), _f(dx), *dy.shape, None)
+
+
+def normalization_scale_forward(x, scale, bias, y):
+    """IN x (outer, S, inner), scale (S,), bias (S,) or None; OUT y = x * scale + bias."""
+    _lib.call("convnet_scale_forward", _f(x), _f(scale), _f(bias), _f(y), *x.shape, None)
+
+
+def normalization_scale_backward(dy, x, scale, dx, dscale, dbias):
+    """OUT dx = dy * scale; INOUT dscale += sum(dy * x), dbias += sum(dy) (each None:
+    skipped)."""
+    _lib.call("convnet_scale_backward", _f(dy), _f(x), _f(scale), _f(dx), _f(dscale),
+              _f(dbias), *dy.shape, None)
+
+
+def recurrent_lstm_unit_forward(c_prev, gates, cont, forget_bias, act, tanh_c, c, h):
+    """IN c_prev (R, D), gates (R, 4D) (i, f, o, g), cont (R,), forget_bias; OUT act, tanh_c
+    (kept for backward), c = cont f c_prev + i g, h = o tanh(c)."""
+    _lib.call("convnet_lstm_unit_forward", _f(c_prev), _f(gates), _f(cont), float(forget_bias),
+              _f(act), _f(tanh_c), _f(c), _f(h), c_prev.shape[0], c_prev.shape[1], None)
+
+
+def recurrent_lstm_unit_backward(c_prev, cont, act, tanh_c, dc, dh, dc_prev, dgates):
+    """IN c_prev, cont, act, tanh_c (from forward), dc, dh (R, D); OUT dc_prev (R, D),
+    dgates (R, 4D)."""
+    _lib.call("convnet_lstm_unit_backward", _f(c_prev), _f(cont), _f(act), _f(tanh_c), _f(dc),
+              _f(dh), _f(dc_prev), _f(dgates), c_prev.shape[0], c_prev.shape[1], None)

@@ -250,6 +250,55 @@ FUNCTIONS = [
     # convnet_status convnet_flag_nonfinite(const float* x, int64_t n, int32_t* flag,
     #                                       void* stream);
     ("convnet_flag_nonfinite", status_t, [ptr, i64, ptr, stream]),
+
+    # ---------------------------------------------------------------- sequence layers
+    # convnet_status convnet_bias_add(float* y, const float* bias, int64_t rows, int64_t cols,
+    #                                 void* stream);
+    ("convnet_bias_add", status_t, [ptr, ptr, i64, i64, stream]),
+    # convnet_status convnet_bias_grad(const float* dy, float* dbias, int64_t rows,
+    #                                  int64_t cols, void* stream);
+    ("convnet_bias_grad", status_t, [ptr, ptr, i64, i64, stream]),
+    # convnet_status convnet_embed_forward(const void* index, int32_t index_type,
+    #     const float* weight, const float* bias, float* y, int64_t n, int64_t rows,
+    #     int64_t dim, int64_t* bad_position, void* stream);
+    ("convnet_embed_forward", status_t, [ptr, i32, ptr, ptr, ptr, i64, i64, i64, out_i64,
+                                         stream]),
+    # convnet_status convnet_embed_backward(const void* index, int32_t index_type,
+    #     const float* dy, float* dweight, int64_t n, int64_t rows, int64_t dim, void* stream);
+    ("convnet_embed_backward", status_t, [ptr, i32, ptr, ptr, i64, i64, i64, stream]),
+    # convnet_status convnet_sigmoid_forward(const float* x, float* y, int64_t n, void* stream);
+    ("convnet_sigmoid_forward", status_t, [ptr, ptr, i64, stream]),
+    # convnet_status convnet_sigmoid_backward(const float* dy, const float* y, float* dx,
+    #                                         int64_t n, void* stream);
+    ("convnet_sigmoid_backward", status_t, [ptr, ptr, ptr, i64, stream]),
+    # convnet_status convnet_tanh_forward(const float* x, float* y, int64_t n, void* stream);
+    ("convnet_tanh_forward", status_t, [ptr, ptr, i64, stream]),
+    # convnet_status convnet_tanh_backward(const float* dy, const float* y, float* dx,
+    #                                      int64_t n, void* stream);
+    ("convnet_tanh_backward", status_t, [ptr, ptr, ptr, i64, stream]),
+    # convnet_status convnet_softmax_forward(const float* x, float* y, int64_t outer,
+    #     int64_t channels, int64_t inner, void* stream);
+    ("convnet_softmax_forward", status_t, [ptr, ptr, i64, i64, i64, stream]),
+    # convnet_status convnet_softmax_backward(const float* dy, const float* y, float* dx,
+    #     int64_t outer, int64_t channels, int64_t inner, void* stream);
+    ("convnet_softmax_backward", status_t, [ptr, ptr, ptr, i64, i64, i64, stream]),
+    # convnet_status convnet_scale_forward(const float* x, const float* scale,
+    #     const float* bias, float* y, int64_t outer, int64_t size, int64_t inner, void* stream);
+    ("convnet_scale_forward", status_t, [ptr, ptr, ptr, ptr, i64, i64, i64, stream]),
+    # convnet_status convnet_scale_backward(const float* dy, const float* x, const float* scale,
+    #     float* dx, float* dscale, float* dbias, int64_t outer, int64_t size, int64_t inner,
+    #     void* stream);
+    ("convnet_scale_backward", status_t, [ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, stream]),
+    # convnet_status convnet_lstm_unit_forward(const float* c_prev, const float* gates,
+    #     const float* cont, float forget_bias, float* act, float* tanh_c, float* c, float* h,
+    #     int64_t rows, int64_t dim, void* stream);
+    ("convnet_lstm_unit_forward", status_t, [ptr, ptr, ptr, f32, ptr, ptr, ptr, ptr, i64, i64,
+                                             stream]),
+    # convnet_status convnet_lstm_unit_backward(const float* c_prev, const float* cont,
+    #     const float* act, const float* tanh_c, const float* dc, const float* dh,
+    #     float* dc_prev, float* dgates, int64_t rows, int64_t dim, void* stream);
+    ("convnet_lstm_unit_backward", status_t, [ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64,
+                                              stream]),
 ]
 
 _lock = threading.RLock()

@@ -1,8 +1,9 @@
 """All layers, by Caffe type name. One family per module:
 
 conv (Convolution, Deconvolution), pooling (Pooling, Unpooling), interp (Interp),
-activation (ReLU, Dropout), normalization (BatchNorm), structure (Crop, Concat, Eltwise, Silence, Flatten),
-loss (SoftmaxWithLoss, EuclideanLoss).
+activation (ReLU, Dropout, Sigmoid, TanH, Softmax), normalization (BatchNorm, Scale),
+structure (Crop, Concat, Eltwise, Silence, Flatten, Split, Slice, Reshape), loss
+(SoftmaxWithLoss, EuclideanLoss), inner_product (InnerProduct, Embed), recurrent (LSTMUnit).
 """
 
 import importlib
@@ -18,6 +19,11 @@ _FAMILY = {
     "Crop": "structure", "Concat": "structure", "Eltwise": "structure",
     "Silence": "structure", "Flatten": "structure",
     "SoftmaxWithLoss": "loss", "EuclideanLoss": "loss",
+    "InnerProduct": "inner_product", "Embed": "inner_product",
+    "Sigmoid": "activation", "TanH": "activation", "Softmax": "activation",
+    "Split": "structure", "Slice": "structure", "Reshape": "structure",
+    "Scale": "normalization",
+    "LSTMUnit": "recurrent",
 }
 
 __all__ = ["Layer", "Param", *_FAMILY]

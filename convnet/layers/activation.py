@@ -170,3 +170,108 @@ class Dropout(Layer):
         elif dx is not dy:
             dx[...] = dy
         return [dx]
+
+
+# Sigmoid, TanH and Softmax (the cells' nonlinearities)
+from convnet.errors import ShapeError  # noqa: E402
+
+
+class _Smooth(Layer):
+    """Sigmoid and TanH: y = f(x) element-wise; backward reads only the top (so running in
+    place is safe): dx = dy * f'(x) written through y."""
+
+    def __init__(self, in_place=False, **kwargs):
+        self.in_place = in_place
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.in_place = _check_flag(self.in_place, "in_place", self)
+
+    def _reshape(self, shapes):
+        return shapes[0]
+
+    def _forward(self, bottoms):
+        x = bottoms[0]
+        y = x if self.in_place else self.backend.empty(x.shape, self.dtype)
+        getattr(self.backend, f"activation_{self._kernel}_forward")(x, y)
+        self._y = y
+        self._in_place_run = self.in_place
+        return [y]
+
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None]
+        dy = top_diffs[0]
+        dx = dy if self._in_place_run else self.backend.empty(dy.shape, self.dtype)
+        getattr(self.backend, f"activation_{self._kernel}_backward")(dy, self._y, dx)
+        return [dx]
+
+
+class Sigmoid(_Smooth):
+    """Logistic sigmoid, Caffe's Sigmoid layer: y = 1 / (1 + exp(-x)); dx = dy y (1 - y).
+
+    Any shape in, the same shape out; ``in_place`` (default False; the Net sets it when
+    top == bottom). No overflow at any x (computed as (1 + tanh(x / 2)) / 2).
+
+    >>> Sigmoid().forward(np.array([0.0]))
+    array([0.5], dtype=float32)
+    """
+
+    _kernel = "sigmoid"
+
+
+class TanH(_Smooth):
+    """Hyperbolic tangent, Caffe's TanH layer: y = tanh(x); dx = dy (1 - y^2).
+
+    Any shape in, the same shape out; ``in_place`` as for Sigmoid.
+
+    >>> TanH().forward(np.array([0.0]))
+    array([0.], dtype=float32)
+    """
+
+    _kernel = "tanh"
+
+
+class Softmax(Layer):
+    """Softmax over one axis, Caffe's Softmax layer (no loss).
+
+    y = exp(x - max) / sum(exp(x - max)) along ``axis``, for every position of the other
+    axes; backward dx = y (dy - sum_axis(dy y)).
+
+    Parameters (Caffe ``softmax_param``): ``axis`` (default 1; negative counts from the end).
+
+    >>> Softmax(axis=1).forward(np.zeros((2, 4))).sum(axis=1)
+    array([1., 1.], dtype=float32)
+    """
+
+    def __init__(self, axis=1, **kwargs):
+        self.axis = axis
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.axis = check_number(self.axis, "axis", self, integer=True)
+
+    def _reshape(self, shapes):
+        shape = shapes[0]
+        ndim = len(shape)
+        if not -ndim <= self.axis < ndim:
+            fail(self, f"axis {self.axis} is out of range for a {ndim}-d bottom (expected "
+                       f"{-ndim} to {ndim - 1})", ShapeError)
+        axis = self.axis % ndim
+        outer = int(np.prod(shape[:axis], dtype=np.int64))
+        inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+        self._view = (outer, shape[axis], inner)
+        return shape
+
+    def _forward(self, bottoms):
+        y = self.backend.empty(self._view, self.dtype)
+        self.backend.activation_softmax_forward(bottoms[0].reshape(self._view), y)
+        self._y = y
+        return [y.reshape(self.top_shapes[0])]
+
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None]
+        dx = self.backend.empty(self._view, self.dtype)
+        self.backend.activation_softmax_backward(top_diffs[0].reshape(self._view), self._y, dx)
+        return [dx.reshape(self.bottom_shapes[0])]

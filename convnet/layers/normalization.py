@@ -226,3 +226,116 @@ class BatchNorm(Layer):
                                              None if dx is None else self._as3d(dx),
                                              dscale, dbias, batch_stats, top=top)
         return [dx]
+
+
+class Scale(Layer):
+    """Multiply by a per-position scale (and add a bias), Caffe's Scale layer.
+
+    y = x * s + b, where s and b have the shape of the bottom's axes [axis, axis + num_axes)
+    and broadcast over the others. With one bottom, s is a learned param (``filler``); with
+    two bottoms, bottom 1 is s itself (its shape must equal x's axes from ``axis`` on, for
+    its length; ``num_axes`` is then ignored) and receives dscale = sum(dy * x).
+
+    Parameters (Caffe ``scale_param``): ``axis`` (default 1; negative counts from the end),
+    ``num_axes`` (default 1; -1: every axis from ``axis`` on; 0: one scalar), ``filler``
+    (default 1.0), ``bias_term`` (False), ``bias_filler`` (0.0).
+
+    >>> Scale(bias_term=True).forward(np.ones((2, 3, 4, 4))).shape
+    (2, 3, 4, 4)
+    """
+
+    min_bottoms = 1
+    max_bottoms = 2
+
+    def __init__(self, axis=1, num_axes=1, filler=1.0, bias_term=False, bias_filler=0.0,
+                 **kwargs):
+        self.axis = axis
+        self.num_axes = num_axes
+        self.filler = filler
+        self.bias_term = bias_term
+        self.bias_filler = bias_filler
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.axis = check_number(self.axis, "axis", self, integer=True)
+        self.num_axes = check_number(self.num_axes, "num_axes", self, integer=True,
+                                     minimum=-1)
+        if not isinstance(self.bias_term, (bool, np.bool_)):
+            fail(self, f"bias_term must be True or False, got {self.bias_term!r}")
+        self.bias_term = bool(self.bias_term)
+        self.filler = fillers.normalize(self.filler, "filler", self)
+        self.bias_filler = fillers.normalize(self.bias_filler, "bias_filler", self)
+
+    def _reshape(self, shapes):
+        x = shapes[0]
+        ndim = len(x)
+        if not -ndim <= self.axis < max(ndim, 1) and not (ndim == 0 and self.axis == 0):
+            fail(self, f"axis {self.axis} is out of range for a {ndim}-d bottom 0 (expected "
+                       f"{-ndim} to {ndim - 1})", ShapeError)
+        axis = self.axis % ndim if ndim else 0
+        if len(shapes) == 2:
+            sshape = tuple(shapes[1])
+            if tuple(x[axis:axis + len(sshape)]) != sshape:
+                fail(self, f"bottom 1 (the scale) has shape {shape_str(sshape) or '()'} but "
+                           f"must equal bottom 0's axes from axis {axis} "
+                           f"({shape_str(x[axis:axis + len(sshape)]) or '()'}; bottom 0 is "
+                           f"{shape_str(x)})", ShapeError)
+        else:
+            end = ndim if self.num_axes == -1 else axis + self.num_axes
+            if end > ndim:
+                fail(self, f"axis {axis} + num_axes {self.num_axes} exceeds bottom 0's {ndim} "
+                           f"axes ({shape_str(x)})", ShapeError)
+            sshape = tuple(x[axis:end])
+        # num_axes=0: one scalar, stored as a 1-element param
+        pshape = sshape or (1,)
+        if len(shapes) == 1 and not self.params:
+            self._add_param("scale", fillers.fill(self.filler, pshape, self.dtype, self.rng,
+                                                  "filler", self))
+        if self.bias_term and len(self.params) == (1 if len(shapes) == 1 else 0):
+            self._add_param("bias", fillers.fill(self.bias_filler, pshape, self.dtype,
+                                                 self.rng, "bias_filler", self))
+        for p in self.params:
+            self._check_param_shape(p, pshape, f"axes {axis} to {axis + len(sshape) - 1}")
+        outer = int(np.prod(x[:axis], dtype=np.int64))
+        size = int(np.prod(sshape, dtype=np.int64))
+        inner = int(np.prod(x[axis + len(sshape):], dtype=np.int64))
+        self._view = (outer, size, inner)
+        return x
+
+    def _parts(self, bottoms=None):
+        """(scale as (S,), bias Param or None)."""
+        two = len(self.bottom_shapes) == 2
+        bias = self.params[-1] if self.bias_term else None
+        if two:
+            scale = bottoms[1] if bottoms is not None else self._scale
+        else:
+            scale = self.params[0].data
+        return scale.reshape((self._view[1],)), bias
+
+    def _forward(self, bottoms):
+        scale, bias = self._parts(bottoms)
+        x = bottoms[0].reshape(self._view)
+        self._x, self._scale = x, scale
+        y = self.backend.empty(self._view, self.dtype)
+        self.backend.normalization_scale_forward(x, scale, None if bias is None else
+                                                 bias.data.reshape((self._view[1],)), y)
+        return [y.reshape(self.top_shapes[0])]
+
+    def _backward(self, top_diffs, propagate_down):
+        be = self.backend
+        two = len(self.bottom_shapes) == 2
+        dy = top_diffs[0].reshape(self._view)
+        size = (self._view[1],)
+        bias = self.params[-1] if self.bias_term else None
+        dbias = bias.diff.reshape(size) if bias is not None and bias.lr_mult != 0 else None
+        if two:
+            dscale = be.zeros(size, self.dtype) if propagate_down[1] else None
+        else:
+            dscale = (self.params[0].diff.reshape(size) if self.params[0].lr_mult != 0
+                      else None)
+        dx = be.empty(self._view, self.dtype) if propagate_down[0] else None
+        be.normalization_scale_backward(dy, self._x, self._scale, dx, dscale, dbias)
+        out = [None if dx is None else dx.reshape(self.bottom_shapes[0])]
+        if two:
+            out.append(None if dscale is None else dscale.reshape(self.bottom_shapes[1]))
+        return out

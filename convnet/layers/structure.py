@@ -309,7 +309,213 @@ class Flatten(Layer):
     def _forward(self, bottoms):
         return [bottoms[0].reshape(self.top_shapes[0]).copy()]
 
+# ---------------------------------------------------------------- Split, Slice, Reshape
+
+def _check_count_param(value, param, owner, minimum):
+    value = _check_int(value, param, owner)
+    if value < minimum:
+        fail(owner, f"{param} must be >= {minimum}, got {value}", ConfigError)
+    return value
+
+
+class Split(Layer):
+    """Copy one bottom to ``num_tops`` tops, Caffe's Split layer; backward sums the top diffs.
+
+    (convnet's Net already sums the diffs of a blob read by several layers, so Split exists
+    for Caffe definitions that spell it out.) Each top is its own copy, so a later in-place
+    layer on one top never changes another.
+
+    Parameters: ``num_tops`` (default 2; Caffe takes it from the number of top blobs).
+
+    >>> a, b = Split(num_tops=2).forward(np.ones((2, 3)))
+    """
+
+    def __init__(self, num_tops=2, **kwargs):
+        self.num_tops = num_tops
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.num_tops = _check_count_param(self.num_tops, "num_tops", self, 1)
+
+    def _reshape(self, shapes):
+        return [shapes[0]] * self.num_tops
+
+    def _forward(self, bottoms):
+        be = self.backend
+        tops = []
+        for _ in range(self.num_tops):
+            y = be.zeros(bottoms[0].shape, self.dtype)
+            be.net_accumulate(y, bottoms[0])
+            tops.append(y)
+        return tops
+
     def _backward(self, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None]
         return [top_diffs[0].reshape(self.bottom_shapes[0]).copy()]
+
+        be = self.backend
+        dx = be.zeros(self.bottom_shapes[0], self.dtype)
+        for d in top_diffs:
+            be.net_accumulate(dx, d)
+        return [dx]
+
+
+class Slice(Layer):
+    """Cut one bottom into pieces along ``axis``, Caffe's Slice layer (the inverse of
+    Concat; backward concatenates the top diffs).
+
+    Parameters (Caffe ``slice_param``): ``axis`` (default 1; negative counts from the end),
+    ``slice_point`` (increasing cut indices; K points give K + 1 tops), or, without
+    slice_point, ``num_tops`` equal pieces (the axis must divide evenly; Caffe takes the
+    count from the number of top blobs; default 2).
+
+    >>> a, b, c = Slice(axis=1, slice_point=[1, 3]).forward(np.zeros((2, 5)))
+    >>> a.shape, b.shape, c.shape
+    ((2, 1), (2, 2), (2, 2))
+    """
+
+    def __init__(self, axis=1, slice_point=None, num_tops=None, **kwargs):
+        self.axis = axis
+        self.slice_point = slice_point
+        self.num_tops = num_tops
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        self.axis = _check_int(self.axis, "axis", self)
+        if self.slice_point is not None:
+            if isinstance(self.slice_point, numbers.Integral):
+                self.slice_point = [self.slice_point]
+            if not isinstance(self.slice_point, (list, tuple)) or not self.slice_point:
+                fail(self, f"slice_point must be a non-empty list of ints, got "
+                           f"{self.slice_point!r}")
+            points = [_check_int(p, "slice_point", self) for p in self.slice_point]
+            prev = 0
+            for p in points:
+                if p <= prev:
+                    fail(self, f"slice_point must be strictly increasing and > 0, got "
+                               f"{points}")
+                prev = p
+            self.slice_point = points
+            n = len(points) + 1
+            if self.num_tops is not None and _check_int(self.num_tops, "num_tops", self) != n:
+                fail(self, f"num_tops ({self.num_tops}) must be len(slice_point) + 1 = {n}")
+            self.num_tops = n
+        else:
+            self.num_tops = _check_count_param(
+                2 if self.num_tops is None else self.num_tops, "num_tops", self, 1)
+
+    def _reshape(self, shapes):
+        shape = shapes[0]
+        if not shape:
+            fail(self, "bottom must have at least one axis, got a 0-d bottom", ShapeError)
+        axis = _check_axis(self.axis, len(shape), self)
+        size = shape[axis]
+        if self.slice_point is not None:
+            if self.slice_point[-1] >= size:
+                fail(self, f"slice_point {self.slice_point} must lie inside axis {axis} of "
+                           f"size {size} (bottom {shape_str(shape)}): the last point is "
+                           f"{self.slice_point[-1]}", ShapeError)
+            cuts = [0] + self.slice_point + [size]
+            sizes = [b - a for a, b in zip(cuts, cuts[1:])]
+        else:
+            if size % self.num_tops:
+                fail(self, f"axis {axis} of size {size} (bottom {shape_str(shape)}) does not "
+                           f"divide into {self.num_tops} equal tops", ShapeError)
+            sizes = [size // self.num_tops] * self.num_tops
+        self._axis, self._sizes = axis, sizes
+        tops = []
+        for s in sizes:
+            t = list(shape)
+            t[axis] = s
+            tops.append(tuple(t))
+        return tops
+
+    def _forward(self, bottoms):
+        tops = [self.backend.empty(s, self.dtype) for s in self.top_shapes]
+        self.backend.structure_concat_backward(bottoms[0], self._axis, self._sizes, tops)
+        return tops
+
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None]
+        dx = self.backend.empty(self.bottom_shapes[0], self.dtype)
+        self.backend.structure_concat_forward(list(top_diffs), self._axis, dx)
+        return [dx]
+
+
+class Reshape(Layer):
+    """Change a blob's shape without touching its data, Caffe's Reshape layer.
+
+    ``shape`` replaces the bottom axes [axis, axis + num_axes): a 0 copies the bottom's
+    size at that position, one -1 is inferred from the element count. ``axis`` (default 0;
+    negative counts from the end, -1 meaning after the last axis, as in Caffe), ``num_axes``
+    (default -1: every axis from ``axis`` on). The top is a view of the bottom (Caffe shares
+    the data); backward reshapes the top diff.
+
+    >>> Reshape(shape=[0, -1]).forward(np.zeros((2, 3, 4))).shape
+    (2, 12)
+    """
+
+    def __init__(self, shape, axis=0, num_axes=-1, **kwargs):
+        self.shape = shape
+        self.axis = axis
+        self.num_axes = num_axes
+        super().__init__(**kwargs)
+
+    def _check_params(self):
+        if not isinstance(self.shape, (list, tuple)):
+            fail(self, f"shape must be a list of ints (0 copies, -1 infers), got "
+                       f"{self.shape!r}")
+        self.shape = [_check_int(d, "shape", self) for d in self.shape]
+        if any(d < -1 for d in self.shape):
+            fail(self, f"shape entries must be >= -1, got {self.shape}")
+        if self.shape.count(-1) > 1:
+            fail(self, f"shape may infer (-1) at most one axis, got {self.shape}")
+        self.axis = _check_int(self.axis, "axis", self)
+        self.num_axes = _check_int(self.num_axes, "num_axes", self)
+        if self.num_axes < -1:
+            fail(self, f"num_axes must be >= -1 (-1: every axis from axis on), got "
+                       f"{self.num_axes}")
+
+    def _reshape(self, shapes):
+        bottom = shapes[0]
+        ndim = len(bottom)
+        start = self.axis if self.axis >= 0 else ndim + self.axis + 1
+        if not 0 <= start <= ndim:
+            fail(self, f"axis {self.axis} is out of range for a {ndim}-d bottom "
+                       f"({shape_str(bottom)})", ShapeError)
+        end = ndim if self.num_axes == -1 else start + self.num_axes
+        if end > ndim:
+            fail(self, f"axis {self.axis} + num_axes {self.num_axes} exceeds the bottom's "
+                       f"{ndim} axes ({shape_str(bottom)})", ShapeError)
+        middle = []
+        for i, d in enumerate(self.shape):
+            if d == 0:
+                if start + i >= ndim:
+                    fail(self, f"shape[{i}] = 0 copies bottom axis {start + i}, which a "
+                               f"{ndim}-d bottom ({shape_str(bottom)}) lacks", ShapeError)
+                d = bottom[start + i]
+            middle.append(d)
+        top = list(bottom[:start]) + middle + list(bottom[end:])
+        total = int(np.prod(bottom, dtype=np.int64))
+        if -1 in top:
+            known = int(np.prod([d for d in top if d != -1], dtype=np.int64))
+            if known == 0 or total % known:
+                fail(self, f"shape {self.shape} cannot hold the {total} elements of bottom "
+                           f"{shape_str(bottom)} (the -1 axis would not be an integer)",
+                     ShapeError)
+            top[top.index(-1)] = total // known
+        if int(np.prod(top, dtype=np.int64)) != total:
+            fail(self, f"shape {self.shape} gives {shape_str(top)} "
+                       f"({int(np.prod(top, dtype=np.int64))} elements) but bottom "
+                       f"{shape_str(bottom)} has {total}", ShapeError)
+        return tuple(top)
+
+    def _forward(self, bottoms):
+        return [bottoms[0].reshape(self.top_shapes[0])]
+
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None]
+        return [top_diffs[0].reshape(self.bottom_shapes[0])]
