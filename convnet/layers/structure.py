@@ -1,5 +1,5 @@
-"""Layers that cut, join, combine and reshape blobs: Crop, Concat, Eltwise, Silence, Flatten
-(Caffe semantics)."""
+"""Layers that cut, join, combine and reshape blobs: Crop, Concat, Eltwise, Silence, Flatten,
+Split, Slice, Reshape (Caffe semantics)."""
 
 import numbers
 
@@ -309,6 +309,12 @@ class Flatten(Layer):
     def _forward(self, bottoms):
         return [bottoms[0].reshape(self.top_shapes[0]).copy()]
 
+    def _backward(self, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None]
+        return [top_diffs[0].reshape(self.bottom_shapes[0]).copy()]
+
+
 # ---------------------------------------------------------------- Split, Slice, Reshape
 
 def _check_count_param(value, param, owner, minimum):
@@ -352,8 +358,6 @@ class Split(Layer):
     def _backward(self, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None]
-        return [top_diffs[0].reshape(self.bottom_shapes[0]).copy()]
-
         be = self.backend
         dx = be.zeros(self.bottom_shapes[0], self.dtype)
         for d in top_diffs:
