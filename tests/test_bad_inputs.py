@@ -374,7 +374,7 @@ NET_CASES = [
     ("net_save_before_setup", net_save_before_setup,
      StateError, r"Net 'fresh': saving: layer\(s\) \['c1'\] have not been set up"),
     ("weights_shape_mismatch", net_load_shape_mismatch,
-     ShapeError, r"w\.npz: 'conv1/weight' has shape 4x3x3x3 in the file but 3x3x3x3 in net "
+     FileFormatError, r"w\.npz: 'conv1/weight' has shape 4x3x3x3 in the file but 3x3x3x3 in net "
                  r"'tiny'"),
     ("weights_renamed_layer", net_load_renamed_layer,
      FileFormatError, r"w\.npz: does not match net 'tiny' \(missing from the file: "
@@ -456,7 +456,7 @@ SOLVER_CASES = [
      FileFormatError, r"s\.npz: snapshot was written by a AdamSolver, cannot restore it into "
                       r"a SGDSolver"),
     ("snapshot_other_net", restore(saved_snapshot, net=lambda: tiny_net(num_output=4)),
-     ShapeError, r"s\.npz: solver history 'history/0/conv1/weight' has shape 3x3x3x3, the "
+     FileFormatError, r"s\.npz: solver history 'history/0/conv1/weight' has shape 3x3x3x3, the "
                  r"param has 4x3x3x3"),
     ("snapshot_truncated", restore(lambda t: truncated(t, saved_snapshot(t))),
      FileFormatError, r"cut\.npz: snapshot is truncated or corrupted"),
@@ -468,7 +468,7 @@ SOLVER_CASES = [
      restore(lambda t: rewrite_npz(
          saved_snapshot(t), os.path.join(t, "hist.npz"),
          lambda a: a.update({"history/0/conv1/bias": np.zeros(5, np.float32)}))),
-     ShapeError, r"hist\.npz: solver history 'history/0/conv1/bias' has shape 5, the param "
+     FileFormatError, r"hist\.npz: solver history 'history/0/conv1/bias' has shape 5, the param "
                  r"has 3"),
     ("snapshot_no_iteration",
      restore(lambda t: rewrite_npz(saved_snapshot(t), os.path.join(t, "meta.npz"),
@@ -703,7 +703,7 @@ FIXED_DEFECT_CASES = [
     ("weights_scalar_in_file",
      lambda t: tiny_net().load(rewrite_npz(saved_weights(t), os.path.join(t, "s.npz"),
                                            lambda a: a.update({"conv1/bias": np.float32(1)}))),
-     ShapeError, r"s\.npz: 'conv1/bias' has shape \(\) \(a scalar\) in the file but 3 "),
+     FileFormatError, r"s\.npz: 'conv1/bias' has shape \(\) \(a scalar\) in the file but 3 "),
     ("deconv_output_padding_pair",
      lambda t: Deconvolution(num_output=1, kernel_size=3, stride=(2, 1),
                              output_padding=(2, 1), name="up1"),
@@ -739,7 +739,7 @@ def test_refused_restore_rolls_back_data_and_random_state(tmp_path):
     solver = SGDSolver(dropout_net(), data=data)
     solver.net.setup(data=(2, 3, 16, 16), label=(2, 16, 16))
     data_before, rng_before = data.get_state(), solver.net.get_rng_state()
-    with pytest.raises(ShapeError, match=r"bad\.npz: 'conv1/bias' has shape 7"):
+    with pytest.raises(FileFormatError, match=r"bad\.npz: 'conv1/bias' has shape 7"):
         solver.restore(bad)
     assert data.get_state() == data_before
     assert solver.net.get_rng_state() == rng_before
