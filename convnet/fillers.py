@@ -131,9 +131,18 @@ def bilinear_kernel(kh, kw):
 
 def fill(spec, shape, dtype, rng=None, param="filler", owner=None):
     """A new array of ``shape`` and ``dtype`` filled as ``spec`` says."""
+    from convnet.shapes import MAX_ELEMENTS, MAX_EXTENT
     spec = normalize(spec, param, owner)
     rng = _rng if rng is None else rng
     shape = tuple(int(d) for d in shape)
+    count = 1
+    for d in shape:
+        count *= d
+    if any(d > MAX_EXTENT for d in shape) or count > MAX_ELEMENTS:
+        from convnet.errors import ShapeError
+        fail(owner, f"{param}: the param would be {'x'.join(map(str, shape))} ({count:.3g} "
+                    f"elements): more than 2**40 elements (or an axis past 2**31 - 1) cannot "
+                    f"be allocated", ShapeError)
     if callable(spec):
         try:
             data = np.asarray(spec(shape, rng), dtype=dtype)

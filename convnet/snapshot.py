@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from convnet.errors import ConvnetError, FileFormatError, fail
+from convnet.errors import ConfigError, ConvnetError, FileFormatError, fail
 
 SNAPSHOT_FORMAT = "convnet-snapshot"
 SNAPSHOT_VERSION = 1
@@ -57,7 +57,7 @@ def _fsync_dir(directory):
 def write_npz_atomic(path, arrays):
     """Write ``arrays`` (name -> array) as an uncompressed .npz at exactly ``path``,
     atomically (temp file in the same directory, fsync, os.replace, fsync of the directory)."""
-    path = os.fspath(path)
+    path = _fspath(path, "file")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         fail(path, f"cannot write: the folder {directory} does not exist", FileFormatError)
@@ -91,13 +91,21 @@ def write_npz_atomic(path, arrays):
     _fsync_dir(directory)
 
 
+def _fspath(path, what):
+    try:
+        return os.fspath(path)
+    except TypeError:
+        fail("convnet", f"the {what} path must be a str or os.PathLike, got {path!r:.60}",
+             ConfigError)
+
+
 def read_npz(path, what="file"):
     """Read every array of an .npz eagerly (no pickle); FileFormatError naming ``path`` for
     a missing, empty, truncated, corrupted or crafted file, whatever its bytes: not a zip (an
     .npy renamed .npz), a member that is not an ``.npy`` array, a repeated member, an object
     (pickled) array, a header whose declared shape does not match the member's size (an
     array of 2**40 elements declared in a small file), a CRC error."""
-    path = os.fspath(path)
+    path = _fspath(path, what)
     if not os.path.exists(path):
         fail(path, f"{what} not found", FileFormatError)
     if os.path.isdir(path):
@@ -298,7 +306,7 @@ def load_snapshot(solver, path):
     import warnings
 
     from convnet.net import META_KEY, _read_meta
-    path = os.fspath(path)
+    path = _fspath(path, "snapshot")
     arrays = read_npz(path, "snapshot")
     meta = _read_meta(arrays, path, SNAPSHOT_FORMAT, SNAPSHOT_VERSION)
     kind, it, slots, started, hyper = _check_meta(meta, path)

@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from convnet import backend as _backend
-from convnet.errors import ConfigError, DataError, StateError, fail
+from convnet.errors import ConfigError, DataError, ShapeError, StateError, fail
 from convnet.layers.base import check_number, shape_str
 
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
@@ -284,10 +284,17 @@ class Solver:
             fail(self, f"history for {len(history)} params, the net has {len(params)}",
                  ConfigError)
         out = []
-        for p, slots in zip(params, history):
+        for i, (p, slots) in enumerate(zip(params, history)):
             be = _backend.get(p.device)
             arrays = []
+            if len(slots) != self.history_slots:
+                fail(self, f"history for param {i} has {len(slots)} slot(s), a "
+                           f"{type(self).__name__} keeps {self.history_slots}")
             for h in slots:
+                if np.shape(h) != p.shape or np.asarray(h).dtype.kind != "f":
+                    fail(self, f"history for param {i} must be a float array of shape "
+                               f"{shape_str(p.shape)}, got {np.asarray(h).dtype} "
+                               f"{shape_str(np.shape(h))}", ShapeError)
                 h = np.ascontiguousarray(h, dtype=p.dtype)
                 arrays.append(h.copy() if p.device == "cpu" else be.from_numpy(h))
             out.append(arrays)

@@ -66,7 +66,7 @@ def segment(args):
     try:
         with Image.open(args.image) as im:
             rgb_image = im.convert("RGB")
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ConvnetError(f"--image {args.image}: cannot read it ({exc})")
     size = rgb_image.size
     if args.resize is not None:
@@ -104,6 +104,10 @@ def main(argv=None):
         segment(args)
     except (ConvnetError, OSError) as exc:
         print(f"segment.py: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"segment.py: error: out of memory segmenting {args.image} (try --resize H W)",
+              file=sys.stderr)
         return 2
     return 0
 

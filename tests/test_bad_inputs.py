@@ -22,6 +22,7 @@ from convnet.layers import (BatchNorm, Concat, Convolution, Crop, Deconvolution,
                             Eltwise, EuclideanLoss, Interp, Pooling, ReLU, SoftmaxWithLoss,
                             Unpooling)
 from conftest import CONVNET_PATH
+from npz_tools import rewrite_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,15 +59,6 @@ def saved_snapshot(tmp, solver_class=SGDSolver):
     solver.step(**batch())
     solver.snapshot(path)
     return path
-
-
-def rewrite_npz(src, dst, change):
-    """Copy the .npz ``src`` to ``dst`` with ``change(arrays)`` applied (no pickle)."""
-    with np.load(src, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    change(arrays)
-    np.savez(dst, **arrays)
-    return dst
 
 
 def set_meta(key, value):
@@ -769,10 +761,22 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 GARBAGE = {"junk.npz": b"PK\x03\x04 definitely not a zip", "photo.png": b"\x89PNG broken"}
 
 
-def run_script(script, args, cwd):
+def run_script(script, args, cwd, preexec_fn=None):
     env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=preexec_fn)
+
+
+def check_usage_error(result, pattern, cwd):
+    """Exit status 2, one 'error:' line matching ``pattern``, no traceback, no output."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    error_lines = [ln for ln in lines if "error:" in ln]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    assert re.search(pattern, error_lines[0]), error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(cwd, "m.png"))
 
 
 SCRIPT_CASES = [
@@ -833,11 +837,4 @@ def test_script_rejects_bad_flag_with_status_2_and_one_line(tmp_path, script, ar
     os.makedirs(tmp_path / "set" / "images")
     os.makedirs(tmp_path / "set" / "labels")
     Image.new("RGB", (8, 8)).save(tmp_path / "set" / "images" / "a.png")
-    result = run_script(script, args, str(tmp_path))
-    assert result.returncode == 2, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    error_lines = [ln for ln in lines if "error:" in ln]
-    assert len(error_lines) == 1, result.stderr
-    assert re.search(pattern, error_lines[0]), error_lines[0]
-    assert "Traceback" not in result.stderr
-    assert not os.path.exists(os.path.join(tmp_path, "m.png"))
+    check_usage_error(run_script(script, args, str(tmp_path)), pattern, str(tmp_path))

@@ -73,7 +73,10 @@ class Param:
 
 
 def check_dtype(dtype, owner):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        fail(owner, f"dtype must be float32 or float64, got {dtype!r:.40}")
     if dt not in FLOAT_DTYPES:
         fail(owner, f"dtype must be float32 or float64, got {dt.name}")
     return dt
@@ -389,6 +392,11 @@ class Layer:
         if isinstance(propagate_down, (bool, np.bool_)):
             flags = [bool(propagate_down) and i not in self.nondiff_bottoms for i in range(n)]
             return flags
+        if not isinstance(propagate_down, (list, tuple)) or not all(
+                isinstance(f, (bool, np.bool_)) or (isinstance(f, numbers.Integral)
+                                                    and f in (0, 1)) for f in propagate_down):
+            fail(self, f"propagate_down must be a bool or a list of one bool per bottom, got "
+                       f"{propagate_down!r:.60}")
         flags = [bool(f) for f in propagate_down]
         if len(flags) != n:
             fail(self, f"propagate_down needs one flag per bottom ({n}), got {len(flags)}")

@@ -122,9 +122,9 @@ class _ConvolutionBase(Layer):
 
     def _check_blas(self, *dims):
         if not shapes.fits_int32(*dims):
-            fail(self, f"a dimension of this layer's matrix products ({max(dims)}) does not fit "
-                       f"the 32-bit ints of BLAS; use smaller images or fewer channels",
-                 ShapeError)
+            fail(self, f"a dimension of this layer's matrix products ({max(dims)}) is more "
+                       f"than {shapes.bound_text(2 ** 31 - 1)}, the largest int BLAS takes; "
+                       f"use smaller images or fewer channels", ShapeError)
 
     def _check_windows(self, image, out):
         """The index maths of the windows over ``image`` that give ``out`` fits 64 bits."""
