@@ -52,5 +52,9 @@ def where(owner):
 
 
 def fail(owner, message, exc=ConfigError):
-    """Raise ``exc`` with ``"<owner>: <message>"``."""
-    raise exc(f"{where(owner)}: {message}")
+    """Raise ``exc`` with ``"<owner>: <message>"``, on one line (a value shown in the message,
+    such as a multi-dimensional array's repr, never breaks it)."""
+    text = f"{where(owner)}: {message}"
+    if "\n" in text:
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    raise exc(text)

@@ -112,8 +112,12 @@ class Net:
 
     def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True):
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"Net: name must be a non-empty string, got {name!r}")
+            raise ConfigError(f"Net: name must be a non-empty string, got {name!r:.40}")
         self.name = name
+        for flag, value in (("debug", debug), ("force_backward", force_backward),
+                            ("keep_diffs", keep_diffs)):
+            if not isinstance(value, (bool, np.bool_)):
+                fail(self, f"{flag} must be True or False, got {value!r:.40}")
         self.debug = bool(debug)
         self.force_backward = bool(force_backward)
         self.keep_diffs = bool(keep_diffs)
@@ -245,6 +249,8 @@ class Net:
     # ------------------------------------------------------------------ lookup
     def layer(self, name):
         """The layer called ``name``."""
+        if not isinstance(name, str):
+            fail(self, f"layer names are strings, got {name!r:.40}")
         node = self._by_name.get(name)
         if node is None:
             fail(self, f"no layer named {name!r}{self._suggest(name, self._by_name)}")
@@ -296,6 +302,8 @@ class Net:
 
     def train(self, mode=True):
         """Put every layer in the TRAIN phase (or TEST with ``mode=False``). Returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            fail(self, f"train() takes True or False, got {mode!r:.40}")
         for layer in self.layers:
             layer.train(mode)
         return self

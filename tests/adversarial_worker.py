@@ -8,6 +8,9 @@ Groups:
 - ``geometry``: size parameters of every magnitude (0, 1, small, 2**31 - 1, 2**31, 2**62,
   2**63 - 1, negative, mixed per axis) for every layer; each case either computes the same
   result as the plain-loop float64 references (tests/reference) or raises a convnet error.
+- ``params``: odd values (None, strings, NaN, infinities, 2**200, lists, objects, complex,
+  arrays) for every constructor parameter of every layer and solver and for the public
+  arguments of Net, solvers and layers: ok, or a convnet error with a one-line message.
 - ``calls``: sequences of calls (a refused setup then forward and backward, forward on one
   dtype then another, a refused forward then backward, 0-d and read-only inputs).
 - ``files``: crafted and mutated weights files and snapshots (truncations, flipped bytes,
@@ -52,7 +55,8 @@ BIG = 2 ** 31 - 1
 #: magnitudes every size parameter is drawn from: valid small ones, the bound, past it
 MAGNITUDES = (0, 1, 1, 2, 3, 5, 2 ** 15, BIG - 1, BIG, BIG + 1, 2 ** 40, 2 ** 61, 2 ** 62,
               2 ** 63 - 1, -1, -(2 ** 62))
-CONVNET_ERRORS = ("ConfigError", "ShapeError", "DataError", "StateError", "FileFormatError")
+CONVNET_ERRORS = ("ConfigError", "ShapeError", "DataError", "StateError", "DeviceError",
+                  "FileFormatError")
 
 
 class Case:
@@ -723,6 +727,96 @@ def mutation_cases(files, seed):
     return cases
 
 
+# ------------------------------------------------------------------------------- params
+#: odd values for every constructor parameter and public argument
+ODD = (None, "x", "", float("nan"), float("inf"), -float("inf"), 2 ** 63, -2 ** 63, 2 ** 200,
+       [1], [], {}, (), object(), 1e308, -1e308, True, False, np.float32(1), 1j, np.int64(2),
+       -1, 0, 1, 0.5, 3, np.ones(3), np.ones((2, 3, 6, 5), np.complex64))
+
+
+def layer_specs():
+    x = np.random.default_rng(0).standard_normal((2, 2, 4, 4))
+    labels = np.zeros((2, 4, 4), np.int64)
+    mask = np.zeros((2, 2, 4, 4), np.int64)
+    return {
+        Convolution: (dict(num_output=2, kernel_size=3), (x,)),
+        Deconvolution: (dict(num_output=2, kernel_size=3), (x,)),
+        Pooling: (dict(kernel_size=2), (x,)), Unpooling: (dict(kernel_size=2), (x, mask)),
+        Interp: (dict(zoom_factor=2), (x,)), ReLU: ({}, (x,)), Dropout: ({}, (x,)),
+        BatchNorm: ({}, (x,)), Crop: ({}, (x, x[:, :, :2, :2])), Concat: ({}, (x, x)),
+        Eltwise: ({}, (x, x)), EuclideanLoss: ({}, (x, x)),
+        SoftmaxWithLoss: ({}, (x, labels)),
+    }
+
+
+def full_pass(cls, kwargs, bottoms):
+    """Construct, forward and backward: ok, or a convnet error at any stage."""
+    def run():
+        layer = cls(**kwargs)
+        y = layer.forward(*bottoms)
+        if layer.is_loss:
+            layer.backward()
+        else:
+            layer.backward(*[np.ones_like(t) for t in (y if isinstance(y, tuple) else (y,))])
+    return run
+
+
+def params_cases(seed):
+    import inspect
+    cases = []
+    for cls, (base, bottoms) in layer_specs().items():
+        signature = inspect.signature(cls.__init__).parameters
+        names = [p for p in signature if p not in ("self", "kwargs")]
+        if "kwargs" in signature:
+            names += ["name", "dtype", "loss_weight", "param"]
+        for name in dict.fromkeys(names):
+            for value in ODD:
+                cases.append(either(f"{cls.__name__}({name}={value!r:.30})",
+                                    full_pass(cls, dict(base, **{name: value}), bottoms)))
+    for cls in (convnet.SGDSolver, convnet.AdamSolver):
+        for name in [p for p in inspect.signature(cls.__init__).parameters
+                     if p not in ("self", "net")]:
+            for value in ODD:
+                cases.append(either(f"{cls.__name__}({name}={value!r:.30})",
+                                    lambda cls=cls, name=name, value=value: cls(
+                                        tiny_net(), **{name: value}).step(**batch())))
+    calls = {
+        "Net(name=)": lambda v: convnet.Net(v),
+        "Net(debug=)": lambda v: convnet.Net("n", debug=v),
+        "net.forward(data=)": lambda v: tiny_net().forward(data=v, label=batch()["label"]),
+        "net.forward(label=)": lambda v: tiny_net().forward(data=batch()["data"], label=v),
+        "net.setup(data=)": lambda v: tiny_net(setup=False).setup(data=v, label=(2, 6, 5)),
+        "net.add(bottom=)": lambda v: convnet.Net("n").add(ReLU(), bottom=v),
+        "net.add(top=)": lambda v: convnet.Net("n").add(ReLU(), bottom=["a"], top=v),
+        "net.add(layer)": lambda v: convnet.Net("n").add(v, bottom=["a"]),
+        "net.layer()": lambda v: tiny_net().layer(v),
+        "net.to()": lambda v: tiny_net().to(v),
+        "net.train()": lambda v: tiny_net().train(v),
+        "net.set_rng_state()": lambda v: tiny_net(with_bn=True).set_rng_state(v),
+        "net.set_rng_state(drop=)": lambda v: tiny_net(with_bn=True).set_rng_state({"drop": v}),
+        "solver.step(data=)": lambda v: convnet.SGDSolver(tiny_net()).step(
+            data=v, label=batch()["label"]),
+        "solver.restore()": lambda v: convnet.SGDSolver(tiny_net()).restore(v),
+        "solver.snapshot()": lambda v: convnet.SGDSolver(tiny_net()).snapshot(v),
+        "convnet.seed()": lambda v: convnet.seed(v),
+        "set_num_threads()": lambda v: convnet.set_num_threads(v),
+        "layer.to()": lambda v: ReLU().to(v),
+        "layer.train()": lambda v: ReLU().train(v).forward(np.ones(2)),
+        "layer.set_rng_state()": lambda v: Dropout().set_rng_state(v),
+        "deconv.forward(output_size=)": lambda v: Deconvolution(
+            num_output=1, kernel_size=2).forward(np.ones((1, 1, 2, 2)), output_size=v),
+        "relu.backward()": lambda v: (lambda r: (r.forward(np.ones((2, 3, 6, 5))),
+                                                 r.backward(v)))(ReLU()),
+        "loss.backward()": lambda v: (lambda r: (r.forward(np.ones((2, 3)), np.ones((2, 3))),
+                                                 r.backward(v)))(EuclideanLoss()),
+    }
+    for label, call in calls.items():
+        for value in ODD:
+            cases.append(either(f"{label} {value!r:.30}", lambda c=call, v=value: c(v)))
+    cases.append(expect_ok("threads back to 1", lambda: convnet.set_num_threads(1)))
+    return cases
+
+
 # ------------------------------------------------------------------------------- driver
 def run_case(case, summary):
     sys.stderr.write(f"case {case.label[:160]}\n")
@@ -760,6 +854,8 @@ def main(argv):
             cases = geometry_cases(seed)
         elif group == "calls":
             cases = calls_cases(seed)
+        elif group == "params":
+            cases = params_cases(seed)
         elif group == "files":
             files = Files(tmp)
             cases = crafted_file_cases(files) + mutation_cases(files, seed)

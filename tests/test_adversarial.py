@@ -52,6 +52,13 @@ def test_size_parameters_of_every_magnitude_compute_exactly_or_are_refused():
     assert outcomes.get("ConfigError", 0) >= 80 and outcomes.get("ShapeError", 0) >= 20, outcomes
 
 
+def test_odd_values_of_every_parameter_and_argument_raise_only_convnet_errors():
+    summary = run_worker("params")
+    assert not summary["defects"], describe(summary["defects"])
+    assert summary["cases"] >= 1500, summary["outcomes"]
+    assert summary["outcomes"].get("ok", 0) >= 100, summary["outcomes"]
+
+
 def test_call_sequences_and_odd_inputs_never_leave_sticky_state():
     summary = run_worker("calls")
     assert not summary["defects"], describe(summary["defects"])

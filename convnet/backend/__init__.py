@@ -15,10 +15,11 @@ def normalize_device(device, owner=None):
     name = str(device).lower()
     if name.startswith("cuda"):
         if name not in ("cuda", "cuda:0"):
-            raise DeviceError(f"{_who(owner)}only device 'cuda' (GPU 0) is supported, got {device!r}")
+            raise DeviceError(f"{_who(owner)}only device 'cuda' (GPU 0) is supported, got "
+                              f"{device!r:.40}")
         return "cuda"
     if name != "cpu":
-        raise DeviceError(f"{_who(owner)}device must be 'cpu' or 'cuda', got {device!r}")
+        raise DeviceError(f"{_who(owner)}device must be 'cpu' or 'cuda', got {device!r:.40}")
     return "cpu"
 
 

@@ -81,6 +81,12 @@ def set_num_threads(n):
     sync_threads()
 
 
+if _threads.get_max_threads() > MAX_THREADS:
+    # OMP_NUM_THREADS past the maximum: every kernel thread holds to the maximum instead
+    _wanted_threads = MAX_THREADS
+    _generation = 1
+
+
 def sync_threads():
     """Apply the last set_num_threads to the calling thread's OpenMP runtime (cheap when
     already applied)."""

@@ -209,6 +209,8 @@ class Layer:
     # ------------------------------------------------------------------ phase / device
     def train(self, mode=True):
         """Training phase (Dropout drops, BatchNorm uses batch statistics). Returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            fail(self, f"train() takes True or False, got {mode!r:.40}")
         self.phase = "TRAIN" if mode else "TEST"
         return self
 
