@@ -35,8 +35,8 @@ def set_num_threads(n):
     from convnet.backend import cpu
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or not 1 <= n <= \
             cpu.MAX_THREADS:
-        raise ConfigError(f"set_num_threads: n must be an int from 1 to {cpu.MAX_THREADS} "
-                          f"(4 x {cpu.MAX_THREADS // 4} cores), got {n!r:.40}")
+        raise ConfigError(f"set_num_threads: n must be a positive int, at most "
+                          f"{cpu.MAX_THREADS} (4 x {cpu.MAX_THREADS // 4} cores), got {n!r:.40}")
     cpu.set_num_threads(int(n))
 
 

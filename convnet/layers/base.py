@@ -375,8 +375,7 @@ class Layer:
         return tops[0] if len(tops) == 1 else tuple(tops)
 
     def _sync_threads(self):
-        if self.device == "cpu":
-            self.backend.sync_threads()
+        self.backend.sync_threads()
 
     def _check_writeable(self, x, what):
         """An in-place layer writes into ``x``: refuse a read-only array up front."""

@@ -122,8 +122,8 @@ class _ConvolutionBase(Layer):
 
     def _check_blas(self, *dims):
         if not shapes.fits_int32(*dims):
-            fail(self, f"a dimension of this layer's matrix products ({max(dims)}) is more "
-                       f"than {shapes.bound_text(2 ** 31 - 1)}, the largest int BLAS takes; "
+            fail(self, f"a dimension of this layer's matrix products ({max(dims)}) does not fit "
+                       f"the 32-bit ints of BLAS (at most {shapes.bound_text(2 ** 31 - 1)}); "
                        f"use smaller images or fewer channels", ShapeError)
 
     def _check_windows(self, image, out):
@@ -251,13 +251,14 @@ class Deconvolution(_ConvolutionBase):
         if output_size is not None:
             padding = self._padding_for(bottoms, output_size)
         if padding != self._active_padding:
-            previous = (self._active_padding, self.bottom_shapes)
+            previous = self._active_padding
             self._active_padding = padding
             self.bottom_shapes = None      # the top shape changes: set up again
             try:
                 return super().forward(*bottoms)
             except BaseException:
-                self._active_padding, self.bottom_shapes = previous
+                # the next call sets up again, for the padding it asks for
+                self._active_padding, self.bottom_shapes = previous, None
                 raise
         return super().forward(*bottoms)
 
