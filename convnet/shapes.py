@@ -75,6 +75,10 @@ def shape(value, what, owner=None):
     """A shape as a tuple of non-negative ints, each at most :data:`MAX_EXTENT`. Python and
     NumPy ints only: a float (3.9), a bool, a string ("1344") or a nested sequence is a
     ShapeError naming ``what``, never truncated or read digit by digit."""
+    # fast path, every forward: a tuple of plain ints in range (type checks, no ABCs)
+    if type(value) is tuple and all(type(d) is int for d in value) and (
+            not value or (min(value) >= 0 and max(value) <= MAX_EXTENT)):
+        return value
     if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)) \
             or (isinstance(value, np.ndarray) and value.ndim != 1):
         fail(owner, f"{what} shape must be a tuple of ints, got {value!r:.80}", ShapeError)

@@ -148,6 +148,9 @@ def _restore_state(layer, saved):
     fillers.set_stream_state(layer.rng, streams)
 
 
+_sync_threads = None
+
+
 class Layer:
     """Base class of every layer.
 
@@ -297,8 +300,8 @@ class Layer:
         changes nothing: the layer (params, cached geometry) and the filler streams are as
         they were."""
         self._check_count(len(bottom_shapes))
-        shapes_in = tuple(shapes.shape(s, f"bottom {i}", self)
-                          for i, s in enumerate(bottom_shapes))
+        shapes_in = tuple([shapes.shape(s, f"bottom {i}", self)
+                           for i, s in enumerate(bottom_shapes)])
         if shapes_in != self.bottom_shapes:
             saved = _snapshot_state(self)
             try:
@@ -374,8 +377,13 @@ class Layer:
             return float(tops) * self.loss_weight
         return tops[0] if len(tops) == 1 else tuple(tops)
 
-    def _sync_threads(self):
-        self.backend.sync_threads()
+    @staticmethod
+    def _sync_threads():
+        # the thread count is host state on either device (cpu.sync_threads is cheap)
+        global _sync_threads
+        if _sync_threads is None:
+            from convnet.backend.cpu import sync_threads as _sync_threads
+        _sync_threads()
 
     def _check_writeable(self, x, what):
         """An in-place layer writes into ``x``: refuse a read-only array up front."""
