@@ -26,6 +26,7 @@ import zipfile
 import numpy as np
 
 from convnet.errors import ConfigError, ConvnetError, FileFormatError, fail
+from convnet.shapes import MAX_ELEMENTS
 
 SNAPSHOT_FORMAT = "convnet-snapshot"
 SNAPSHOT_VERSION = 1
@@ -154,6 +155,10 @@ def _read_members(archive, path, what):
             for d in shape:
                 count *= int(d)
             declared = count * dtype.itemsize
+            if count > MAX_ELEMENTS:
+                fail(path, f"{what} member {name[:80]!r} declares shape {_shape(shape)} "
+                           f"({count:.3g} elements): more than any blob holds (2**40)",
+                     FileFormatError)
             held = info.file_size - f.tell()
             if declared != held:
                 fail(path, f"{what} member {name[:80]!r} declares shape "

@@ -605,6 +605,9 @@ def crafted_file_cases(files):
     bad("huge declared npy", raw_zip(f.path("huge.npz"), {
         "conv1/weight.npy": npy_bytes(np.ones((2, 2), np.float32), (2 ** 20, 2 ** 20))}),
         ("net", "net_unset", "sgd", "model"), r"declares shape")
+    bad("header declaring 2**42 elements", raw_zip(f.path("bomb.npz"), {
+        "conv1/weight.npy": npy_bytes(np.ones((2, 2), np.float32), (2 ** 21, 2 ** 21))}),
+        ("net",), r"declares shape")
     bad("member without .npy", raw_zip(f.path("noext.npz"), {
         "conv1/weight": npy_bytes(np.ones(3))}), ("net", "sgd", "model"), r"not an \.npy")
     bad("member not npy at all", raw_zip(f.path("text.npz"), {"a.npy": b"hello"}))
