@@ -309,6 +309,8 @@ def deconv_failed_output_size_then_backward():
     y = layer.forward(x)
     assert y.shape == (1, 1, 7, 7)
     layer.backward(np.ones_like(y))
+    expect_raises("ShapeError", lambda: layer.forward(x, output_size=(100, 100)))
+    expect_raises("StateError", lambda: layer.backward(np.ones_like(y)))
 
 
 def refused_forward_then_backward():
@@ -417,13 +419,40 @@ def odd_arguments_are_convnet_errors():
         num_output=BIG, kernel_size=(BIG, 1)).setup((1, 1, BIG, 1)))
 
 
+def dtype_sequences_match_fresh_layers():
+    """Every layer: after forwards on int, float16, bool and float32 bottoms (computed or
+    refused), the float64 one gives what a fresh layer gives (no check or cache depends on
+    what an earlier call saw)."""
+    for cls, (kwargs, bottoms) in layer_specs().items():
+        convnet.seed(9)
+        layer = cls(**kwargs)
+        if cls is Dropout:
+            layer.eval()
+        for dtype in (np.int32, np.float16, np.bool_, np.float32):
+            try:      # computed or refused (bilinear Interp on ints): either way no trace
+                layer.forward(*[b.astype(dtype) if b.dtype.kind == "f" else b
+                                for b in bottoms])
+            except ConvnetError:
+                pass
+        got = layer.forward(*bottoms)
+        convnet.seed(9)
+        fresh = cls(**kwargs)
+        if cls is Dropout:
+            fresh.eval()
+        want = fresh.forward(*bottoms)
+        for a, b in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            assert np.array_equal(np.asarray(a), np.asarray(b)), f"{cls.__name__} differs"
+
+
 def calls_cases(seed):
     funcs = [refused_setup_then_backward, refused_setup_keeps_params_and_filler_stream,
              refused_net_setup_changes_nothing, interp_dtype_sequence,
              dtype_sequence_matches_fresh_layer, deconv_failed_output_size_then_backward,
              refused_forward_then_backward, zero_d_inputs_keep_their_shape, read_only_in_place,
              shapes_are_integers, threads_bound, threads_apply_to_every_thread,
-             bad_filler_specs, lr_checked_before_the_step, odd_arguments_are_convnet_errors]
+             bad_filler_specs, lr_checked_before_the_step, odd_arguments_are_convnet_errors,
+             dtype_sequences_match_fresh_layers]
     return [expect_ok(f.__name__, f) for f in funcs]
 
 

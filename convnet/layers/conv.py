@@ -248,6 +248,7 @@ class Deconvolution(_ConvolutionBase):
         """The top; ``output_size=(h, w)`` (or a full (N, C, h, w) shape) picks the
         output_padding per axis, as PyTorch's ``output_size`` argument does."""
         padding = self.output_padding
+        self._forwarded = False        # a refused call leaves no cache for backward
         if output_size is not None:
             padding = self._padding_for(bottoms, output_size)
         if padding != self._active_padding:
