@@ -559,7 +559,7 @@ class Net:
 
         ``strict=True``: every param and buffer of the net must be in the file and nothing
         else (FileFormatError naming the keys otherwise). ``strict=False`` (fine-tuning) loads
-        the names that match and reports the rest. A shape mismatch is always a ShapeError
+        the names that match and reports the rest. A shape mismatch is always a FileFormatError
         naming the param. Nothing is modified unless the whole load succeeds.
         """
         from convnet.snapshot import _setup_from_meta, read_npz

@@ -899,6 +899,7 @@ def main(argv):
     seed = int(argv[1]) if len(argv) > 1 else 16
     summary = {"group": group, "cases": 0, "outcomes": {}, "defects": []}
     with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)        # odd paths ("x") that a save accepts land here, not in the checkout
         if group == "geometry":
             cases = geometry_cases(seed)
         elif group == "calls":
