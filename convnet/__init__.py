@@ -33,10 +33,11 @@ def set_num_threads(n):
     import numbers
 
     from convnet.backend import cpu
+    from convnet.errors import shown
     if not isinstance(n, numbers.Integral) or isinstance(n, bool) or not 1 <= n <= \
             cpu.MAX_THREADS:
         raise ConfigError(f"set_num_threads: n must be a positive int, at most "
-                          f"{cpu.MAX_THREADS} (4 x {cpu.MAX_THREADS // 4} cores), got {n!r:.40}")
+                          f"{cpu.MAX_THREADS} (4 x {cpu.MAX_THREADS // 4} cores), got {shown(n)}")
     cpu.set_num_threads(int(n))
 
 

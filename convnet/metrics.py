@@ -30,7 +30,10 @@ def _check_num_classes(num_classes):
 
 
 def _as_int_array(x, what):
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"metrics: {what} is not a rectangular array ({exc})") from None
     if a.dtype.kind not in "iub":
         if a.dtype.kind == "f" and a.size and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             return a.astype(np.int64)

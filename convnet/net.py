@@ -29,7 +29,8 @@ import numpy as np
 
 from convnet import backend as _backend
 from convnet import shapes as _shapes
-from convnet.errors import ConfigError, FileFormatError, ShapeError, StateError, fail
+from convnet.errors import (ConfigError, FileFormatError, ShapeError, StateError, fail,
+                            shown)
 from convnet.layers.base import Layer, _restore_state, _snapshot_state, shape_str
 
 WEIGHTS_FORMAT = "convnet-weights"
@@ -112,7 +113,7 @@ class Net:
 
     def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True):
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"Net: name must be a non-empty string, got {name!r:.40}")
+            raise ConfigError(f"Net: name must be a non-empty string, got {shown(name)}")
         self.name = name
         for flag, value in (("debug", debug), ("force_backward", force_backward),
                             ("keep_diffs", keep_diffs)):
@@ -379,6 +380,7 @@ class Net:
         applied). ``net.loss`` is the sum of the losses."""
         self._check_inputs(inputs, "forward()")
         self._forwarded = False
+        shapes = {k: _shape(x, k, self) for k, x in inputs.items()}
         self.first_nonfinite = None
         values = {}
         in_place_inputs = self._in_place_inputs()
@@ -387,7 +389,7 @@ class Net:
                 x = inputs[version.name]
                 # an in-place layer would overwrite the caller's array
                 values[v] = _copy(x) if version.name in in_place_inputs else x
-        self.input_shapes = {k: _shape(x) for k, x in inputs.items()}
+        self.input_shapes = shapes
         loss = 0.0
         for node in self._nodes:
             layer = node.layer
@@ -790,5 +792,12 @@ def _copy(x):
     return x.copy() if hasattr(x, "__cuda_array_interface__") else np.array(x, copy=True)
 
 
-def _shape(x):
-    return tuple(int(d) for d in (x.shape if hasattr(x, "shape") else np.shape(x)))
+def _shape(x, name, owner):
+    """The shape of input ``name`` (ShapeError naming it for a ragged nested list)."""
+    if hasattr(x, "shape"):
+        return tuple(int(d) for d in x.shape)
+    try:
+        return tuple(int(d) for d in np.shape(x))
+    except (ValueError, TypeError) as exc:
+        fail(owner, f"input '{name}' is not a rectangular array (a ragged nested list?): "
+                    f"{exc}", ShapeError)

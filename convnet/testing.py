@@ -63,6 +63,11 @@ def _check_options(layer, eps, rtol, atol, exhaustive, directions, check_params,
         check_number(seed, "seed", owner, minimum=0, integer=True)
 
 
+def _host(be, x):
+    """A device array copied to the host; anything else as given (checked by _numeric)."""
+    return be.to_numpy(x) if hasattr(x, "__cuda_array_interface__") else x
+
+
 def _numeric(x, what):
     """A private copy of ``x`` as an array of real numbers (DataError otherwise)."""
     try:
@@ -93,7 +98,7 @@ def check_gradients(layer, *bottoms, top_diffs=None, eps=None, rtol=None, atol=N
     atol = d_atol if atol is None else atol
     rng = np.random.default_rng(seed)
     be = layer.backend
-    host = [_numeric(be.to_numpy(b), f"bottom {i}") for i, b in enumerate(bottoms)]
+    host = [_numeric(_host(be, b), f"bottom {i}") for i, b in enumerate(bottoms)]
 
     def run_forward(arrays):
         out = layer.forward(*[be.asarray(a, a.dtype) if a.dtype.kind in "iub"
@@ -108,7 +113,7 @@ def check_gradients(layer, *bottoms, top_diffs=None, eps=None, rtol=None, atol=N
         if top_diffs is None:
             weights = [rng.standard_normal(np.shape(be.to_numpy(t))) for t in tops]
         else:
-            weights = [_numeric(be.to_numpy(w), f"top diff {i}").astype(np.float64) for i, w in
+            weights = [_numeric(_host(be, w), f"top diff {i}").astype(np.float64) for i, w in
                        enumerate(top_diffs if isinstance(top_diffs, (list, tuple))
                                  else [top_diffs])]
 

@@ -763,7 +763,8 @@ def mutation_cases(files, seed):
 #: odd values for every constructor parameter and public argument
 ODD = (None, "x", "", float("nan"), float("inf"), -float("inf"), 2 ** 63, -2 ** 63, 2 ** 200,
        [1], [], {}, (), object(), 1e308, -1e308, True, False, np.float32(1), 1j, np.int64(2),
-       -1, 0, 1, 0.5, 3, np.ones(3), np.ones((2, 3, 6, 5), np.complex64))
+       -1, 0, 1, 0.5, 3, np.ones(3), np.ones((2, 3, 6, 5), np.complex64), [[1], [1, 2]],
+       np.array([1, "a"], dtype=object), np.ones((2, 3, 6, 5), np.float32)[..., ::2])
 
 
 def layer_specs():
@@ -837,6 +838,17 @@ def params_cases(seed):
         "layer.set_rng_state()": lambda v: Dropout().set_rng_state(v),
         "deconv.forward(output_size=)": lambda v: Deconvolution(
             num_output=1, kernel_size=2).forward(np.ones((1, 1, 2, 2)), output_size=v),
+        "deconv.forward(x, output_size=(3, 3))": lambda v: Deconvolution(
+            num_output=1, kernel_size=2).forward(v, output_size=(3, 3)),
+        "deconv.forward(ragged, output_size=)": lambda v: Deconvolution(
+            num_output=1, kernel_size=2).forward([[[[1.0], [1.0, 2.0]]]], output_size=v),
+        "conv.forward(x)": lambda v: Convolution(num_output=1, kernel_size=1).forward(v),
+        "pool.forward(x)": lambda v: Pooling(kernel_size=1).forward(v),
+        "softmax.forward(labels=)": lambda v: SoftmaxWithLoss().forward(
+            np.ones((1, 3, 2, 2)), v),
+        "unpool.forward(mask=)": lambda v: Unpooling(kernel_size=2, stride=2).forward(
+            np.ones((1, 1, 2, 2)), v),
+        "interp.forward(x, ref=)": lambda v: Interp().forward(np.ones((1, 1, 2, 2)), v),
         "relu.backward()": lambda v: (lambda r: (r.forward(np.ones((2, 3, 6, 5))),
                                                  r.backward(v)))(ReLU()),
         "loss.backward()": lambda v: (lambda r: (r.forward(np.ones((2, 3)), np.ones((2, 3))),

@@ -430,7 +430,7 @@ class Layer:
                 fail(self, f"a loss takes at most one (scalar) top diff, got {len(top_diffs)}",
                      ShapeError)
             if top_diffs:
-                scale = self._check_numeric(self.backend.to_numpy(top_diffs[0]), "top diff", 0)
+                scale = self.backend.to_numpy(self._check_numeric(top_diffs[0], "top diff", 0))
                 scale = np.asarray(scale, dtype=np.float64)
                 if scale.size != 1:
                     fail(self, f"the top diff of a loss must be a scalar, got shape "

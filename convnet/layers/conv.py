@@ -268,7 +268,7 @@ class Deconvolution(_ConvolutionBase):
             output_size = tuple(output_size[2:])
         want = shapes.pair(output_size, "output_size", self, minimum=1)
         self._check_count(len(bottoms))
-        shape = np.shape(bottoms[0])
+        shape = np.shape(self._check_numeric(bottoms[0], "bottom", 0))
         _, _, h, w = self._check_bottom(shapes.shape(shape, "bottom 0", self))
         padding = []
         for axis, size in enumerate((h, w)):
