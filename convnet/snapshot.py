@@ -94,10 +94,13 @@ def write_npz_atomic(path, arrays):
 
 def _fspath(path, what):
     try:
-        return os.fspath(path)
-    except TypeError:
+        path = os.fsdecode(os.fspath(path))      # bytes paths too, as str
+    except (TypeError, UnicodeDecodeError):
         fail("convnet", f"the {what} path must be a str or os.PathLike, got {path!r:.60}",
              ConfigError)
+    if "\0" in path:
+        fail("convnet", f"the {what} path {path!r:.60} contains a NUL byte", ConfigError)
+    return path
 
 
 def read_npz(path, what="file"):

@@ -764,7 +764,9 @@ def mutation_cases(files, seed):
 ODD = (None, "x", "", float("nan"), float("inf"), -float("inf"), 2 ** 63, -2 ** 63, 2 ** 200,
        [1], [], {}, (), object(), 1e308, -1e308, True, False, np.float32(1), 1j, np.int64(2),
        -1, 0, 1, 0.5, 3, np.ones(3), np.ones((2, 3, 6, 5), np.complex64), [[1], [1, 2]],
-       np.array([1, "a"], dtype=object), np.ones((2, 3, 6, 5), np.float32)[..., ::2])
+       np.array([1, "a"], dtype=object), np.ones((2, 3, 6, 5), np.float32)[..., ::2],
+       np.zeros((2, 3, 6, 5), dtype=[("a", "f4")]), np.zeros((2, 3, 6, 5), "M8[s]"),
+       b"\x00\x01", "a\x00b", np.ma.masked_array(np.ones((2, 3, 6, 5)), mask=True))
 
 
 def layer_specs():
