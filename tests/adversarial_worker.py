@@ -7,7 +7,8 @@ Groups:
 
 - ``geometry``: size parameters of every magnitude (0, 1, small, 2**31 - 1, 2**31, 2**62,
   2**63 - 1, negative, mixed per axis) for every layer; each case either computes the same
-  result as the plain-loop float64 references (tests/reference) or raises a convnet error.
+  result as the plain-loop float64 references (tests/reference), bit-identical at 1 and 2
+  threads, or raises a convnet error.
 - ``params``: odd values (None, strings, NaN, infinities, 2**200, lists, objects, complex,
   arrays) for every constructor parameter of every layer and solver and for the public
   arguments of Net, solvers and layers: ok, or a convnet error with a one-line message.
@@ -87,6 +88,17 @@ def close(a, b, what):
     assert np.allclose(a, b, rtol=1e-9, atol=1e-9), f"{what}: {a.ravel()[:6]} != {b.ravel()[:6]}"
 
 
+def same_at_two_threads(layer, x, dy, y, dx):
+    """The forward and backward just computed (at 1 thread) are bit-identical at 2."""
+    convnet.set_num_threads(2)
+    try:
+        y2 = layer.forward(x)
+        dx2 = layer.backward(dy)
+    finally:
+        convnet.set_num_threads(1)
+    assert np.array_equal(y, y2) and np.array_equal(dx, dx2), "1 and 2 threads differ"
+
+
 def run_pool(kernel, stride, pad, pool, round_mode="CEIL", shape=(1, 2, 3, 4)):
     def run():
         layer = Pooling(kernel_size=kernel, stride=stride, pad=pad, pool=pool,
@@ -95,18 +107,17 @@ def run_pool(kernel, stride, pad, pool, round_mode="CEIL", shape=(1, 2, 3, 4)):
         y = layer.forward(x)
         k, s, p = (layer.kernel_size, layer.stride, layer.pad)
         ceil = round_mode == "CEIL"
+        dy = np.random.default_rng(5).standard_normal(y.shape)
+        dx = layer.backward(dy)
         if pool == "MAX":
             ref, argmax = ref_pool.max_pool(x, k, s, p, ceil)
             close(y, ref, "max pooling forward")
-            close(layer.backward(np.ones_like(y)),
-                  ref_pool.max_pool_backward(np.ones_like(ref), argmax, x.shape),
-                  "max pooling backward")
+            close(dx, ref_pool.max_pool_backward(dy, argmax, x.shape), "max pooling backward")
         else:
-            ref = ref_pool.ave_pool(x, k, s, p, ceil)
-            close(y, ref, "average pooling forward")
-            close(layer.backward(np.ones_like(y)),
-                  ref_pool.ave_pool_backward(np.ones_like(ref), x.shape, k, s, p),
+            close(y, ref_pool.ave_pool(x, k, s, p, ceil), "average pooling forward")
+            close(dx, ref_pool.ave_pool_backward(dy, x.shape, k, s, p),
                   "average pooling backward")
+        same_at_two_threads(layer, x, dy, y, dx)
     return run
 
 
@@ -135,6 +146,7 @@ def run_conv(kernel, stride, pad, dilation, shape=(1, 2, 3, 4), output_padding=N
         rdx, rdw, _ = grads(x, w, dy, *g)
         close(dx, rdx, f"{what} backward data")
         close(layer.weight.diff, rdw, f"{what} backward weight")
+        same_at_two_threads(layer, x, dy, y, dx)
     return run
 
 
@@ -912,6 +924,7 @@ def main(argv):
     group = argv[0]
     seed = int(argv[1]) if len(argv) > 1 else 16
     summary = {"group": group, "cases": 0, "outcomes": {}, "defects": []}
+    convnet.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)        # odd paths ("x") that a save accepts land here, not in the checkout
         if group == "geometry":
