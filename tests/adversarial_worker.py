@@ -457,6 +457,58 @@ def dtype_sequences_match_fresh_layers():
             assert np.array_equal(np.asarray(a), np.asarray(b)), f"{cls.__name__} differs"
 
 
+def random_call_sequences(seed):
+    """Random sequences of setup (good and bad shapes), forward (good and bad bottoms, any
+    dtype) and backward (right and wrong top diffs) on every deterministic layer: only convnet
+    errors, and every forward that computes equals a fresh layer's (params copied) on the
+    same bottoms."""
+    gen = np.random.default_rng(seed)
+    specs = {
+        "conv": (lambda: Convolution(num_output=2, kernel_size=3, pad=1, dtype=np.float64), 1),
+        "deconv": (lambda: Deconvolution(num_output=2, kernel_size=2, stride=2,
+                                         dtype=np.float64), 1),
+        "pool max": (lambda: Pooling(kernel_size=2, stride=2, dtype=np.float64), 1),
+        "pool ave global": (lambda: Pooling(global_pooling=True, pool="AVE",
+                                            dtype=np.float64), 1),
+        "interp": (lambda: Interp(zoom_factor=2, dtype=np.float64), 1),
+        "interp nearest": (lambda: Interp(zoom_factor=3, mode="nearest", dtype=np.float64), 1),
+        "relu": (lambda: ReLU(negative_slope=0.1, dtype=np.float64), 1),
+        "bn global": (lambda: BatchNorm(use_global_stats=True, dtype=np.float64), 1),
+        "eltwise": (lambda: Eltwise(operation="MAX", dtype=np.float64), 2),
+        "concat": (lambda: Concat(dtype=np.float64), 2),
+    }
+    for label, (make, count) in specs.items():
+        layer = make()
+        for _ in range(25):
+            c = int(gen.integers(1, 4))
+            shape = (int(gen.integers(1, 3)), c, int(gen.integers(1, 7)), int(gen.integers(1, 7)))
+            op = gen.random()
+            try:
+                if op < 0.2:
+                    bad = gen.random() < 0.5
+                    layer.setup(*[(shape[0], -1, 2, 2) if bad else shape] * count)
+                elif op < 0.7:
+                    dtype = gen.choice([np.float64, np.float32, np.int32, np.float16,
+                                        np.complex64, np.bool_])
+                    x = (gen.standard_normal(shape) * 3).astype(dtype)
+                    y = layer.forward(*[x] * count)
+                    fresh = make()
+                    fresh.setup(*[x.shape] * count)
+                    for a, b in zip(fresh.params, layer.params):
+                        a.data[...] = b.data
+                    for key in fresh.buffers:
+                        fresh.buffers[key][...] = layer.buffers[key]
+                    want = fresh.forward(*[x] * count)
+                    assert np.array_equal(y, want), f"{label}: differs from a fresh layer"
+                else:
+                    top = layer.top_shapes[0] if layer.top_shapes else shape
+                    wrong = gen.random() < 0.3
+                    dy = np.ones(tuple(top[:-1]) + (top[-1] + 1,) if wrong else top)
+                    layer.backward(dy)
+            except ConvnetError:
+                pass
+
+
 def calls_cases(seed):
     funcs = [refused_setup_then_backward, refused_setup_keeps_params_and_filler_stream,
              refused_net_setup_changes_nothing, interp_dtype_sequence,
@@ -465,7 +517,9 @@ def calls_cases(seed):
              shapes_are_integers, threads_bound, threads_apply_to_every_thread,
              bad_filler_specs, lr_checked_before_the_step, odd_arguments_are_convnet_errors,
              dtype_sequences_match_fresh_layers]
-    return [expect_ok(f.__name__, f) for f in funcs]
+    return [expect_ok(f.__name__, f) for f in funcs] + [
+        expect_ok(f"random_call_sequences({s})", lambda s=s: random_call_sequences(s))
+        for s in range(seed, seed + 4)]
 
 
 # ------------------------------------------------------------------------------- files
