@@ -26,11 +26,19 @@ __all__ = ["__version__", "set_num_threads", "get_num_threads", "openmp_enabled"
 
 def set_num_threads(n):
     """Use ``n`` threads for convnet's OpenMP loops and for BLAS (both at once, never
-    oversubscribed: a kernel uses one or the other). ``OMP_NUM_THREADS`` sets the default."""
+    oversubscribed: a kernel uses one or the other), in every Python thread that runs
+    kernels (each applies it before its next layer call). ``n`` is an int from 1 to
+    ``convnet.backend.cpu.MAX_THREADS`` (4 times the cores: more threads only add stacks
+    and contention). ``OMP_NUM_THREADS`` sets the default."""
+    import numbers
+
     from convnet.backend import cpu
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"set_num_threads: n must be a positive int, got {n!r}")
-    cpu.set_num_threads(n)
+    from convnet.errors import shown
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or not 1 <= n <= \
+            cpu.MAX_THREADS:
+        raise ConfigError(f"set_num_threads: n must be a positive int, at most "
+                          f"{cpu.MAX_THREADS} (4 x {cpu.MAX_THREADS // 4} cores), got {shown(n)}")
+    cpu.set_num_threads(int(n))
 
 
 def get_num_threads():

@@ -51,6 +51,15 @@ def where(owner):
     return f"{kind} '{name}'" if name else kind
 
 
+def shown(value, width=40):
+    """``repr(value)`` on one line, cut to ``width`` characters (for messages)."""
+    return " ".join(repr(value).split())[:width]
+
+
 def fail(owner, message, exc=ConfigError):
-    """Raise ``exc`` with ``"<owner>: <message>"``."""
-    raise exc(f"{where(owner)}: {message}")
+    """Raise ``exc`` with ``"<owner>: <message>"``, on one line (a value shown in the message,
+    such as a multi-dimensional array's repr, never breaks it)."""
+    text = f"{where(owner)}: {message}"
+    if "\n" in text:
+        text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    raise exc(text)

@@ -30,7 +30,10 @@ def _check_num_classes(num_classes):
 
 
 def _as_int_array(x, what):
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ShapeError(f"metrics: {what} is not a rectangular array ({exc})") from None
     if a.dtype.kind not in "iub":
         if a.dtype.kind == "f" and a.size and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             return a.astype(np.int64)
@@ -63,9 +66,24 @@ def confusion_matrix(pred, label, num_classes, ignore_label=IGNORE_LABEL):
     return np.bincount(lab * k + prd, minlength=k * k).reshape(k, k).astype(np.int64)
 
 
+def _as_confusion(cm):
+    """A square (K, K) matrix of non-negative counts, as float64."""
+    try:
+        out = np.asarray(cm, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"metrics: the confusion matrix must be a (K, K) array of counts, got "
+                        f"{type(cm).__name__} ({exc})") from None
+    if out.ndim != 2 or out.shape[0] != out.shape[1]:
+        raise ShapeError(f"metrics: the confusion matrix must be square (K, K), got shape "
+                         f"{out.shape}")
+    if not np.all(np.isfinite(out)) or np.any(out < 0):
+        raise DataError("metrics: the confusion matrix must hold finite counts >= 0")
+    return out
+
+
 def pixel_accuracy(cm):
     """Correct pixels / counted pixels (NaN when nothing was counted)."""
-    cm = np.asarray(cm, dtype=np.float64)
+    cm = _as_confusion(cm)
     total = cm.sum()
     return float(np.trace(cm) / total) if total > 0 else float("nan")
 
@@ -73,7 +91,7 @@ def pixel_accuracy(cm):
 def class_iou(cm):
     """float64 (num_classes,) IoU per class; NaN for a class absent from both ground truth and
     predictions."""
-    cm = np.asarray(cm, dtype=np.float64)
+    cm = _as_confusion(cm)
     tp = np.diag(cm)
     union = cm.sum(axis=0) + cm.sum(axis=1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -9,7 +9,7 @@ and a 1x1 Convolution to per-class scores.
 
 import numpy as np
 
-from convnet.errors import ConfigError, FileFormatError, ShapeError
+from convnet.errors import ConfigError, ConvnetError, FileFormatError, ShapeError
 from convnet.net import Net
 
 
@@ -121,6 +121,15 @@ def deconvnet(num_classes, width=16, levels=3, dtype=np.float32, loss=True,
     return net
 
 
+def _leading_dim(arrays, key, path):
+    """The first dimension of the 4-d array ``key`` of a weights file (KeyError if absent)."""
+    shape = arrays[key].shape
+    if len(shape) != 4:
+        raise FileFormatError(f"{path}: not the weights of a deconvnet ('{key}' has shape "
+                              f"{'x'.join(map(str, shape)) or '()'}, expected 4-d)")
+    return int(shape[0])
+
+
 def deconvnet_from_weights(path, data_shape=None, dtype=np.float32, loss=False,
                            ignore_label=255):
     """Rebuild the :func:`deconvnet` whose weights :meth:`Net.save` wrote to ``path`` (its
@@ -133,23 +142,37 @@ def deconvnet_from_weights(path, data_shape=None, dtype=np.float32, loss=False,
     from convnet.snapshot import read_npz
     arrays = read_npz(path, "weights file")
     try:
-        num_classes = int(arrays["score/weight"].shape[0])
-        width = int(arrays["conv1_1/weight"].shape[0])
+        num_classes = _leading_dim(arrays, "score/weight", path)
+        width = _leading_dim(arrays, "conv1_1/weight", path)
     except KeyError as exc:
         raise FileFormatError(f"{path}: not the weights of a deconvnet (no {exc.args[0]!r})")
+    if num_classes < 1 or width < 1 or num_classes > 2 ** 16 or width > 2 ** 16:
+        raise FileFormatError(f"{path}: not the weights of a deconvnet ({num_classes} classes, "
+                              f"width {width})")
     levels = sum(1 for k in arrays if k.startswith("unpool") or (
         k.startswith("deconv") and k.endswith("/weight")))
     net = deconvnet(num_classes, width=width, levels=max(levels, 1), dtype=dtype, loss=loss,
                     ignore_label=ignore_label)
-    if data_shape is None:
-        try:
-            data_shape = json.loads(str(arrays[META_KEY]))["input_shapes"]["data"]
-        except (KeyError, ValueError, TypeError):
+    recorded = data_shape is None
+    if recorded:
+        from convnet.net import parse_json
+        entry = arrays.get(META_KEY)
+        meta = None if entry is None or entry.shape != () else parse_json(
+            entry[()], str(path), f"'{META_KEY}' entry")
+        shapes_meta = meta.get("input_shapes") if isinstance(meta, dict) else None
+        data_shape = shapes_meta.get("data") if isinstance(shapes_meta, dict) else None
+        if data_shape is None:
             raise FileFormatError(f"{path}: no input shape recorded; pass data_shape")
-    shapes = {"data": tuple(data_shape)}
-    if loss:
-        shapes["label"] = (shapes["data"][0],) + tuple(shapes["data"][2:])
-    net.setup(**shapes)
+    try:
+        shapes = {"data": tuple(data_shape)}
+        if loss:
+            shapes["label"] = (shapes["data"][0],) + tuple(shapes["data"][2:])
+        net.setup(**shapes)
+    except (TypeError, IndexError, ConvnetError) as exc:
+        if not recorded:
+            raise
+        raise FileFormatError(f"{path}: the recorded input shape {data_shape!r:.60} does not "
+                              f"fit a deconvnet of these weights ({exc})")
     net.load(path)
     net.eval()
     return net, num_classes

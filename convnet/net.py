@@ -28,8 +28,10 @@ import warnings
 import numpy as np
 
 from convnet import backend as _backend
-from convnet.errors import ConfigError, FileFormatError, ShapeError, StateError, fail
-from convnet.layers.base import Layer, shape_str
+from convnet import shapes as _shapes
+from convnet.errors import (ConfigError, FileFormatError, ShapeError, StateError, fail,
+                            shown)
+from convnet.layers.base import Layer, _restore_state, _snapshot_state, shape_str
 
 WEIGHTS_FORMAT = "convnet-weights"
 WEIGHTS_VERSION = 1
@@ -111,8 +113,12 @@ class Net:
 
     def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True):
         if not isinstance(name, str) or not name:
-            raise ConfigError(f"Net: name must be a non-empty string, got {name!r}")
+            raise ConfigError(f"Net: name must be a non-empty string, got {shown(name)}")
         self.name = name
+        for flag, value in (("debug", debug), ("force_backward", force_backward),
+                            ("keep_diffs", keep_diffs)):
+            if not isinstance(value, (bool, np.bool_)):
+                fail(self, f"{flag} must be True or False, got {value!r:.40}")
         self.debug = bool(debug)
         self.force_backward = bool(force_backward)
         self.keep_diffs = bool(keep_diffs)
@@ -263,6 +269,8 @@ class Net:
     # ------------------------------------------------------------------ lookup
     def layer(self, name):
         """The layer called ``name``."""
+        if not isinstance(name, str):
+            fail(self, f"layer names are strings, got {name!r:.40}")
         node = self._by_name.get(name)
         if node is None:
             fail(self, f"no layer named {name!r}{self._suggest(name, self._by_name)}")
@@ -314,6 +322,8 @@ class Net:
 
     def train(self, mode=True):
         """Put every layer in the TRAIN phase (or TEST with ``mode=False``). Returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            fail(self, f"train() takes True or False, got {mode!r:.40}")
         for layer in self.layers:
             layer.train(mode)
         return self
@@ -357,18 +367,25 @@ class Net:
         forward; returns blob name -> shape. ``net.setup(data=(2, 3, 64, 64), label=(2, 64,
         64))``."""
         self._check_inputs(input_shapes, "setup()")
+        given = {k: _shapes.shape(s, f"input '{k}'", self) for k, s in input_shapes.items()}
         shapes = {}
         for v, version in enumerate(self._versions):
             if version.producer is None:
-                shapes[v] = tuple(int(d) for d in input_shapes[version.name])
-        for node in self._nodes:
-            node.layer.setup(*(shapes[b] for b in node.bottoms))
-            outs = node.layer.top_shapes
-            if len(outs) != len(node.tops):
-                self._top_count_error(node, len(outs))
-            for t, s in zip(node.tops, outs):
-                shapes[t] = tuple(s)
-        self.input_shapes = {k: tuple(int(d) for d in s) for k, s in input_shapes.items()}
+                shapes[v] = given[version.name]
+        # all or nothing: a layer that refuses its shapes leaves every layer as it was
+        checkpoint = self._checkpoint()
+        try:
+            for node in self._nodes:
+                node.layer.setup(*(shapes[b] for b in node.bottoms))
+                outs = node.layer.top_shapes
+                if len(outs) != len(node.tops):
+                    self._top_count_error(node, len(outs))
+                for t, s in zip(node.tops, outs):
+                    shapes[t] = tuple(s)
+        except BaseException:
+            self._rollback(checkpoint)
+            raise
+        self.input_shapes = given
         return {self._versions[v].name: s for v, s in shapes.items()}
 
     def _top_count_error(self, node, produced):
@@ -382,6 +399,7 @@ class Net:
         applied). ``net.loss`` is the sum of the losses."""
         self._check_inputs(inputs, "forward()")
         self._forwarded = False
+        shapes = {k: _shape(x, k, self) for k, x in inputs.items()}
         self.first_nonfinite = None
         values = {}
         in_place_inputs = self._in_place_inputs()
@@ -390,7 +408,7 @@ class Net:
                 x = inputs[version.name]
                 # an in-place layer would overwrite the caller's array
                 values[v] = _copy(x) if version.name in in_place_inputs else x
-        self.input_shapes = {k: _shape(x) for k, x in inputs.items()}
+        self.input_shapes = shapes
         loss = 0.0
         for node in self._nodes:
             layer = node.layer
@@ -566,20 +584,47 @@ class Net:
 
         ``strict=True``: every param and buffer of the net must be in the file and nothing
         else (FileFormatError naming the keys otherwise). ``strict=False`` (fine-tuning) loads
-        the names that match and reports the rest. A shape mismatch is always a ShapeError
+        the names that match and reports the rest. A shape mismatch is always a FileFormatError
         naming the param. Nothing is modified unless the whole load succeeds.
         """
-        from convnet.snapshot import read_npz
+        from convnet.snapshot import _setup_from_meta, read_npz
         arrays = read_npz(path, "weights file")
         meta = _read_meta(arrays, path, WEIGHTS_FORMAT, WEIGHTS_VERSION)
-        if any(n.layer.bottom_shapes is None for n in self._nodes) and meta.get("input_shapes"):
-            from convnet.snapshot import _setup_from_meta
-            _setup_from_meta(self, meta["input_shapes"], str(path))
-        self._require_setup("loading")
-        return self.load_arrays(arrays, str(path), strict)
+        checkpoint = self._checkpoint()
+        try:
+            if any(n.layer.bottom_shapes is None for n in self._nodes) and \
+                    meta.get("input_shapes"):
+                _setup_from_meta(self, meta["input_shapes"], str(path))
+            self._require_setup("loading")
+            return self.load_arrays(arrays, str(path), strict)
+        except BaseException:
+            self._rollback(checkpoint)
+            raise
+
+    def _checkpoint(self):
+        """What a refused load puts back: every layer's state (params, buffers, geometry),
+        the filler streams and the net's own setup state."""
+        return ([(layer, _snapshot_state(layer)) for layer in self.layers],
+                dict(self.input_shapes), self._forwarded)
+
+    def _rollback(self, checkpoint):
+        layers, input_shapes, forwarded = checkpoint
+        for layer, saved in layers:
+            _restore_state(layer, saved)
+        self.input_shapes = input_shapes
+        self._forwarded = forwarded
 
     def load_arrays(self, arrays, source, strict=True):
-        """Load {"layer/param": array, ...} (see :meth:`load`); ``source`` names the origin."""
+        """Load {"layer/param": array, ...} (see :meth:`load`); ``source`` names the origin.
+        Everything is checked before the first array is copied in."""
+        report, apply = self.check_arrays(arrays, source, strict)
+        apply()
+        return report
+
+    def check_arrays(self, arrays, source, strict=True):
+        """Validate {"layer/param": array, ...} against the net without changing anything;
+        returns (LoadReport, apply) where ``apply()`` copies the arrays in (and cannot fail
+        on the data: every name, shape and dtype was checked)."""
         targets = self._targets()
         file_keys = [k for k in arrays if k != META_KEY]
         skipped = [k for k in file_keys if k not in targets]
@@ -596,23 +641,30 @@ class Net:
         matched = [k for k in targets if k in arrays]
         for key in matched:
             want, _ = targets[key]
-            got = arrays[key].shape
-            if tuple(got) != tuple(want):
-                fail(source, f"'{key}' has shape {_shape_text(got)} in the file but "
+            value = arrays[key]
+            if not isinstance(value, np.ndarray):
+                fail(source, f"'{key}' is a {type(value).__name__}, expected an array",
+                     FileFormatError)
+            if tuple(value.shape) != tuple(want):
+                fail(source, f"'{key}' has shape {_shape_text(value.shape)} in the file but "
                              f"{_shape_text(want)} in net '{self.name}' (rename the layer to "
-                             f"leave it out of the load)", ShapeError)
-            if arrays[key].dtype.kind != "f" and arrays[key].size:
-                fail(source, f"'{key}' holds {arrays[key].dtype} values, expected floats",
+                             f"leave it out of the load)", FileFormatError)
+            if value.dtype.kind != "f" and value.size:
+                fail(source, f"'{key}' holds {value.dtype} values, expected floats",
                      FileFormatError)
         nonfinite = [k for k in matched
                      if arrays[k].dtype.kind == "f" and not np.all(np.isfinite(arrays[k]))]
-        if nonfinite:
-            warnings.warn(f"{source}: non-finite (NaN or Inf) values in {', '.join(nonfinite)}; "
-                          f"the net will output NaN", NonFiniteWeightsWarning, stacklevel=3)
-        for key in matched:
-            _, assign = targets[key]
-            assign(arrays[key])
-        return LoadReport(source, matched, skipped, missing)
+        report = LoadReport(source, matched, skipped, missing)
+
+        def apply():
+            if nonfinite:
+                warnings.warn(f"{source}: non-finite (NaN or Inf) values in "
+                              f"{', '.join(nonfinite)}; the net will output NaN",
+                              NonFiniteWeightsWarning, stacklevel=4)
+            with np.errstate(over="ignore"):
+                for key in matched:
+                    targets[key][1](arrays[key])
+        return report, apply
 
     def _targets(self):
         """"key" -> (shape, setter) for every param and buffer of the net."""
@@ -703,10 +755,11 @@ def _read_meta(arrays, path, expected_format, max_version):
     if META_KEY not in arrays:
         fail(str(path), f"is not a convnet {expected_format} file (no '{META_KEY}' entry)",
              FileFormatError)
-    try:
-        meta = json.loads(str(arrays[META_KEY][()]))
-    except (ValueError, TypeError, IndexError) as exc:
-        fail(str(path), f"has a corrupted '{META_KEY}' entry ({exc})", FileFormatError)
+    entry = arrays[META_KEY]
+    if entry.shape != () or entry.dtype.kind not in "US":
+        fail(str(path), f"has a corrupted '{META_KEY}' entry (expected a JSON string, got "
+                        f"{entry.dtype} of shape {_shape_text(entry.shape)})", FileFormatError)
+    meta = parse_json(entry[()], str(path), f"'{META_KEY}' entry")
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         got = meta.get("format") if isinstance(meta, dict) else meta
         fail(str(path), f"is a {got!r} file, expected a {expected_format!r} file",
@@ -719,6 +772,51 @@ def _read_meta(arrays, path, expected_format, max_version):
     return meta
 
 
+#: the deepest nesting of lists and dicts a file's JSON metadata may have
+MAX_JSON_DEPTH = 64
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not np.isfinite(value):
+        raise ValueError(f"{text} overflows a float")
+    return value
+
+
+def _depth(value, limit):
+    """The nesting depth of ``value``, iteratively (no recursion on crafted input); stops
+    counting past ``limit``."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict)
+                                                  else item))
+    return deepest
+
+
+def parse_json(text, path, what):
+    """Parse a file's JSON metadata: strict JSON (no NaN, Infinity or float overflow), at
+    most MAX_JSON_DEPTH levels deep; FileFormatError naming ``path`` and ``what``
+    otherwise."""
+    try:
+        value = json.loads(str(text), parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, TypeError, RecursionError) as exc:
+        fail(path, f"has a corrupted {what} ({type(exc).__name__}: {str(exc)[:160]})",
+             FileFormatError)
+    if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        fail(path, f"has a corrupted {what} (nested more than {MAX_JSON_DEPTH} levels deep)",
+             FileFormatError)
+    return value
+
+
 def _shape_text(shape):
     """``2x3`` for a shape, ``() (a scalar)`` for a 0-d one."""
     return shape_str(shape) or "() (a scalar)"
@@ -729,5 +827,12 @@ def _copy(x):
     return x.copy() if hasattr(x, "__cuda_array_interface__") else np.array(x, copy=True)
 
 
-def _shape(x):
-    return tuple(int(d) for d in (x.shape if hasattr(x, "shape") else np.shape(x)))
+def _shape(x, name, owner):
+    """The shape of input ``name`` (ShapeError naming it for a ragged nested list)."""
+    if hasattr(x, "shape"):
+        return tuple(int(d) for d in x.shape)
+    try:
+        return tuple(int(d) for d in np.shape(x))
+    except (ValueError, TypeError) as exc:
+        fail(owner, f"input '{name}' is not a rectangular array (a ragged nested list?): "
+                    f"{exc}", ShapeError)

@@ -7,27 +7,108 @@ sizes as arguments. Each function takes plain ints and returns ints; validation 
 
 import numbers
 
-from convnet.errors import ConfigError, fail
+import numpy as np
+
+from convnet.errors import ConfigError, ShapeError, fail
+
+#: the largest extent of one axis of any blob and the largest value of any size parameter
+#: (kernel_size, stride, pad, dilation, output_padding, out_size, num_output, group, zoom and
+#: shrink factors, heights and widths): with every term below 2**31, each product the kernels
+#: form from them ((out - 1) * stride + dilation * (kernel - 1) + 1, H + 2 * pad, a window
+#: area) stays far below 2**63
+MAX_EXTENT = 2 ** 31 - 1
+#: the most elements of one blob
+MAX_ELEMENTS = 2 ** 40
+#: the bound on every intermediate of a window's index maths (the kernels use 64-bit
+#: Py_ssize_t; 2**62 leaves a factor of two for the sums they form from these)
+MAX_INDEX = 2 ** 62
+
+_BOUND_TEXT = {MAX_EXTENT: "2**31 - 1", MAX_ELEMENTS: "2**40", MAX_INDEX: "2**62"}
 
 
-def pair(value, param, owner=None, *, minimum=None):
+def bound_text(bound):
+    """``2147483647 (2**31 - 1)`` for a bound the messages state."""
+    name = _BOUND_TEXT.get(bound)
+    return f"{bound} ({name})" if name else str(bound)
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, (bool, np.bool_))
+
+
+def pair(value, param, owner=None, *, minimum=None, maximum=MAX_EXTENT):
     """Normalise ``value`` (an int or an (h, w) pair) to a tuple of two ints.
 
     ``param`` is the Caffe parameter name used in the error message; ``minimum`` (if given)
-    is the smallest allowed value of each element.
+    is the smallest and ``maximum`` (default :data:`MAX_EXTENT`) the largest allowed value
+    of each element.
     """
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if _is_int(value):
         out = (int(value), int(value))
-    elif (isinstance(value, (tuple, list)) and len(value) == 2
-          and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value)):
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(_is_int(v) for v in value):
         out = (int(value[0]), int(value[1]))
     else:
-        fail(owner, f"{param} must be an int or an (h, w) pair of ints, got {value!r}",
+        fail(owner, f"{param} must be an int or an (h, w) pair of ints, got {value!r:.80}",
              ConfigError)
+    shown = out[0] if out[0] == out[1] else out
     if minimum is not None and min(out) < minimum:
-        shown = out[0] if out[0] == out[1] else out
         fail(owner, f"{param} must be >= {minimum}, got {shown}", ConfigError)
+    if maximum is not None and max(out) > maximum:
+        fail(owner, f"{param} must be <= {bound_text(maximum)}, got {shown}", ConfigError)
     return out
+
+
+def size(value, param, owner=None, *, minimum=1, maximum=MAX_EXTENT):
+    """Validate one int size parameter (num_output, group, a factor, a height) and return it:
+    an int (not a bool, float or string) in [minimum, maximum]."""
+    if not _is_int(value):
+        fail(owner, f"{param} must be an int, got {value!r:.80}", ConfigError)
+    value = int(value)
+    if minimum is not None and value < minimum:
+        fail(owner, f"{param} must be >= {minimum}, got {value}", ConfigError)
+    if maximum is not None and value > maximum:
+        fail(owner, f"{param} must be <= {bound_text(maximum)}, got {value}", ConfigError)
+    return value
+
+
+def shape(value, what, owner=None):
+    """A shape as a tuple of non-negative ints, each at most :data:`MAX_EXTENT`. Python and
+    NumPy ints only: a float (3.9), a bool, a string ("1344") or a nested sequence is a
+    ShapeError naming ``what``, never truncated or read digit by digit."""
+    # fast path, every forward: a tuple of plain ints in range (type checks, no ABCs)
+    if type(value) is tuple and all(type(d) is int for d in value) and (
+            not value or (min(value) >= 0 and max(value) <= MAX_EXTENT)):
+        return value
+    if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)) \
+            or (isinstance(value, np.ndarray) and value.ndim != 1):
+        fail(owner, f"{what} shape must be a tuple of ints, got {value!r:.80}", ShapeError)
+    dims = []
+    for d in value:
+        if not _is_int(d):
+            fail(owner, f"{what} shape must be a tuple of ints, got {tuple(value)!r:.80} "
+                        f"({type(d).__name__} {d!r:.20})", ShapeError)
+        dims.append(int(d))
+    if any(d < 0 for d in dims):
+        fail(owner, f"{what} shape {tuple(dims)} has a negative dimension", ShapeError)
+    if any(d > MAX_EXTENT for d in dims):
+        fail(owner, f"{what} shape {tuple(dims)} has an axis longer than "
+                    f"{bound_text(MAX_EXTENT)}", ShapeError)
+    return tuple(dims)
+
+
+def check_window(owner, axis, size_, out, kernel, stride, pad, dilation=1):
+    """Refuse a window geometry whose index maths could overflow the kernels' 64-bit ints:
+    ``size + 2 * pad`` and ``(out - 1) * stride + dilation * (kernel - 1) + 1`` (the far end
+    of the last window), for one axis, must be at most :data:`MAX_INDEX`. ``size`` is the
+    input extent and ``out`` the output extent the windows run over (for a Deconvolution,
+    the top and the bottom)."""
+    padded = size_ + 2 * pad
+    reach = (max(out, 1) - 1) * stride + dilation * (kernel - 1) + 1
+    for name, value in (("input + 2 * pad", padded),
+                        ("(out - 1) * stride + dilation * (kernel_size - 1) + 1", reach)):
+        if value > MAX_INDEX:
+            fail(owner, f"{axis}: {name} is {value}, more than {bound_text(MAX_INDEX)}: "
+                        f"the kernels' 64-bit index maths would overflow", ShapeError)
 
 
 def conv_out(size, kernel, stride, pad, dilation):
@@ -104,7 +185,8 @@ def fits_int32(*dims):
     return all(0 <= int(d) < 2 ** 31 for d in dims)
 
 
-__all__ = ["pair", "conv_out", "deconv_out", "pool_out", "unpool_out", "interp_out",
+__all__ = ["MAX_EXTENT", "MAX_ELEMENTS", "MAX_INDEX", "bound_text", "pair", "size", "shape",
+           "check_window", "conv_out", "deconv_out", "pool_out", "unpool_out", "interp_out",
            "interp_scale", "fits_int32"]
 
 

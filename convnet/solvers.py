@@ -36,7 +36,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from convnet import backend as _backend
-from convnet.errors import ConfigError, DataError, StateError, fail
+from convnet.errors import ConfigError, DataError, ShapeError, StateError, fail
 from convnet.layers.base import check_number, shape_str
 
 LR_POLICIES = ("fixed", "step", "multistep", "exp", "inv", "poly", "sigmoid")
@@ -113,7 +113,21 @@ class Solver:
 
     # ------------------------------------------------------------------ learning rate
     def lr_at(self, it):
-        """The learning rate of iteration ``it`` under this solver's policy."""
+        """The learning rate of iteration ``it`` under this solver's policy: a finite float
+        (ConfigError naming the policy and iteration when it overflows or is not finite)."""
+        try:
+            rate = self._policy_rate(it)
+        except (OverflowError, ZeroDivisionError, ValueError) as exc:
+            fail(self, f"lr_policy '{self.lr_policy}' has no finite learning rate at iteration "
+                       f"{it} ({exc}); check gamma ({self.gamma}), power ({self.power}) and "
+                       f"stepsize ({self.stepsize})")
+        if isinstance(rate, complex) or not math.isfinite(rate):
+            fail(self, f"lr_policy '{self.lr_policy}' gives the learning rate {rate} at "
+                       f"iteration {it}, not a finite number; check gamma ({self.gamma}) and "
+                       f"power ({self.power})")
+        return float(rate)
+
+    def _policy_rate(self, it):
         base, gamma, policy = self.base_lr, self.gamma, self.lr_policy
         if policy == "fixed":
             return base
@@ -129,7 +143,13 @@ class Solver:
             if it >= self.max_iter:
                 return 0.0
             return base * (1.0 - it / self.max_iter) ** self.power
-        return base / (1.0 + math.exp(-gamma * (it - self.stepsize)))
+        # sigmoid, in the form whose exp cannot overflow: base / (1 + e^z) = base e^-z / (1 +
+        # e^-z); a warm-up far from its centre is 0 (or base), not an OverflowError
+        z = -gamma * (it - self.stepsize)
+        if z > 0:
+            e = math.exp(-z)
+            return base * e / (1.0 + e)
+        return base / (1.0 + math.exp(z))
 
     @property
     def lr(self):
@@ -150,6 +170,12 @@ class Solver:
             fail(self, "step() needs the net's inputs by name, or a solver built with data=",
                  StateError)
         net = self.net
+        # the step's learning rate and the history's fit, checked before anything changes
+        rate = self.lr
+        if self._history is not None and len(self._history) != len(net.learnable_params):
+            fail(self, f"the net has {len(net.learnable_params)} params but the solver history "
+                       f"has {len(self._history)}; build a new solver after changing the net",
+                 StateError)
         net.zero_diffs()
         # forwards update BatchNorm's moving averages: a refused step must not keep them
         saved = [(layer, {k: v.copy() for k, v in layer.buffers.items()})
@@ -168,11 +194,6 @@ class Solver:
         if self._history is None:
             self._history = [[_backend.get(p.device).zeros(p.shape, p.dtype)
                               for _ in range(self.history_slots)] for p in params]
-        elif len(self._history) != len(params):
-            fail(self, f"the net has {len(params)} params but the solver history has "
-                       f"{len(self._history)}; build a new solver after changing the net",
-                 StateError)
-        rate = self.lr
         for p, hist in zip(params, self._history):
             if p.lr_mult == 0:
                 continue
@@ -275,10 +296,17 @@ class Solver:
             fail(self, f"history for {len(history)} params, the net has {len(params)}",
                  ConfigError)
         out = []
-        for p, slots in zip(params, history):
+        for i, (p, slots) in enumerate(zip(params, history)):
             be = _backend.get(p.device)
             arrays = []
+            if len(slots) != self.history_slots:
+                fail(self, f"history for param {i} has {len(slots)} slot(s), a "
+                           f"{type(self).__name__} keeps {self.history_slots}")
             for h in slots:
+                if np.shape(h) != p.shape or np.asarray(h).dtype.kind != "f":
+                    fail(self, f"history for param {i} must be a float array of shape "
+                               f"{shape_str(p.shape)}, got {np.asarray(h).dtype} "
+                               f"{shape_str(np.shape(h))}", ShapeError)
                 h = np.ascontiguousarray(h, dtype=p.dtype)
                 arrays.append(h.copy() if p.device == "cpu" else be.from_numpy(h))
             out.append(arrays)

@@ -15,7 +15,7 @@ param and its index.
 
 import numpy as np
 
-from convnet.errors import ConvnetError
+from convnet.errors import ConvnetError, DataError, fail
 
 
 class GradientCheckError(ConvnetError, AssertionError):
@@ -47,6 +47,39 @@ def _default_tolerances(dtype):
     return 1e-2, 2e-2, 2e-3
 
 
+def _check_options(layer, eps, rtol, atol, exhaustive, directions, check_params, seed):
+    from convnet.layers.base import Layer, check_number
+    owner = "check_gradients"
+    if not isinstance(layer, Layer):
+        fail(owner, f"layer must be a convnet Layer, got {type(layer).__name__}")
+    for name, value in (("eps", eps), ("rtol", rtol), ("atol", atol)):
+        if value is not None:
+            check_number(value, name, owner, minimum=0.0, strict_min=name == "eps")
+    for name, value in (("exhaustive", exhaustive), ("check_params", check_params)):
+        if not isinstance(value, (bool, np.bool_)):
+            fail(owner, f"{name} must be True or False, got {value!r:.40}")
+    check_number(directions, "directions", owner, minimum=1, integer=True)
+    if seed is not None:
+        check_number(seed, "seed", owner, minimum=0, integer=True)
+
+
+def _host(be, x):
+    """A device array copied to the host; anything else as given (checked by _numeric)."""
+    return be.to_numpy(x) if hasattr(x, "__cuda_array_interface__") else x
+
+
+def _numeric(x, what):
+    """A private copy of ``x`` as an array of real numbers (DataError otherwise)."""
+    try:
+        out = np.array(x, copy=True)
+    except (TypeError, ValueError) as exc:
+        fail("check_gradients", f"{what} is not a rectangular array ({exc})", DataError)
+    if out.dtype.kind not in "biuf":
+        fail("check_gradients", f"{what} must hold real numbers, got dtype {out.dtype}",
+             DataError)
+    return out
+
+
 def check_gradients(layer, *bottoms, top_diffs=None, eps=None, rtol=None, atol=None,
                     exhaustive=False, directions=6, check_params=True, propagate_down=None,
                     seed=0):
@@ -58,13 +91,14 @@ def check_gradients(layer, *bottoms, top_diffs=None, eps=None, rtol=None, atol=N
     Returns a :class:`GradientReport`; raises :class:`GradientCheckError` naming the worst
     element and its location when a gradient is off. Param diffs are restored afterwards.
     """
+    _check_options(layer, eps, rtol, atol, exhaustive, directions, check_params, seed)
     d_eps, d_rtol, d_atol = _default_tolerances(layer.dtype)
     eps = d_eps if eps is None else eps
     rtol = d_rtol if rtol is None else rtol
     atol = d_atol if atol is None else atol
     rng = np.random.default_rng(seed)
     be = layer.backend
-    host = [np.array(be.to_numpy(b), copy=True) for b in bottoms]
+    host = [_numeric(_host(be, b), f"bottom {i}") for i, b in enumerate(bottoms)]
 
     def run_forward(arrays):
         out = layer.forward(*[be.asarray(a, a.dtype) if a.dtype.kind in "iub"
@@ -79,8 +113,9 @@ def check_gradients(layer, *bottoms, top_diffs=None, eps=None, rtol=None, atol=N
         if top_diffs is None:
             weights = [rng.standard_normal(np.shape(be.to_numpy(t))) for t in tops]
         else:
-            weights = [np.asarray(be.to_numpy(w), dtype=np.float64) for w in
-                       (top_diffs if isinstance(top_diffs, (list, tuple)) else [top_diffs])]
+            weights = [_numeric(_host(be, w), f"top diff {i}").astype(np.float64) for i, w in
+                       enumerate(top_diffs if isinstance(top_diffs, (list, tuple))
+                                 else [top_diffs])]
 
     def objective(arrays):
         out = run_forward(arrays)

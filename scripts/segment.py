@@ -30,6 +30,8 @@ from convnet.errors import ConvnetError
 from convnet.models import deconvnet_from_weights
 
 MULTIPLE = 8
+#: the longest side --resize accepts (a 16384 x 16384 image is already 268M pixels)
+MAX_SIDE = 2 ** 14
 
 
 def parse_args(argv):
@@ -49,6 +51,9 @@ def parse_args(argv):
         p.error(f"--num-classes must be >= 2, got {args.num_classes}")
     if args.resize is not None and min(args.resize) < 1:
         p.error(f"--resize sizes must be >= 1, got {args.resize[0]} {args.resize[1]}")
+    if args.resize is not None and max(args.resize) > MAX_SIDE:
+        p.error(f"--resize sizes must be at most {MAX_SIDE}, got {args.resize[0]} "
+                f"{args.resize[1]}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if not args.out.lower().endswith(".png"):
@@ -66,7 +71,7 @@ def segment(args):
     try:
         with Image.open(args.image) as im:
             rgb_image = im.convert("RGB")
-    except OSError as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise ConvnetError(f"--image {args.image}: cannot read it ({exc})")
     size = rgb_image.size
     if args.resize is not None:
@@ -104,6 +109,10 @@ def main(argv=None):
         segment(args)
     except (ConvnetError, OSError) as exc:
         print(f"segment.py: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"segment.py: error: out of memory segmenting {args.image} (try --resize H W)",
+              file=sys.stderr)
         return 2
     return 0
 

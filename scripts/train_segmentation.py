@@ -46,6 +46,8 @@ from convnet.models import deconvnet
 # (1:35 and val mIoU 0.862 with 1500 iterations), val mIoU 0.877 (seed 0; 0.853 for seed 1
 # at 1500 iterations). Results are identical at 1 and 2 threads.
 DEFAULTS = dict(iters=2000, batch_size=16, width=16, levels=3)
+#: the largest --batch-size (a batch past it cannot be held in memory at the default sizes)
+MAX_BATCH_SIZE = 2 ** 16
 BASE_LR = {"adam": 0.003, "sgd": 0.01}
 # Caffe's Adam adds delta to sqrt(v) before the bias correction (PyTorch adds eps after it), so
 # Caffe's default 1e-8 throttles the many small gradients here (the loss is a mean over 65536
@@ -133,6 +135,8 @@ def parse_args(argv):
     for name in ("iters", "batch_size", "width", "train_images", "val_images"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.batch_size > MAX_BATCH_SIZE:
+        p.error(f"--batch-size must be at most {MAX_BATCH_SIZE}, got {args.batch_size}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be >= 1, got {args.threads}")
     if args.lr is None:
@@ -365,6 +369,10 @@ def report_errors(args, prog):
     except (ConvnetError, OSError) as exc:
         # unusable input: folder layout, masks, snapshot or weights files
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MemoryError:
+        print(f"{prog}: error: out of memory (try a smaller --batch-size, fewer images or a "
+              f"smaller --width)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -22,6 +22,7 @@ from convnet.layers import (BatchNorm, Concat, Convolution, Crop, Deconvolution,
                             Eltwise, EuclideanLoss, Interp, Pooling, ReLU, SoftmaxWithLoss,
                             Unpooling)
 from conftest import CONVNET_PATH
+from npz_tools import rewrite_npz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -58,15 +59,6 @@ def saved_snapshot(tmp, solver_class=SGDSolver):
     solver.step(**batch())
     solver.snapshot(path)
     return path
-
-
-def rewrite_npz(src, dst, change):
-    """Copy the .npz ``src`` to ``dst`` with ``change(arrays)`` applied (no pickle)."""
-    with np.load(src, allow_pickle=False) as f:
-        arrays = {k: f[k] for k in f.files}
-    change(arrays)
-    np.savez(dst, **arrays)
-    return dst
 
 
 def set_meta(key, value):
@@ -374,7 +366,7 @@ NET_CASES = [
     ("net_save_before_setup", net_save_before_setup,
      StateError, r"Net 'fresh': saving: layer\(s\) \['c1'\] have not been set up"),
     ("weights_shape_mismatch", net_load_shape_mismatch,
-     ShapeError, r"w\.npz: 'conv1/weight' has shape 4x3x3x3 in the file but 3x3x3x3 in net "
+     FileFormatError, r"w\.npz: 'conv1/weight' has shape 4x3x3x3 in the file but 3x3x3x3 in net "
                  r"'tiny'"),
     ("weights_renamed_layer", net_load_renamed_layer,
      FileFormatError, r"w\.npz: does not match net 'tiny' \(missing from the file: "
@@ -456,7 +448,7 @@ SOLVER_CASES = [
      FileFormatError, r"s\.npz: snapshot was written by a AdamSolver, cannot restore it into "
                       r"a SGDSolver"),
     ("snapshot_other_net", restore(saved_snapshot, net=lambda: tiny_net(num_output=4)),
-     ShapeError, r"s\.npz: solver history 'history/0/conv1/weight' has shape 3x3x3x3, the "
+     FileFormatError, r"s\.npz: solver history 'history/0/conv1/weight' has shape 3x3x3x3, the "
                  r"param has 4x3x3x3"),
     ("snapshot_truncated", restore(lambda t: truncated(t, saved_snapshot(t))),
      FileFormatError, r"cut\.npz: snapshot is truncated or corrupted"),
@@ -468,7 +460,7 @@ SOLVER_CASES = [
      restore(lambda t: rewrite_npz(
          saved_snapshot(t), os.path.join(t, "hist.npz"),
          lambda a: a.update({"history/0/conv1/bias": np.zeros(5, np.float32)}))),
-     ShapeError, r"hist\.npz: solver history 'history/0/conv1/bias' has shape 5, the param "
+     FileFormatError, r"hist\.npz: solver history 'history/0/conv1/bias' has shape 5, the param "
                  r"has 3"),
     ("snapshot_no_iteration",
      restore(lambda t: rewrite_npz(saved_snapshot(t), os.path.join(t, "meta.npz"),
@@ -703,7 +695,7 @@ FIXED_DEFECT_CASES = [
     ("weights_scalar_in_file",
      lambda t: tiny_net().load(rewrite_npz(saved_weights(t), os.path.join(t, "s.npz"),
                                            lambda a: a.update({"conv1/bias": np.float32(1)}))),
-     ShapeError, r"s\.npz: 'conv1/bias' has shape \(\) \(a scalar\) in the file but 3 "),
+     FileFormatError, r"s\.npz: 'conv1/bias' has shape \(\) \(a scalar\) in the file but 3 "),
     ("deconv_output_padding_pair",
      lambda t: Deconvolution(num_output=1, kernel_size=3, stride=(2, 1),
                              output_padding=(2, 1), name="up1"),
@@ -739,7 +731,7 @@ def test_refused_restore_rolls_back_data_and_random_state(tmp_path):
     solver = SGDSolver(dropout_net(), data=data)
     solver.net.setup(data=(2, 3, 16, 16), label=(2, 16, 16))
     data_before, rng_before = data.get_state(), solver.net.get_rng_state()
-    with pytest.raises(ShapeError, match=r"bad\.npz: 'conv1/bias' has shape 7"):
+    with pytest.raises(FileFormatError, match=r"bad\.npz: 'conv1/bias' has shape 7"):
         solver.restore(bad)
     assert data.get_state() == data_before
     assert solver.net.get_rng_state() == rng_before
@@ -769,10 +761,22 @@ SCRIPTS = os.path.join(ROOT, "scripts")
 GARBAGE = {"junk.npz": b"PK\x03\x04 definitely not a zip", "photo.png": b"\x89PNG broken"}
 
 
-def run_script(script, args, cwd):
+def run_script(script, args, cwd, preexec_fn=None):
     env = dict(os.environ, PYTHONPATH=CONVNET_PATH, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, os.path.join(SCRIPTS, script), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=120,
+                          preexec_fn=preexec_fn)
+
+
+def check_usage_error(result, pattern, cwd):
+    """Exit status 2, one 'error:' line matching ``pattern``, no traceback, no output."""
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    error_lines = [ln for ln in lines if "error:" in ln]
+    assert len(error_lines) == 1, result.stderr[-2000:]
+    assert re.search(pattern, error_lines[0]), error_lines[0]
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(os.path.join(cwd, "m.png"))
 
 
 SCRIPT_CASES = [
@@ -833,11 +837,4 @@ def test_script_rejects_bad_flag_with_status_2_and_one_line(tmp_path, script, ar
     os.makedirs(tmp_path / "set" / "images")
     os.makedirs(tmp_path / "set" / "labels")
     Image.new("RGB", (8, 8)).save(tmp_path / "set" / "images" / "a.png")
-    result = run_script(script, args, str(tmp_path))
-    assert result.returncode == 2, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    error_lines = [ln for ln in lines if "error:" in ln]
-    assert len(error_lines) == 1, result.stderr
-    assert re.search(pattern, error_lines[0]), error_lines[0]
-    assert "Traceback" not in result.stderr
-    assert not os.path.exists(os.path.join(tmp_path, "m.png"))
+    check_usage_error(run_script(script, args, str(tmp_path)), pattern, str(tmp_path))

@@ -203,7 +203,7 @@ def test_restore_into_a_different_net_names_the_mismatched_param(tmp_path):
     net.add(Convolution(num_output=3, kernel_size=1, name="conv2"), bottom=["bn1"],
             top=["score"])
     net.add(SoftmaxWithLoss(name="loss"), bottom=["score", "label"], top=["loss"])
-    with pytest.raises(ShapeError, match="solver history 'history/0/conv1/weight' has shape "
+    with pytest.raises(FileFormatError, match="solver history 'history/0/conv1/weight' has shape "
                                          "4x3x3x3, the param has 5x3x3x3"):
         SGDSolver(net).restore(path)
     renamed = make_net(0, head="head")

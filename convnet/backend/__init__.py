@@ -5,7 +5,7 @@
 Layers never import either directly: they ask :func:`get` for the module of their device.
 """
 
-from convnet.errors import DeviceError
+from convnet.errors import DeviceError, shown
 
 DEVICES = ("cpu", "cuda")
 
@@ -15,10 +15,11 @@ def normalize_device(device, owner=None):
     name = str(device).lower()
     if name.startswith("cuda"):
         if name not in ("cuda", "cuda:0"):
-            raise DeviceError(f"{_who(owner)}only device 'cuda' (GPU 0) is supported, got {device!r}")
+            raise DeviceError(f"{_who(owner)}only device 'cuda' (GPU 0) is supported, got "
+                              f"{shown(device)}")
         return "cuda"
     if name != "cpu":
-        raise DeviceError(f"{_who(owner)}device must be 'cpu' or 'cuda', got {device!r}")
+        raise DeviceError(f"{_who(owner)}device must be 'cpu' or 'cuda', got {shown(device)}")
     return "cpu"
 
 

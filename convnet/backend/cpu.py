@@ -7,6 +7,8 @@ names with DeviceArrays. Thread policy: OpenMP loops in the kernels, BLAS for th
 """
 
 import contextlib
+import os
+import threading
 
 import numpy as np
 
@@ -31,7 +33,10 @@ def asarray(x, dtype=None):
         from convnet.errors import DeviceError
         raise DeviceError("a CUDA array was passed where a CPU array was expected; "
                           "call .get() or move the layer with .to('cuda')")
-    return np.ascontiguousarray(x, dtype=dtype)
+    out = np.ascontiguousarray(x, dtype=dtype)
+    if out.ndim != np.ndim(x):
+        out = out.reshape(())      # ascontiguousarray makes a 0-d input 1-d
+    return out
 
 
 def to_numpy(x):
@@ -54,13 +59,45 @@ def _blas():
     return _blas_controller
 
 
+#: the most threads set_num_threads accepts: 4 per core (more only adds stacks and contention)
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+
+# OpenMP's thread count is per calling thread (omp_set_num_threads sets the calling thread's
+# nthreads-var only): set_num_threads records the count and a generation number, and every
+# Python thread applies it before its next kernel (sync_threads, called by each layer call)
+_wanted_threads = None
+_generation = 0
+_applied = threading.local()
+_lock = threading.Lock()
+
+
 def set_num_threads(n):
-    """Use ``n`` threads for OpenMP loops and for BLAS (never both at once in one kernel)."""
-    _threads.set_num_threads(int(n))
-    _blas().limit(limits=int(n), user_api="blas")
+    """Use ``n`` threads for OpenMP loops and for BLAS (never both at once in one kernel),
+    in every Python thread that runs kernels."""
+    global _wanted_threads, _generation
+    with _lock:
+        _wanted_threads = int(n)
+        _generation += 1
+        _blas().limit(limits=int(n), user_api="blas")
+    sync_threads()
+
+
+if _threads.get_max_threads() > MAX_THREADS:
+    # OMP_NUM_THREADS past the maximum: every kernel thread holds to the maximum instead
+    _wanted_threads = MAX_THREADS
+    _generation = 1
+
+
+def sync_threads():
+    """Apply the last set_num_threads to the calling thread's OpenMP runtime (cheap when
+    already applied)."""
+    if _wanted_threads is not None and getattr(_applied, "generation", None) != _generation:
+        _threads.set_num_threads(_wanted_threads)
+        _applied.generation = _generation
 
 
 def get_num_threads():
+    sync_threads()
     return _threads.get_max_threads()
 
 

@@ -74,6 +74,12 @@ def get_num_threads():
     return cpu.get_num_threads()
 
 
+def sync_threads():
+    """Host threads: apply the last set_num_threads to the calling thread (as the CPU)."""
+    from convnet.backend import cpu
+    cpu.sync_threads()
+
+
 def blas_threads(n):
     return contextlib.nullcontext()
 

@@ -65,6 +65,8 @@ class ReLU(Layer):
         if self._fused_run:
             # the BatchNorm before it already wrote max(y, 0) into this array
             return [x]
+        if self.in_place:
+            self._check_writeable(x, "bottom")
         y = x if self.in_place else self.backend.empty(x.shape, self.dtype)
         self.backend.activation_relu_forward(x, self.negative_slope, y)
         # the top has the bottom's sign for slope >= 0, so in place it serves as the mask
@@ -78,6 +80,8 @@ class ReLU(Layer):
         dy = top_diffs[0]
         if self._fused_run:
             return [dy]             # the BatchNorm applies the mask in its backward
+        if self._in_place_run:
+            self._check_writeable(dy, "top diff")
         dx = dy if self._in_place_run else self.backend.empty(dy.shape, self.dtype)
         self.backend.activation_relu_backward(dy, self._sign_source, self.negative_slope, dx)
         return [dx]
@@ -147,6 +151,8 @@ class Dropout(Layer):
 
     def _forward(self, bottoms):
         x = bottoms[0]
+        if self.in_place:
+            self._check_writeable(x, "bottom")
         self._in_place_run = self.in_place
         y = x if self.in_place else self.backend.empty(x.shape, self.dtype)
         self._keep = None
@@ -164,6 +170,8 @@ class Dropout(Layer):
         if not propagate_down[0]:
             return [None]
         dy = top_diffs[0]
+        if self._in_place_run:
+            self._check_writeable(dy, "top diff")
         dx = dy if self._in_place_run else self.backend.empty(dy.shape, self.dtype)
         if self._keep is not None:
             self.backend.activation_dropout_backward(dy, self._keep, self.scale, dx)

@@ -18,6 +18,7 @@ import numbers
 import numpy as np
 
 from convnet import backend as _backend
+from convnet import fillers, shapes
 from convnet.errors import ConfigError, DataError, ShapeError, StateError, fail
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -72,7 +73,10 @@ class Param:
 
 
 def check_dtype(dtype, owner):
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        fail(owner, f"dtype must be float32 or float64, got {dtype!r:.40}")
     if dt not in FLOAT_DTYPES:
         fail(owner, f"dtype must be float32 or float64, got {dt.name}")
     return dt
@@ -108,10 +112,9 @@ def shape_str(shape):
     return "x".join(str(int(d)) for d in shape)
 
 
-#: the largest extent of one axis of any blob (the kernels index planes with 64-bit ints,
-#: but no machine holds a 2**31-wide axis of a 4-d blob), and the most elements of one blob
-MAX_EXTENT = 2 ** 31 - 1
-MAX_ELEMENTS = 2 ** 40
+#: blob bounds (see convnet.shapes): no axis past 2**31 - 1, no blob past 2**40 elements
+MAX_EXTENT = shapes.MAX_EXTENT
+MAX_ELEMENTS = shapes.MAX_ELEMENTS
 
 
 def check_blob_size(owner, shape, what):
@@ -126,6 +129,26 @@ def check_blob_size(owner, shape, what):
     if count > MAX_ELEMENTS:
         fail(owner, f"{what} would be {shape_str(shape)} ({count:.3g} elements): more than "
                     f"2**40 elements cannot be allocated", ShapeError)
+
+
+def _snapshot_state(layer):
+    """What a refused setup or load must put back: the layer's attributes (a shallow copy,
+    with its params list and buffers dict copied) and its filler streams' states."""
+    return (dict(layer.__dict__), list(layer.params), dict(layer.buffers),
+            fillers.stream_state(layer.rng))
+
+
+def _restore_state(layer, saved):
+    attrs, params, buffers, streams = saved
+    layer.__dict__.clear()
+    layer.__dict__.update(attrs)
+    layer.params[:] = params
+    layer.buffers.clear()
+    layer.buffers.update(buffers)
+    fillers.set_stream_state(layer.rng, streams)
+
+
+_sync_threads = None
 
 
 class Layer:
@@ -189,6 +212,8 @@ class Layer:
     # ------------------------------------------------------------------ phase / device
     def train(self, mode=True):
         """Training phase (Dropout drops, BatchNorm uses batch statistics). Returns self."""
+        if not isinstance(mode, (bool, np.bool_)):
+            fail(self, f"train() takes True or False, got {mode!r:.40}")
         self.phase = "TRAIN" if mode else "TEST"
         return self
 
@@ -286,31 +311,38 @@ class Layer:
 
     def setup(self, *bottom_shapes):
         """Validate the bottom shapes, create the params (once) and return the top shape
-        (a tuple of tuples when the layer has several tops). Idempotent."""
+        (a tuple of tuples when the layer has several tops). Idempotent. A refused setup
+        changes nothing: the layer (params, cached geometry) and the filler streams are as
+        they were."""
         self._check_count(len(bottom_shapes))
-        shapes = []
-        for i, s in enumerate(bottom_shapes):
+        shapes_in = tuple([shapes.shape(s, f"bottom {i}", self)
+                           for i, s in enumerate(bottom_shapes)])
+        if shapes_in != self.bottom_shapes:
+            saved = _snapshot_state(self)
             try:
-                shapes.append(tuple(int(d) for d in s))
-            except TypeError:
-                fail(self, f"bottom {i} shape must be a tuple of ints, got {s!r}", ShapeError)
-            if any(d < 0 for d in shapes[-1]):
-                fail(self, f"bottom {i} shape {s} has a negative dimension", ShapeError)
-        shapes = tuple(shapes)
-        if shapes != self.bottom_shapes:
-            tops = self._reshape(shapes)
-            if len(self._param_specs) > len(self.params):
-                # Caffe: "Too many params specified for layer"
-                fail(self, f"{len(self._param_specs)} param specs given (param=[...]) but the "
-                           f"layer has {len(self.params)} param(s) "
-                           f"{[p.name for p in self.params]}")
-            tops = [tuple(int(d) for d in t) for t in (tops if isinstance(tops, list) else [tops])]
-            for i, t in enumerate(tops):
-                check_blob_size(self, t, f"top {i}" if len(tops) > 1 else "the top")
-            self.bottom_shapes = shapes
-            self.top_shapes = tops
-            self._forwarded = False
+                self._setup(shapes_in)
+            except BaseException:
+                _restore_state(self, saved)
+                raise
         return self.top_shapes[0] if len(self.top_shapes) == 1 else tuple(self.top_shapes)
+
+    def _setup(self, shapes_in):
+        try:
+            tops = self._reshape(shapes_in)
+        except MemoryError:
+            fail(self, f"out of memory setting up for bottoms "
+                       f"{', '.join(shape_str(s) or '()' for s in shapes_in)}", ShapeError)
+        if len(self._param_specs) > len(self.params):
+            # Caffe: "Too many params specified for layer"
+            fail(self, f"{len(self._param_specs)} param specs given (param=[...]) but the "
+                       f"layer has {len(self.params)} param(s) "
+                       f"{[p.name for p in self.params]}")
+        tops = [tuple(int(d) for d in t) for t in (tops if isinstance(tops, list) else [tops])]
+        for i, t in enumerate(tops):
+            check_blob_size(self, t, f"top {i}" if len(tops) > 1 else "the top")
+        self.bottom_shapes = shapes_in
+        self.top_shapes = tops
+        self._forwarded = False
 
     def _convert_bottom(self, index, x):
         """Bottoms become C-contiguous arrays of the layer's dtype on the layer's device.
@@ -336,18 +368,44 @@ class Layer:
         return x
 
     def forward(self, *bottoms):
-        """Compute the top(s): one array, a tuple for several tops, a float for a loss."""
-        self._check_count(len(bottoms))
-        # labels, masks and other non-diff bottoms check their dtype in _convert_bottom
-        bottoms = [self._convert_bottom(i, self._check_numeric(
-            x, "bottom", i, i not in self.nondiff_bottoms)) for i, x in enumerate(bottoms)]
-        self.setup(*(b.shape for b in bottoms))
+        """Compute the top(s): one array, a tuple for several tops, a float for a loss.
+        A forward that fails leaves no cache behind: backward then raises StateError."""
         self._forwarded = False
-        tops = self._forward(bottoms)
+        self._check_count(len(bottoms))
+        # the kind check covers every bottom but the declared label / mask ones (the class
+        # attribute: what an earlier call saw never switches a check off); those check their
+        # dtype in _convert_bottom
+        labels = type(self).nondiff_bottoms
+        bottoms = [self._convert_bottom(i, self._check_numeric(x, "bottom", i, i not in labels))
+                   for i, x in enumerate(bottoms)]
+        self.setup(*(b.shape for b in bottoms))
+        self._sync_threads()
+        try:
+            tops = self._forward(bottoms)
+        except MemoryError:
+            fail(self, f"out of memory in forward (bottoms "
+                       f"{', '.join(shape_str(b.shape) or '()' for b in bottoms)}, top "
+                       f"{', '.join(shape_str(t) or '()' for t in self.top_shapes)})",
+                 ShapeError)
         self._forwarded = True
         if self.is_loss:
             return float(tops) * self.loss_weight
         return tops[0] if len(tops) == 1 else tuple(tops)
+
+    @staticmethod
+    def _sync_threads():
+        # the thread count is host state on either device (cpu.sync_threads is cheap)
+        global _sync_threads
+        if _sync_threads is None:
+            from convnet.backend.cpu import sync_threads as _sync_threads
+        _sync_threads()
+
+    def _check_writeable(self, x, what):
+        """An in-place layer writes into ``x``: refuse a read-only array up front."""
+        flags = getattr(x, "flags", None)
+        if flags is not None and not flags.writeable:
+            fail(self, f"in_place=True writes into the {what}, but it is a read-only array; "
+                       f"pass a writeable array (x.copy()) or use in_place=False", DataError)
 
     def __call__(self, *bottoms, **kwargs):
         return self.forward(*bottoms, **kwargs)
@@ -358,6 +416,11 @@ class Layer:
         if isinstance(propagate_down, (bool, np.bool_)):
             flags = [bool(propagate_down) and i not in self.nondiff_bottoms for i in range(n)]
             return flags
+        if not isinstance(propagate_down, (list, tuple)) or not all(
+                isinstance(f, (bool, np.bool_)) or (isinstance(f, numbers.Integral)
+                                                    and f in (0, 1)) for f in propagate_down):
+            fail(self, f"propagate_down must be a bool or a list of one bool per bottom, got "
+                       f"{propagate_down!r:.60}")
         flags = [bool(f) for f in propagate_down]
         if len(flags) != n:
             fail(self, f"propagate_down needs one flag per bottom ({n}), got {len(flags)}")
@@ -382,7 +445,7 @@ class Layer:
                 fail(self, f"a loss takes at most one (scalar) top diff, got {len(top_diffs)}",
                      ShapeError)
             if top_diffs:
-                scale = self._check_numeric(self.backend.to_numpy(top_diffs[0]), "top diff", 0)
+                scale = self.backend.to_numpy(self._check_numeric(top_diffs[0], "top diff", 0))
                 scale = np.asarray(scale, dtype=np.float64)
                 if scale.size != 1:
                     fail(self, f"the top diff of a loss must be a scalar, got shape "
@@ -390,6 +453,7 @@ class Layer:
                 scale = float(scale.reshape(()))
             else:
                 scale = self.loss_weight
+            self._sync_threads()
             diffs = self._backward([scale], flags)
         else:
             if len(top_diffs) != len(self.top_shapes):
@@ -402,7 +466,13 @@ class Layer:
                     fail(self, f"top diff {i} must have the top's shape {shape_str(want)}, got "
                                f"{shape_str(d.shape)}", ShapeError)
                 converted.append(d)
-            diffs = self._backward(converted, flags)
+            self._sync_threads()
+            try:
+                diffs = self._backward(converted, flags)
+            except MemoryError:
+                fail(self, f"out of memory in backward (bottoms "
+                           f"{', '.join(shape_str(b) or '()' for b in self.bottom_shapes)})",
+                     ShapeError)
         diffs = [d if f else None for d, f in zip(diffs, flags)]
         return diffs[0] if n == 1 else tuple(diffs)
 

@@ -12,7 +12,7 @@ import numpy as np
 from convnet import fillers, shapes
 from convnet.errors import ShapeError, fail
 from convnet.layers import conv_algorithms
-from convnet.layers.base import Layer, check_number, shape_str
+from convnet.layers.base import Layer, shape_str
 
 _scratch = threading.local()
 
@@ -55,13 +55,12 @@ class _ConvolutionBase(Layer):
 
     def _check_params(self):
         raw = self._raw
-        self.num_output = check_number(raw["num_output"], "num_output", self, minimum=1,
-                                       integer=True)
+        self.num_output = shapes.size(raw["num_output"], "num_output", self)
         self.kernel_size = shapes.pair(raw["kernel_size"], "kernel_size", self, minimum=1)
         self.stride = shapes.pair(raw["stride"], "stride", self, minimum=1)
         self.pad = shapes.pair(raw["pad"], "pad", self, minimum=0)
         self.dilation = shapes.pair(raw["dilation"], "dilation", self, minimum=1)
-        self.group = check_number(raw["group"], "group", self, minimum=1, integer=True)
+        self.group = shapes.size(raw["group"], "group", self)
         if not isinstance(raw["bias_term"], (bool, np.bool_)):
             fail(self, f"bias_term must be True or False, got {raw['bias_term']!r}")
         self.bias_term = bool(raw["bias_term"])
@@ -125,8 +124,15 @@ class _ConvolutionBase(Layer):
     def _check_blas(self, *dims):
         if not shapes.fits_int32(*dims):
             fail(self, f"a dimension of this layer's matrix products ({max(dims)}) does not fit "
-                       f"the 32-bit ints of BLAS; use smaller images or fewer channels",
-                 ShapeError)
+                       f"the 32-bit ints of BLAS (at most {shapes.bound_text(2 ** 31 - 1)}); "
+                       f"use smaller images or fewer channels", ShapeError)
+
+    def _check_windows(self, image, out):
+        """The index maths of the windows over ``image`` that give ``out`` fits 64 bits."""
+        for axis in range(2):
+            shapes.check_window(self, ("height", "width")[axis], image[axis], out[axis],
+                                self.kernel_size[axis], self.stride[axis], self.pad[axis],
+                                self.dilation[axis])
 
     def _choose_algorithm(self, shape):
         self.algorithm_used = conv_algorithms.choose(self, shape, self.device)
@@ -181,6 +187,7 @@ class Convolution(_ConvolutionBase):
                        f"{_show(self.stride)}, pad {_show(self.pad)}, dilation "
                        f"{_show(self.dilation)} gives an empty output "
                        f"({max(oh, 0)}x{max(ow, 0)})", ShapeError)
+        self._check_windows((h, w), (oh, ow))
         self._check_blas(c * kh * kw, oh * ow, self.num_output, n)
         self._choose_algorithm(shapes_[0])
         self._make_params((self.num_output, c // self.group, kh, kw), self.num_output)
@@ -260,11 +267,19 @@ class Deconvolution(_ConvolutionBase):
         """The top; ``output_size=(h, w)`` (or a full (N, C, h, w) shape) picks the
         output_padding per axis, as PyTorch's ``output_size`` argument does."""
         padding = self.output_padding
+        self._forwarded = False        # a refused call leaves no cache for backward
         if output_size is not None:
             padding = self._padding_for(bottoms, output_size)
         if padding != self._active_padding:
+            previous = self._active_padding
             self._active_padding = padding
             self.bottom_shapes = None      # the top shape changes: set up again
+            try:
+                return super().forward(*bottoms)
+            except BaseException:
+                # the next call sets up again, for the padding it asks for
+                self._active_padding, self.bottom_shapes = previous, None
+                raise
         return super().forward(*bottoms)
 
     def _padding_for(self, bottoms, output_size):
@@ -272,8 +287,8 @@ class Deconvolution(_ConvolutionBase):
             output_size = tuple(output_size[2:])
         want = shapes.pair(output_size, "output_size", self, minimum=1)
         self._check_count(len(bottoms))
-        shape = np.shape(bottoms[0])
-        _, _, h, w = self._check_bottom(tuple(int(d) for d in shape))
+        shape = np.shape(self._check_numeric(bottoms[0], "bottom", 0))
+        _, _, h, w = self._check_bottom(shapes.shape(shape, "bottom 0", self))
         padding = []
         for axis, size in enumerate((h, w)):
             base = shapes.deconv_out(size, self.kernel_size[axis], self.stride[axis],
@@ -297,6 +312,7 @@ class Deconvolution(_ConvolutionBase):
                        f"{_show(self.stride)}, pad {_show(self.pad)}, dilation "
                        f"{_show(self.dilation)}, output_padding {_show(op)} gives an empty "
                        f"output ({max(oh, 0)}x{max(ow, 0)})", ShapeError)
+        self._check_windows((oh, ow), (h, w))      # the conv roles: top in, bottom out
         self._check_blas(self.num_output * kh * kw, h * w, c, n, oh * ow)
         self._choose_algorithm(shapes_[0])
         self._make_params((c, self.num_output // self.group, kh, kw), self.num_output)

@@ -6,7 +6,7 @@ import numpy as np
 
 from convnet import shapes
 from convnet.errors import ConfigError, ShapeError, fail
-from convnet.layers.base import Layer, check_blob_size, check_choice, check_number, shape_str
+from convnet.layers.base import Layer, check_blob_size, check_choice, shape_str
 
 
 def bilinear_table(in_size, out_size, align_corners, dtype, offset=0):
@@ -133,17 +133,15 @@ class Interp(Layer):
         self.mode = check_choice(self.mode, "mode", ("BILINEAR", "NEAREST"), self).lower()
         self.align_corners = _flag(self.align_corners, "align_corners", self)
         if self.zoom_factor is not None:
-            self.zoom_factor = check_number(self.zoom_factor, "zoom_factor", self, minimum=1,
-                                            integer=True)
+            self.zoom_factor = shapes.size(self.zoom_factor, "zoom_factor", self)
         if self.shrink_factor is not None:
-            self.shrink_factor = check_number(self.shrink_factor, "shrink_factor", self,
-                                              minimum=1, integer=True)
+            self.shrink_factor = shapes.size(self.shrink_factor, "shrink_factor", self)
         if (self.height is None) != (self.width is None):
             fail(self, f"height and width must be given together, got height={self.height!r} "
                        f"and width={self.width!r}")
         if self.height is not None:
-            self.height = check_number(self.height, "height", self, minimum=1, integer=True)
-            self.width = check_number(self.width, "width", self, minimum=1, integer=True)
+            self.height = shapes.size(self.height, "height", self)
+            self.width = shapes.size(self.width, "width", self)
             if self.zoom_factor is not None or self.shrink_factor is not None:
                 fail(self, f"give the output size one way: height and width "
                            f"({self.height}x{self.width}) cannot be combined with zoom_factor "
@@ -152,6 +150,9 @@ class Interp(Layer):
             value = getattr(self, param)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 fail(self, f"{param} must be an int, got {value!r}")
+            if value < -shapes.MAX_EXTENT:
+                fail(self, f"{param} must be >= -{shapes.bound_text(shapes.MAX_EXTENT)}, got "
+                           f"{value}")
             if value > 0:
                 fail(self, f"{param} must be <= 0: only cropping (pad <= 0) is supported, "
                            f"as in DeepLab; got {value}")

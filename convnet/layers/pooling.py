@@ -114,6 +114,17 @@ class Pooling(Layer):
             fail(self, f"input {h}x{w} with kernel_size {_show(kernel)}, stride "
                        f"{_show(self.stride)}, pad {_show(self.pad)} gives an empty output "
                        f"({max(oh, 0)}x{max(ow, 0)})", ShapeError)
+        for axis, (size, out) in enumerate(((h, oh), (w, ow))):
+            shapes.check_window(self, ("height", "width")[axis], size, out, kernel[axis],
+                                self.stride[axis], self.pad[axis])
+        if self.pool == "AVE":
+            # the kernel sums each window from one zero-padded row per thread
+            row = max(self.pad[1] + w, (ow - 1) * self.stride[1] + kernel[1])
+            if row > shapes.MAX_EXTENT:
+                fail(self, f"AVE pooling of width {w} with kernel_size {_show(kernel)}, stride "
+                           f"{_show(self.stride)}, pad {_show(self.pad)} sums padded rows of "
+                           f"{row} values, more than {shapes.bound_text(shapes.MAX_EXTENT)}",
+                     ShapeError)
         if self.return_mask and self.dtype == np.float32 and h * w > _FLOAT32_EXACT:
             fail(self, f"return_mask=True with dtype float32 holds indices exactly only for "
                        f"planes of up to 2**24 pixels, got {h}x{w}; use dtype=np.float64",
@@ -270,6 +281,9 @@ class Unpooling(Layer):
         else:
             oh = shapes.unpool_out(h, k[0], s[0], p[0])
             ow = shapes.unpool_out(w, k[1], s[1], p[1])
+            for axis, (size, out) in enumerate(((oh, h), (ow, w))):
+                shapes.check_window(self, ("height", "width")[axis], size, out, k[axis],
+                                    s[axis], p[axis])
             if oh <= 0 or ow <= 0:
                 fail(self, f"input {h}x{w} with kernel_size {_show(k)}, stride {_show(s)}, pad "
                            f"{_show(p)} gives an empty output ({max(oh, 0)}x{max(ow, 0)}); "
