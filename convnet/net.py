@@ -128,6 +128,7 @@ class Net:
         self.loss = None
         self.first_nonfinite = None
         self.input_shapes = {}
+        self.setup_failed_layer = None
         self.device = "cpu"
         self._nodes = []
         self._versions = []
@@ -374,8 +375,12 @@ class Net:
                 shapes[v] = given[version.name]
         # all or nothing: a layer that refuses its shapes leaves every layer as it was
         checkpoint = self._checkpoint()
+        #: the name of the layer whose setup refused its shapes in the last setup() (None:
+        #: it succeeded), for loaders that point at the layer's place in a file
+        self.setup_failed_layer = None
         try:
             for node in self._nodes:
+                self.setup_failed_layer = node.layer.name
                 node.layer.setup(*(shapes[b] for b in node.bottoms))
                 outs = node.layer.top_shapes
                 if len(outs) != len(node.tops):
@@ -385,6 +390,7 @@ class Net:
         except BaseException:
             self._rollback(checkpoint)
             raise
+        self.setup_failed_layer = None
         self.input_shapes = given
         return {self._versions[v].name: s for v, s in shapes.items()}
 

@@ -820,16 +820,16 @@ def _kn2row_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)
 
 def _subpixel_phases(out, kernel, stride, pad):
-    """Per output phase r < stride of one axis: (first output pixel, pixels, taps J, first
-    low-resolution input row u0). Output pixel h = first + stride*v reads taps
-    i = r + stride*j (j < J) at input row u0 + v - j."""
+    """The output phases of one axis that hold pixels: (first output pixel, pixels, taps J,
+    first low-resolution input row u0). Output pixel h = first + stride*v reads taps
+    i = r + stride*j (j < J, r = (first + pad) mod stride) at input row u0 + v - j. Pixel h
+    belongs to phase (h + pad) mod stride, so the first min(out, stride) pixels start one
+    phase each: at most that many phases, whatever the stride."""
     phases = []
-    for r in range(stride):
+    for first in range(min(out, stride)):
+        r = (first + pad) % stride
         taps = max(-(-(kernel - r) // stride), 0)
-        u0 = -(-(pad - r) // stride)
-        first = stride * u0 + r - pad
-        count = max(-(-(out - first) // stride), 0) if first < out else 0
-        phases.append((first, count, taps, u0))
+        phases.append((first, -(-(out - first) // stride), taps, (first + pad) // stride))
     return phases
 
 

@@ -685,8 +685,7 @@ def build_net(definition, phase="TEST", level=0, stages=(), dtype=None, name=Non
         try:
             net.setup(**shapes)
         except ConvnetError as exc:
-            failed = next((layer.name for layer in net.layers if layer.bottom_shapes is None),
-                          None)
+            failed = getattr(net, "setup_failed_layer", None)
             where = definition.source
             if failed in index_of:
                 where = definition.where(index_of[failed])

@@ -67,9 +67,23 @@ def _winograd(layer, shape):
     return None
 
 
-def _stride_one(layer, shape):
+#: the most elements of kn2row's zero-padded copy of one image
+KN2ROW_MAX_PADDED = 2 ** 31
+
+
+def _kn2row(layer, shape):
     if tuple(layer.stride) != (1, 1):
         return f"it needs stride 1, got stride {_pair(layer.stride)}"
+    # the padded copy of one image (the layer's conv input: a Deconvolution's top)
+    padded = int(shape[1]) if layer.type_name == "Convolution" else int(layer.num_output)
+    for axis in range(2):
+        size = int(shape[2 + axis])
+        if layer.type_name == "Deconvolution":
+            size = size + layer.dilation[axis] * (layer.kernel_size[axis] - 1)
+        padded *= size + 2 * layer.pad[axis] + layer.dilation[axis] * layer.kernel_size[axis]
+    if padded > KN2ROW_MAX_PADDED:
+        return (f"its zero-padded copy of one image would hold {padded} values, more than "
+                f"{KN2ROW_MAX_PADDED} (2**31)")
     return None
 
 
@@ -101,7 +115,7 @@ def _always(layer, shape):
 ALGORITHMS = (
     ("winograd", _winograd, _winograd_preferred),
     ("subpixel", _subpixel, _always),
-    ("kn2row", _stride_one, _never),
+    ("kn2row", _kn2row, _never),
     ("im2col", _im2col, _always),
 )
 

@@ -261,8 +261,8 @@ def test_bad_caffemodels(tmp_path):
         caffe.load_weights(net, short)
     wrong = write(tmp_path / "w.caffemodel",
                   v2_layer("conv", "Convolution", [blob(np.ones((5, 3, 3, 3)))]))
-    with pytest.raises(ShapeError, match="'conv/weight' has shape 5x3x3x3 in the file but "
-                                         "4x3x3x3"):
+    with pytest.raises(FileFormatError, match="'conv/weight' has shape 5x3x3x3 in the file but "
+                                              "4x3x3x3"):
         caffe.load_weights(net, wrong)
     partial = write(tmp_path / "p.caffemodel",
                     v2_layer("conv", "Convolution", [blob(np.ones((4, 3, 3, 3)))]))
