@@ -29,7 +29,7 @@ import numpy as np
 
 from convnet import backend as _backend
 from convnet.errors import ConfigError, FileFormatError, ShapeError, StateError, fail
-from convnet.layers.base import Layer, shape_str
+from convnet.layers.base import Layer, check_dtype, shape_str
 
 WEIGHTS_FORMAT = "convnet-weights"
 WEIGHTS_VERSION = 1
@@ -95,12 +95,15 @@ class LoadReport:
 class Net:
     """A directed acyclic graph of layers connected by named blobs (Caffe's Net).
 
-    ``Net(name="net", debug=False, force_backward=False, keep_diffs=True)``. ``debug=True``
+    ``Net(name="net", debug=False, force_backward=False, keep_diffs=True, dtype=None)``. ``debug=True``
     checks every top for non-finite values during forward and records the first offender in
     ``net.first_nonfinite`` (the solver names it when the loss goes NaN). ``keep_diffs=False``
     frees each blob's diff as soon as backward has used it (as PyTorch frees the gradients of
     intermediate tensors): ``net.diffs`` then holds only the input blobs' diffs, and a
     training step's peak memory drops by about the size of all intermediate blobs.
+    ``dtype=np.float64`` (or float32) is the net-wide dtype: every layer added without a
+    ``dtype=`` of its own takes it (layers keep an explicit dtype). A float32 layer that reads
+    a float64 blob warns once, naming the layer, and computes in float32.
 
     Attributes: ``layers`` (insertion order), ``blobs`` (name -> array, or float for a loss,
     of the last forward), ``diffs`` (name -> diff array of the last backward, for blobs that
@@ -109,10 +112,13 @@ class Net:
     list of Param, for layers with params), ``learnable_params`` (flat list).
     """
 
-    def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True):
+    def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True,
+                 dtype=None):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"Net: name must be a non-empty string, got {name!r}")
         self.name = name
+        self.dtype = None if dtype is None else check_dtype(dtype, self)
+        self._dtype_warned = set()
         self.debug = bool(debug)
         self.force_backward = bool(force_backward)
         self.keep_diffs = bool(keep_diffs)
@@ -167,6 +173,12 @@ class Net:
             layer.name = self._auto_name(layer)
         elif not isinstance(layer.name, str) or not layer.name:
             fail(self, f"layer names must be non-empty strings, got {layer.name!r}")
+        if self.dtype is not None and not layer.dtype_given and layer.dtype != self.dtype:
+            if layer.params:
+                fail(self, f"layer '{layer.name}' was set up as {layer.dtype.name} before it "
+                           f"was added to a {self.dtype.name} net; add it before setup() or "
+                           f"give it dtype={self.dtype.name}")
+            layer.dtype = self.dtype
         if layer.name in self._by_name:
             fail(self, f"duplicate layer name '{layer.name}' (already used by a "
                        f"{self._by_name[layer.name].layer.type_name} layer)")
@@ -375,6 +387,8 @@ class Net:
         loss = 0.0
         for node in self._nodes:
             layer = node.layer
+            if layer.dtype == np.float32 and layer.name not in self._dtype_warned:
+                self._warn_float64_bottom(node, values)
             out = layer.forward(*(values[b] for b in node.bottoms))
             outs = [out] if (layer.is_loss or not isinstance(out, tuple)) else list(out)
             if len(outs) != len(node.tops):
@@ -390,6 +404,21 @@ class Net:
         self._forwarded = True
         return {v.name: values[i] for i, v in enumerate(self._versions)
                 if v.producer is not None and not v.readers}
+
+    def _warn_float64_bottom(self, node, values):
+        """Warn once per layer when a float32 layer reads float64 data (it computes in float32,
+        so the precision is lost silently otherwise)."""
+        layer = node.layer
+        for i, b in enumerate(node.bottoms):
+            if i in layer.nondiff_bottoms:
+                continue
+            if getattr(values[b], "dtype", None) == np.float64:
+                self._dtype_warned.add(layer.name)
+                warnings.warn(f"{self.name}: {layer.type_name} '{layer.name}' is float32 but its "
+                              f"bottom '{self._versions[b].name}' is float64; it computes in "
+                              f"float32 (build the net with Net(dtype=np.float64) or give the "
+                              f"layer dtype=np.float64)", stacklevel=3)
+                return
 
     def _in_place_inputs(self):
         names = set()
