@@ -453,6 +453,13 @@ class SegmentationFiles:
                        f"classes: {list(class_names)}")
         self.class_names = class_names
 
+    def set_num_classes(self, num_classes, class_names=None):
+        """Change the class count (e.g. to the one inferred over train and val together)."""
+        self.num_classes = _check_int(num_classes, "num_classes", self, 2)
+        if class_names is None or len(class_names) != self.num_classes:
+            class_names = ["background"] + [f"class{i}" for i in range(1, self.num_classes)]
+        self.class_names = tuple(class_names)
+
     def __len__(self):
         return len(self.image_paths)
 

@@ -79,12 +79,19 @@ def test_command_line_run_prints_progress_and_final_line_and_writes_outputs(tmp_
     assert FINAL_LINE.match(lines[-1]), lines[-1]
     assert re.search(r"^Iteration 3, loss = \d+\.\d{4}, lr = \S+, \d+\.\d img/s, ETA 0:00:00$",
                      proc.stdout, re.M), proc.stdout
-    for name in ("weights.npz", "snapshot.npz", "predictions.png"):
+    for name in ("weights.npz", "best.npz", "snapshot.npz", "predictions.png", "log.jsonl",
+                 "curves.png", "run.json"):
         assert (out / name).stat().st_size > 0
     with Image.open(out / "predictions.png") as grid:
         assert grid.mode == "RGB"
-        # 3 rows (input, truth, prediction) of 64x64 tiles, 2-pixel gaps, zoomed x2
-        assert grid.size == (2 * (4 * 64 + 3 * 2), 2 * (3 * 64 + 2 * 2))
+        # 3 rows (input, truth, prediction) of 64x64 tiles, 2-pixel gaps, zoomed x2, then a
+        # legend strip of the class colours and names
+        w, h = 2 * (4 * 64 + 3 * 2), 2 * (3 * 64 + 2 * 2)
+        assert grid.size[0] == w and h + 10 < grid.size[1] < h + 60
+        legend = np.asarray(grid)[h:]
+    from convnet.data import palette
+    for colour in palette(5)[1:]:
+        assert (legend == colour).all(axis=2).sum() > 50     # a swatch for each class
 
 
 @pytest.mark.filterwarnings("ignore:.*resuming with hyper-parameters that differ")
@@ -145,10 +152,11 @@ def test_image_without_mask_exits_2_naming_the_file(train_script, tmp_path, caps
     assert re.search(r"img1.png has no label mask", one_line_error(capsys))
 
 
-def test_folder_of_odd_sized_images_needs_size(train_script, tmp_path, capsys):
+def test_folder_of_odd_sized_images_trains_on_crops(train_script, tmp_path, capsys):
     root = write_folder(tmp_path / "d", size=(15, 20))
-    assert train_script.main(["--data", str(root), *TINY]) == 2
-    assert "pass --size H W" in one_line_error(capsys)
+    assert train_script.main(["--data", str(root), "--iters", "2", "--crop", "16", "16",
+                              "--out", str(tmp_path / "out"), *TINY]) == 0
+    assert FINAL_LINE.match(capsys.readouterr().out.strip().splitlines()[-1])
 
 
 def test_missing_resume_snapshot_exits_2(train_script, tmp_path, capsys):
@@ -217,10 +225,15 @@ def test_segment_writes_a_mask_of_the_image_size(trained, segment_script, tmp_pa
     assert segment_script.main(["--weights", str(trained / "weights.npz"), "--image",
                                 str(image), "--out", str(out)]) == 0
     with Image.open(out) as mask:
-        assert mask.size == (30, 21) and mask.mode == "RGB"
-        colours = {tuple(c) for c in np.asarray(mask).reshape(-1, 3)}
+        # a class-index mask whose palette holds the training script's class colours
+        assert mask.size == (30, 21) and mask.mode == "P"
+        index = np.asarray(mask)
+        colours = {tuple(c) for c in np.asarray(mask.convert("RGB")).reshape(-1, 3)}
+    assert index.max() < 5
     from convnet.data import palette
     assert colours <= {tuple(c) for c in palette(5)}
+    with Image.open(tmp_path / "mask_overlay.png") as overlay:
+        assert overlay.size == (30, 21) and overlay.mode == "RGB"
     assert "21x30 mask, 5 classes" in capsys.readouterr().out
 
 
