@@ -456,7 +456,9 @@ def train(args, net, solver, data, out_dir, log, run_log):
             except convnet.DataError as exc:
                 kept = (f"; the last good snapshot is kept at {snapshot_path}"
                         if os.path.exists(snapshot_path) else "; no snapshot was written")
-                print(f"error: training stopped: {exc}{kept}", file=sys.stderr)
+                # the script's switch for Net(debug=True)
+                text = str(exc).replace("Net(debug=True) names", "--debug names")
+                print(f"error: training stopped: {text}{kept}", file=sys.stderr)
                 return EXIT_FAILED, best
             now = time.perf_counter()
             done = solver.iter - start_iter
