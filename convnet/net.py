@@ -103,7 +103,8 @@ class Net:
     training step's peak memory drops by about the size of all intermediate blobs.
     ``dtype=np.float64`` (or float32) is the net-wide dtype: every layer added without a
     ``dtype=`` of its own takes it (layers keep an explicit dtype). A float32 layer that reads
-    a float64 blob warns once, naming the layer, and computes in float32.
+    a float64 blob computed by another layer warns once, naming the layer, and computes in
+    float32; net inputs are converted to the dtype of the layers that read them, silently.
 
     Attributes: ``layers`` (insertion order), ``blobs`` (name -> array, or float for a loss,
     of the last forward), ``diffs`` (name -> diff array of the last backward, for blobs that
@@ -355,7 +356,13 @@ class Net:
             if version.producer is None:
                 shapes[v] = tuple(int(d) for d in input_shapes[version.name])
         for node in self._nodes:
-            node.layer.setup(*(shapes[b] for b in node.bottoms))
+            try:
+                node.layer.setup(*(shapes[b] for b in node.bottoms))
+            except ShapeError as exc:
+                hint = _nhwc_hint(node.layer, [shapes[b] for b in node.bottoms])
+                if not hint:
+                    raise
+                raise ShapeError(f"{exc}{hint}") from None
             outs = node.layer.top_shapes
             if len(outs) != len(node.tops):
                 self._top_count_error(node, len(outs))
@@ -389,7 +396,13 @@ class Net:
             layer = node.layer
             if layer.dtype == np.float32 and layer.name not in self._dtype_warned:
                 self._warn_float64_bottom(node, values)
-            out = layer.forward(*(values[b] for b in node.bottoms))
+            try:
+                out = layer.forward(*(values[b] for b in node.bottoms))
+            except ShapeError as exc:
+                hint = _nhwc_hint(layer, [_shape(values[b]) for b in node.bottoms])
+                if not hint:
+                    raise
+                raise ShapeError(f"{exc}{hint}") from None
             outs = [out] if (layer.is_loss or not isinstance(out, tuple)) else list(out)
             if len(outs) != len(node.tops):
                 self._top_count_error(node, len(outs))
@@ -406,11 +419,13 @@ class Net:
                 if v.producer is not None and not v.readers}
 
     def _warn_float64_bottom(self, node, values):
-        """Warn once per layer when a float32 layer reads float64 data (it computes in float32,
-        so the precision is lost silently otherwise)."""
+        """Warn once per layer when a float32 layer reads a float64 blob of another layer (it
+        computes in float32, so the precision would be lost silently)."""
         layer = node.layer
         for i, b in enumerate(node.bottoms):
-            if i in layer.nondiff_bottoms:
+            # net inputs are converted to the reading layer's dtype (documented); a float64
+            # blob another layer computed losing its precision is what deserves a warning
+            if i in layer.nondiff_bottoms or self._versions[b].producer is None:
                 continue
             if getattr(values[b], "dtype", None) == np.float64:
                 self._dtype_warned.add(layer.name)
@@ -661,6 +676,35 @@ class Net:
             for name, s in previous.items():
                 self._by_name[name].layer.set_rng_state(s)
             raise
+
+
+def _expected_channels(layer):
+    """The input channels a set-up layer's params fix, or None."""
+    params = getattr(layer, "params", None)
+    if not params:
+        return None
+    w = params[0].data
+    kind = layer.type_name
+    if kind == "Convolution" and len(w.shape) == 4:
+        return int(w.shape[1]) * int(getattr(layer, "group", 1))
+    if kind == "Deconvolution" and len(w.shape) == 4:
+        return int(w.shape[0])
+    if kind in ("BatchNorm", "Scale") and len(w.shape) == 1:
+        return int(w.shape[0])
+    return None
+
+
+def _nhwc_hint(layer, bottom_shapes):
+    """A hint when a 4-d bottom looks channels-last: its last axis is the channel count the
+    layer expects and axis 1 is not (convnet, like Caffe, is NCHW)."""
+    if not bottom_shapes or bottom_shapes[0] is None or len(bottom_shapes[0]) != 4:
+        return ""
+    n, c, h, w = bottom_shapes[0]
+    expected = _expected_channels(layer)
+    if expected is None or c == expected or w != expected:
+        return ""
+    return (f" (the bottom {n}x{c}x{h}x{w} looks channels-last, NHWC: convnet takes NCHW "
+            f"arrays, x.transpose(0, 3, 1, 2))")
 
 
 def _param_keys(layer):

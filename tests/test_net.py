@@ -619,3 +619,25 @@ def test_a_float32_net_keeps_float32_and_bad_net_dtypes_are_errors():
     assert net.layers[0].dtype == np.float32
     with pytest.raises(ConfigError, match="dtype must be float32 or float64, got int32"):
         Net(dtype=np.int32)
+
+
+def test_a_channels_last_bottom_gets_an_nhwc_hint():
+    net = Net()
+    net.add(Convolution(4, 3, name="c1"), bottom=["data"], top=["c"])
+    net.forward(data=np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match=r"1x8x8x3 looks channels-last, NHWC: convnet takes "
+                                         r"NCHW arrays, x.transpose\(0, 3, 1, 2\)"):
+        net.forward(data=np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ShapeError) as err:
+        net.forward(data=np.zeros((1, 5, 8, 8), np.float32))
+    assert "NHWC" not in str(err.value)
+
+
+def test_float64_net_inputs_are_converted_without_a_warning():
+    import warnings
+    net = Net()
+    net.add(Convolution(2, 1, name="c"), bottom=["data"], top=["c"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.forward(data=np.ones((1, 3, 4, 4)))
+    assert net.blobs["c"].dtype == np.float32
