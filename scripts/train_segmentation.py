@@ -279,6 +279,15 @@ def open_part(path, split, args, num_classes, class_names):
                         class_names=class_names, workers=args.workers)
 
 
+def is_split_file(path):
+    """True for a VOC split file (one image id a line), not a list of image/mask pairs."""
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        first = next((line for line in f if line.strip()), "")
+    return len(first.split()) == 1 and "," not in first
+
+
 def load_data(args, log):
     """The training and validation sets (a :class:`Data`); every mask checked first."""
     if args.data is None:
@@ -314,8 +323,9 @@ def load_data(args, log):
     else:
         given = args.num_classes if args.num_classes is not None else (
             len(names) if names else None)
-        if isinstance(train, VOCDataset) and not os.path.exists(val_src):
-            val = open_part(root, val_src, args, given, names)   # a VOC split name
+        if isinstance(train, VOCDataset) and (not os.path.exists(val_src)
+                                              or is_split_file(val_src)):
+            val = open_part(root, val_src, args, given, names)   # a VOC split name or file
         elif os.path.exists(val_src):
             val = open_part(val_src, "val", args, given, names)
         else:
