@@ -29,16 +29,47 @@ def _pil():
     return Image
 
 
-def resize(rgb, mask, size):
-    """(rgb, mask) resized to ``size`` (h, w): bilinear image, nearest-neighbour mask."""
+def _mask_image(mask):
+    """A Pillow image of a class map: mode L for 8-bit ids, 32-bit I otherwise (Pillow's
+    NEAREST resize supports both)."""
+    Image = _pil()
+    if mask.dtype == np.uint8:
+        return Image.fromarray(mask)
+    return Image.fromarray(mask.astype(np.int32))
+
+
+def resize(rgb, mask, size, box=None):
+    """(rgb, mask) resized to ``size`` (h, w): bilinear image, nearest-neighbour mask (so no
+    new class ids appear). ``box`` (x0, y0, x1, y1), in source pixels, resizes only that
+    region (Pillow's ``resize(box=)``)."""
     Image = _pil()
     h, w = int(size[0]), int(size[1])
-    if rgb.shape[:2] == (h, w):
+    if rgb.shape[:2] == (h, w) and box is None:
         return rgb, mask
-    img = Image.fromarray(rgb).resize((w, h), Image.BILINEAR)
-    # masks may be 16-bit: resize as 32-bit integers, which Pillow supports for NEAREST
-    lab = Image.fromarray(mask.astype(np.int32)).resize((w, h), Image.NEAREST)
+    img = Image.fromarray(rgb).resize((w, h), Image.BILINEAR, box=box)
+    lab = _mask_image(mask).resize((w, h), Image.NEAREST, box=box)
     return np.asarray(img), np.asarray(lab).astype(mask.dtype)
+
+
+def scaled_crop(rgb, mask, scale, crop, rng, ignore_label):
+    """:func:`random_crop` of the image scaled by ``scale``, resizing only the pixels the crop
+    keeps (a crop of a 2x upscaled photo resizes a quarter of it, not all of it)."""
+    from convnet.data import normalize_image
+    ch, cw = crop
+    h0, w0 = mask.shape
+    h, w = max(1, int(round(h0 * scale))), max(1, int(round(w0 * scale)))
+    y0 = int(rng.integers(min(0, h - ch), max(0, h - ch) + 1))
+    x0 = int(rng.integers(min(0, w - cw), max(0, w - cw) + 1))
+    ys, ye, xs, xe = max(y0, 0), min(y0 + ch, h), max(x0, 0), min(x0 + cw, w)
+    sy, sx = h0 / h, w0 / w
+    part_rgb, part_mask = resize(rgb, mask, (ye - ys, xe - xs),
+                                 box=(xs * sx, ys * sy, xe * sx, ye * sy))
+    image = np.zeros((3, ch, cw), dtype=np.float32)
+    label = np.full((ch, cw), ignore_label, dtype=np.int64)
+    top, left = ys - y0, xs - x0
+    image[:, top:top + ye - ys, left:left + xe - xs] = normalize_image(part_rgb)
+    label[top:top + ye - ys, left:left + xe - xs] = part_mask
+    return image, label
 
 
 def random_scale(rgb, mask, scale_range, rng):
@@ -127,10 +158,14 @@ class Augment:
     def __call__(self, rgb, mask, rng):
         """uint8 (H, W, 3), int (H, W) -> float32 (3, h, w), int64 (h, w)."""
         from convnet.data import normalize_image
-        rgb, mask = random_scale(rgb, mask, self.scale_range, rng)
-        if self.crop is not None:
+        lo, hi = self.scale_range
+        if self.crop is not None and (lo, hi) != (1.0, 1.0):
+            image, label = scaled_crop(rgb, mask, rng.uniform(lo, hi), self.crop, rng,
+                                       self.ignore_label)
+        elif self.crop is not None:
             image, label = random_crop(rgb, mask, self.crop, rng, self.ignore_label)
         else:
+            rgb, mask = random_scale(rgb, mask, self.scale_range, rng)
             image, label = normalize_image(rgb), mask.astype(np.int64)
         if self.flip and rng.random() < 0.5:
             image, label = image[:, :, ::-1], label[:, ::-1]

@@ -261,3 +261,18 @@ def test_collate_pads_a_batch_to_its_largest_image_rounded_to_the_multiple():
     batch = collate(items, multiple=8)
     assert batch["data"].shape == (2, 3, 16, 16)
     assert np.all(batch["label"][0, 5:] == 255) and np.all(batch["data"][1, :, :, 4:] == 0)
+
+
+def test_scaled_crop_matches_scaling_the_whole_image_then_cropping():
+    from convnet.transforms import resize, scaled_crop
+    yy, xx = np.mgrid[0:12, 0:10]
+    rgb = np.stack([yy * 20, xx * 25, (yy + xx) * 10], axis=-1).astype(np.uint8)
+    mask = (yy // 4 + xx // 5).astype(np.uint8)
+    image, label = scaled_crop(rgb, mask, 2.0, (8, 6), np.random.default_rng(7), 255)
+    offsets = np.random.default_rng(7)
+    y0 = int(offsets.integers(0, 24 - 8 + 1))
+    x0 = int(offsets.integers(0, 20 - 6 + 1))
+    big_rgb, big_mask = resize(rgb, mask, (24, 20))
+    np.testing.assert_array_equal(label, big_mask[y0:y0 + 8, x0:x0 + 6])
+    np.testing.assert_allclose(image, normalize_image(big_rgb)[:, y0:y0 + 8, x0:x0 + 6],
+                               atol=2 / 255 / 0.25)
