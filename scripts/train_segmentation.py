@@ -55,7 +55,7 @@ except ImportError:     # running from a source checkout that was built in place
 from convnet.data import (BatchIterator, SegmentationLoader, Subset, SyntheticShapes,
                           colourise, denormalize_image, load_class_names, open_dataset,
                           palette)
-from convnet.errors import ConvnetError
+from convnet.errors import ConvnetError, DataError, FileFormatError
 from convnet.metrics import SegmentationScore
 from convnet.models import MODELS, build
 from convnet.transforms import Augment, crop_back, pad_to_multiple
@@ -303,14 +303,20 @@ def load_data(args, log):
     nc = args.num_classes if args.num_classes is not None else (len(names) if names else None)
     t0 = time.perf_counter()
     is_dir = os.path.isdir(root)
+    train_error = None
     if args.val is None and is_dir and os.path.isdir(os.path.join(root, "train")):
-        train = open_part(os.path.join(root, "train"), "train", args, nc, names)
-        val_src = os.path.join(root, "val")
+        train_src, val_src = os.path.join(root, "train"), os.path.join(root, "val")
     else:
-        train = open_part(root, "train", args, nc, names)
-        val_src = args.val
+        train_src, val_src = root, args.val
         if val_src is None and is_dir and VOCDataset.has_split(root, "val"):
             val_src = "val"
+    try:
+        train = open_part(train_src, "train", args, nc, names)
+    except (DataError, FileFormatError) as exc:
+        if val_src is None:
+            raise
+        # check the validation masks too, so every problem is reported in one go
+        train, train_error = None, exc
     if val_src is None:
         n = len(train)
         held = list(range(0, n, 10)) if n > 1 else [0]
@@ -323,13 +329,20 @@ def load_data(args, log):
     else:
         given = args.num_classes if args.num_classes is not None else (
             len(names) if names else None)
-        if isinstance(train, VOCDataset) and (not os.path.exists(val_src)
-                                              or is_split_file(val_src)):
-            val = open_part(root, val_src, args, given, names)   # a VOC split name or file
-        elif os.path.exists(val_src):
-            val = open_part(val_src, "val", args, given, names)
-        else:
-            raise UsageError(f"--val {val_src}: no such folder, file or VOC split")
+        voc = is_dir and VOCDataset.has_split(root, "train") or isinstance(train, VOCDataset)
+        try:
+            if voc and (not os.path.exists(val_src) or is_split_file(val_src)):
+                val = open_part(root, val_src, args, given, names)   # a VOC split name/file
+            elif os.path.exists(val_src):
+                val = open_part(val_src, "val", args, given, names)
+            else:
+                raise UsageError(f"--val {val_src}: no such folder, file or VOC split")
+        except (DataError, FileFormatError) as exc:
+            if train_error is None:
+                raise
+            raise type(exc)(f"{train_error}\n{exc}") from None
+        if train_error is not None:
+            raise train_error
         report_sets = [("train", train), ("val", val)]
         if nc is None and val.num_classes != train.num_classes:
             # infer the classes from every mask, so an id seen only in validation still counts

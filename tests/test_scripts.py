@@ -367,3 +367,14 @@ def test_segment_takes_a_folder_and_explains_a_snapshot(trained, segment_script,
     assert segment_script.main(["--weights", str(trained / "snapshot.npz"), "--image",
                                 str(src / "a.jpg"), "--out", str(tmp_path / "x.png")]) == 2
     assert "solver snapshot" in one_line_error(capsys)
+
+
+def test_train_and_val_mask_problems_are_reported_together(train_script, tmp_path, capsys):
+    root = write_voc(tmp_path / "voc")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "SegmentationClass" / "1.png")
+    Image.fromarray(np.zeros((5, 5, 3), np.uint8)).save(root / "SegmentationClass" / "4.png")
+    assert train_script.main(["--data", str(root), "--out", str(tmp_path / "o"), *TINY]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2
+    assert "train" in lines[0] and "1.png is 5x5" in lines[0]
+    assert "val" in lines[1] and "4.png has mode RGB" in lines[1]
