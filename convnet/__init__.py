@@ -6,10 +6,47 @@ OpenMP + BLAS on the CPU, CUDA kernels on the GPU (``convnet.cuda``).
 """
 
 import importlib
+import os
 
-from convnet.errors import (ConfigError, ConvnetError, DataError, DeviceError,
-                            FileFormatError, ShapeError, StateError)
-from convnet.fillers import seed
+
+def _default_wait_policy():
+    """Idle OpenMP threads sleep instead of spinning, unless the user chose a policy.
+
+    libgomp reads OMP_WAIT_POLICY / GOMP_SPINCOUNT once, when it initialises (the first compiled
+    module loads it), so this runs before any of them. Its default spins each idle thread for
+    ~300k iterations after every parallel loop: on a machine where another program uses a core,
+    the spinning threads take turns with it and every loop waits for the slowest (measured: the
+    default training run fell from ~120 to 25-30 img/s beside one busy process). Passive waiting
+    costs a futex wake per loop instead. The numbers are in README's "Threads on a busy machine".
+    """
+    if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
+def _check_built():
+    """A source checkout that was never built in place would fail later with "cannot import
+    name '_threads' from 'convnet._cpu'"; say what happened and how to fix it instead."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_cpu")
+    try:
+        names = os.listdir(here)
+    except OSError:
+        names = []
+    if not any(n.startswith("_threads") and n.endswith(tuple(EXTENSION_SUFFIXES))
+               for n in names):
+        raise ImportError(
+            f"convnet was imported from {os.path.dirname(os.path.dirname(here))}, a source "
+            f"tree whose compiled modules are not built (no {here}{os.sep}_threads*.so). "
+            f"Run from another folder to use the installed convnet (pip install .), or build "
+            f"in place: python setup.py build_ext --inplace")
+
+
+_default_wait_policy()
+_check_built()
+
+from convnet.errors import (ConfigError, ConvnetError, DataError,  # noqa: E402
+                            DeviceError, FileFormatError, ShapeError, StateError)
+from convnet.fillers import seed  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -1,12 +1,19 @@
-"""Segmentation data: an embedded synthetic dataset, a folder loader and a batch iterator.
+"""Segmentation data: an embedded synthetic dataset, a user's files in several layouts, and
+batch iterators.
 
 - :class:`SyntheticShapes`: deterministic synthetic scenes (no download): discs, squares,
   triangles and rings of random colours, sizes and orientations, overlapping, on textured noisy
   backgrounds. Fixed train / val splits drawn from separate random streams.
-- :class:`FolderDataset`: a user's own ``root/images/*.png|jpg`` with ``root/labels/<stem>.png``
-  label masks (mode "L" or "P", 255 = ignore), read through Pillow.
+- A user's images and masks, read lazily through Pillow (only file names stay in memory), every
+  mask checked at construction in one parallel pass (:func:`scan_masks`):
+  :class:`FolderDataset` (``root/images/**`` + ``root/labels/**``, nested folders),
+  :class:`VOCDataset` (``JPEGImages/``, ``SegmentationClass/``, ``ImageSets/Segmentation/``),
+  :class:`ListDataset` (a text file of image/mask pairs); :func:`open_dataset` picks the
+  layout. Masks: mode "L", "P" or 16-bit, pixel value = class, 255 = ignore.
 - :class:`BatchIterator`: shuffled mini-batches ``{"data", "label"}`` with a JSON-serialisable
   state, so a run resumed from a snapshot sees exactly the batches it would have seen.
+- :class:`SegmentationLoader`: the same for a user's files, decoded and augmented
+  (:mod:`convnet.transforms`) in background threads, with an exact resumable state.
 
 Every dataset returns ``ds[i] -> (image, label)``: image float32 (3, H, W) scaled as
 ``(x - 0.5) / 0.25`` from [0, 1] (roughly zero mean, unit scale), label int64 (H, W).
@@ -212,130 +219,524 @@ class SyntheticShapes:
         return image.astype(np.float32), label
 
 
-def _list_dir(path, exts):
-    return sorted(f for f in os.listdir(path)
-                  if os.path.splitext(f)[1].lower() in exts and not f.startswith("."))
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+#: mask modes read as class indices: grey, palette (VOC), 1-bit, 16/32-bit integer
+_MASK_MODES = ("L", "P", "1", "I;16", "I;16B", "I;16L", "I")
 
 
-class FolderDataset:
-    """A user's segmentation data: ``root/images/<stem>.png|jpg|jpeg`` and
-    ``root/labels/<stem>.png`` (mode "L" or "P": pixel value = class index, 255 = ignore).
+def _pil_open(owner, path):
+    from PIL import Image
+    try:
+        return Image.open(path)
+    except Exception as exc:  # Pillow raises several types for unreadable files
+        fail(owner, f"cannot read {path}: {exc}", FileFormatError)
 
-    Parameters: ``root`` (the folder), ``size`` (None keeps each image's own size; an int or
-    (h, w) resizes images bilinearly and masks by nearest neighbour, which batching needs
-    when images differ in size), ``num_classes`` (None: inferred as 1 + the largest label
-    below 255 in the masks).
 
-    A missing folder, an image without a mask, an image and mask of different sizes, or a
-    mask of another mode are errors naming the file. Items are read once, then cached.
+def _workers(workers):
+    return max(1, min(8, os.cpu_count() or 1)) if workers is None else max(1, int(workers))
 
-    Example::
 
-        ds = FolderDataset("my_data", size=(128, 128))
-        image, label = ds[0]      # float32 (3, 128, 128), int64 (128, 128)
+def _label_lut(label_map, owner):
+    """A lookup table (65536,) mapping stored mask values to class ids, or None."""
+    if not label_map:
+        return None
+    lut = np.arange(65536, dtype=np.int32)
+    for src, dst in dict(label_map).items():
+        for v, what in ((src, "source"), (dst, "target")):
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not 0 <= v < 65536:
+                fail(owner, f"label_map {what} values must be ints in [0, 65536), got {v!r}")
+        lut[int(src)] = int(dst)
+    return lut
+
+
+def _subfolders(path):
+    try:
+        return sorted(d + "/" for d in os.listdir(path)
+                      if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    except OSError:
+        return []
+
+
+class MaskReport:
+    """What one pass over a dataset's masks found (see :func:`scan_masks`).
+
+    Attributes: ``counts`` (int64 (K,): pixels per stored class id, after ``label_map``;
+    index 255 is the ignore label), ``files_with`` (int64 (K,): masks holding each id),
+    ``examples`` (id -> the first mask holding it), ``modes`` (mode -> number of masks),
+    ``sizes`` (per pair (h, w)), ``errors`` (one message per problem), ``warnings``.
+    """
+
+    def __init__(self):
+        self.counts = np.zeros(256, dtype=np.int64)
+        self.files_with = np.zeros(256, dtype=np.int64)
+        self.examples = {}
+        self.modes = {}
+        self.sizes = []
+        self.errors = []
+        self.warnings = []
+
+    def _grow(self, n):
+        if n > len(self.counts):
+            self.counts = np.concatenate([self.counts, np.zeros(n - len(self.counts), np.int64)])
+            self.files_with = np.concatenate([self.files_with,
+                                              np.zeros(n - len(self.files_with), np.int64)])
+
+    def add(self, path, counts):
+        self._grow(len(counts))
+        self.counts[:len(counts)] += counts
+        present = np.flatnonzero(counts)
+        self.files_with[present] += 1
+        for v in present:
+            self.examples.setdefault(int(v), path)
+
+    def class_ids(self, ignore_label=IGNORE_LABEL):
+        """The class ids present (sorted), the ignore label left out."""
+        return [int(v) for v in np.flatnonzero(self.counts) if v != ignore_label]
+
+
+def _scan_pair(image_path, mask_path, lut):
+    """(image (h, w), (mode, counts) or None, [(exception type, message)]) for one pair."""
+    from PIL import Image
+    try:
+        with Image.open(image_path) as im:
+            image_size = (im.size[1], im.size[0])
+            im.verify()
+    except Exception as exc:
+        return None, None, [(FileFormatError, f"cannot read {image_path}: {exc}")]
+    try:
+        with Image.open(mask_path) as lab:
+            if lab.mode not in _MASK_MODES:
+                hint = (" (an RGB colour mask must be converted to class indices first; VOC's "
+                        "SegmentationClass PNGs are palette images)"
+                        if lab.mode in ("RGB", "RGBA") else "")
+                return image_size, None, [(DataError, (
+                    f"label mask {mask_path} has mode {lab.mode}; expected a single-channel "
+                    f"mode 'L' or palette 'P' PNG (or 16-bit 'I;16') whose values are class "
+                    f"indices{hint}"))]
+            mask_size = (lab.size[1], lab.size[0])
+            mode = lab.mode
+            if mask_size != image_size:
+                return image_size, None, [(DataError, (
+                    f"image {image_path} is {image_size[0]}x{image_size[1]} but its mask "
+                    f"{mask_path} is {mask_size[0]}x{mask_size[1]}"))]
+            values = _mask_array(lab)
+    except Exception as exc:
+        return image_size, None, [(FileFormatError, f"cannot read {mask_path}: {exc}")]
+    if lut is not None:
+        values = lut[values]
+    counts = np.bincount(values.ravel(), minlength=256)
+    return image_size, (mode, counts), []
+
+
+def _mask_array(lab):
+    """Class indices of an opened mask: uint8 for 8-bit and 1-bit masks, int32 for 16-bit."""
+    if lab.mode == "1":
+        return np.asarray(lab, dtype=np.uint8)
+    if lab.mode in ("L", "P"):
+        return np.asarray(lab, dtype=np.uint8)
+    return np.asarray(lab).astype(np.int32)
+
+
+def scan_masks(owner, pairs, num_classes=None, label_map=None, workers=None,
+               ignore_label=IGNORE_LABEL):
+    """Check every (image, mask) pair in one parallel pass (``workers`` threads; Pillow
+    decodes outside the GIL). Returns a :class:`MaskReport`: class ids and pixel counts, the
+    mask modes, each image's size, one error per problem (unreadable file, mask mode that is
+    not class indices, image/mask size mismatch, value outside ``num_classes`` that is not
+    ``ignore_label``) and warnings (0/255 binary masks, class ids missing below the largest)."""
+    from concurrent.futures import ThreadPoolExecutor
+    lut = _label_lut(label_map, owner)
+    report = MaskReport()
+    with ThreadPoolExecutor(_workers(workers)) as pool:
+        results = list(pool.map(lambda p: _scan_pair(p[0], p[1], lut), pairs))
+    for (image_path, mask_path), (image_size, found, problems) in zip(pairs, results):
+        report.sizes.append(image_size)
+        report.errors.extend(problems)
+        if found is None:
+            continue
+        mode, counts = found
+        report.modes[mode] = report.modes.get(mode, 0) + 1
+        report.add(mask_path, counts)
+        if num_classes is not None:
+            bad = [v for v in np.flatnonzero(counts[num_classes:]) + num_classes
+                   if v != ignore_label]
+            for v in bad:
+                report.errors.append((DataError, (
+                    f"label mask {mask_path} holds value {v} ({counts[v]} pixels), outside "
+                    f"[0, {num_classes}) and not the ignore label {ignore_label}: give more "
+                    f"classes, or map the value to a class or to {ignore_label} "
+                    f"(label_map / --map-label {v}={ignore_label})")))
+    ids = report.class_ids(ignore_label)
+    if report.counts[ignore_label] and ids == [0] and pairs:
+        report.warnings.append(
+            f"every mask holds only 0 and {ignore_label}: {ignore_label} is read as the ignore "
+            f"label (VOC's object borders), so no pixel is foreground and training learns "
+            f"nothing. If {ignore_label} marks the foreground, map it to class 1: "
+            f"label_map={{{ignore_label}: 1}} (--map-label {ignore_label}=1)")
+    if ids and num_classes is None:
+        top = ids[-1]
+        missing = sorted(set(range(top)) - set(ids))
+        if missing:
+            report.warnings.append(
+                f"class ids {_ranges(missing)} never occur below the largest id {top} "
+                f"({report.counts[top]} pixels in {report.files_with[top]} mask(s), e.g. "
+                f"{report.examples[top]}), which alone makes a {top + 1}-class model; if it "
+                f"is a stray value, give the number of classes and map it "
+                f"(--map-label {top}={ignore_label})")
+    return report
+
+
+def _ranges(values):
+    out, start = [], None
+    for i, v in enumerate(values):
+        if start is None:
+            start = v
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            out.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
+
+
+class SegmentationFiles:
+    """A segmentation dataset of (image file, mask file) pairs, decoded lazily: nothing is
+    held in memory but the file names, so a dataset of any size fits.
+
+    ``ds[i] -> (image float32 (3, H, W), label int64 (H, W))`` decodes image ``i`` at its own
+    size (``size=(h, w)`` resizes every image: bilinear for images, nearest for masks);
+    ``ds.load(i) -> (rgb uint8 (H, W, 3), mask (H, W))`` is the raw pair the training
+    transforms (:mod:`convnet.transforms`) start from.
+
+    At construction every mask is checked in one parallel pass (:func:`scan_masks`); any
+    problem raises one error listing every bad file (one line each). ``num_classes`` None
+    infers 1 + the largest class id below 255 (min 2); ``label_map`` ({stored value: class
+    id}) remaps values first, e.g. {255: 1} for 0/255 binary masks. The pass's
+    :class:`MaskReport` is ``ds.report`` (class pixel counts; ``ds.report.warnings``).
     """
 
     ignore_label = IGNORE_LABEL
-    type_name = "FolderDataset"
+    type_name = "SegmentationFiles"
 
-    def __init__(self, root, size=None, num_classes=None):
-        self.root = str(root)
-        self.name = self.root
-        images_dir = os.path.join(self.root, "images")
-        labels_dir = os.path.join(self.root, "labels")
-        for d in (self.root, images_dir, labels_dir):
-            if not os.path.isdir(d):
-                fail(self, f"folder {d} does not exist (expected {images_dir}/*.png|jpg and "
-                           f"{labels_dir}/<same name>.png)", FileFormatError)
+    def __init__(self, pairs, num_classes=None, size=None, label_map=None, class_names=None,
+                 name=None, workers=None, problems=()):
+        self.name = name
+        self.image_paths = [str(a) for a, _ in pairs]
+        self.label_paths = [str(b) for _, b in pairs]
         if size is not None:
             from convnet.shapes import pair
             size = pair(size, "size", self, minimum=1)
         self.size = size
-        names = _list_dir(images_dir, (".png", ".jpg", ".jpeg"))
-        if not names:
-            fail(self, f"no .png or .jpg images in {images_dir}", FileFormatError)
-        stems = [os.path.splitext(n)[0] for n in names]
-        if len(set(stems)) != len(stems):
-            dup = next(s for s in stems if stems.count(s) > 1)
-            fail(self, f"two images share the name {dup!r} in {images_dir}", DataError)
-        self.image_paths = [os.path.join(images_dir, n) for n in names]
-        self.label_paths = [os.path.join(labels_dir, s + ".png") for s in stems]
+        if num_classes is not None:
+            num_classes = _check_int(num_classes, "num_classes", self, 2)
+        self._lut = _label_lut(label_map, self)
+        self.label_map = dict(label_map or {})
+        problems = list(problems)
+        report = scan_masks(self, list(zip(self.image_paths, self.label_paths)), num_classes,
+                            label_map, workers)
+        problems.extend(report.errors)
+        if problems:
+            exc = problems[0][0] if all(p[0] is problems[0][0] for p in problems) else DataError
+            more = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+            fail(self, "\n".join(msg for _, msg in problems) + more, exc)
+        if not self.image_paths:
+            fail(self, "no images", FileFormatError)
+        self.report = report
         #: (h, w) of each image as stored (before any resize)
-        self.image_sizes = []
-        for ip, lp in zip(self.image_paths, self.label_paths):
-            if not os.path.isfile(lp):
-                fail(self, f"image {ip} has no label mask (expected {lp})", DataError)
-            self.image_sizes.append(self._check_pair(ip, lp))
-        self._cache = {}
-        self.num_classes = (self.infer_num_classes() if num_classes is None
-                            else _check_int(num_classes, "num_classes", self, 2))
-        self.class_names = tuple(f"class{i}" for i in range(self.num_classes))
+        self.image_sizes = report.sizes
+        ids = report.class_ids(self.ignore_label)
+        self.num_classes = num_classes if num_classes is not None else max(
+            (ids[-1] + 1) if ids else 2, 2)
+        if class_names is None:
+            class_names = ["background"] + [f"class{i}" for i in range(1, self.num_classes)]
+        class_names = tuple(str(c) for c in class_names)
+        if len(class_names) != self.num_classes:
+            fail(self, f"class_names has {len(class_names)} names for {self.num_classes} "
+                       f"classes: {list(class_names)}")
+        self.class_names = class_names
 
-    def _open(self, path):
-        from PIL import Image
-        try:
-            return Image.open(path)
-        except Exception as exc:  # Pillow raises several types for unreadable files
-            fail(self, f"cannot read {path}: {exc}", FileFormatError)
-
-    def _check_pair(self, ip, lp):
-        with self._open(ip) as im, self._open(lp) as lab:
-            if lab.mode not in ("L", "P"):
-                fail(self, f"label mask {lp} has mode {lab.mode}; expected a single-channel "
-                           f"mode 'L' or palette 'P' PNG whose values are class indices",
-                     DataError)
-            if im.size != lab.size:
-                fail(self, f"image {ip} is {im.size[1]}x{im.size[0]} but its mask {lp} is "
-                           f"{lab.size[1]}x{lab.size[0]}", DataError)
-            return im.size[1], im.size[0]
+    def set_num_classes(self, num_classes, class_names=None):
+        """Change the class count (e.g. to the one inferred over train and val together)."""
+        self.num_classes = _check_int(num_classes, "num_classes", self, 2)
+        if class_names is None or len(class_names) != self.num_classes:
+            class_names = ["background"] + [f"class{i}" for i in range(1, self.num_classes)]
+        self.class_names = tuple(class_names)
 
     def __len__(self):
         return len(self.image_paths)
 
-    def _load(self, i):
-        from PIL import Image
-        if i not in self._cache:
-            ip, lp = self.image_paths[i], self.label_paths[i]
+    def _index(self, index):
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"{self.type_name} indices must be ints, got {index!r}")
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.type_name}: index {index} out of range for {len(self)} "
+                             f"images")
+        return int(index) % len(self)
+
+    def load(self, index):
+        """(rgb uint8 (H, W, 3), mask (H, W) uint8 or int32) of item ``index``, decoded now."""
+        i = self._index(index)
+        ip, lp = self.image_paths[i], self.label_paths[i]
+        with _pil_open(self, ip) as im, _pil_open(self, lp) as lab:
             try:
-                with Image.open(ip) as im:
-                    im = im.convert("RGB")
-                    if self.size is not None and im.size != self.size[::-1]:
-                        im = im.resize(self.size[::-1], Image.BILINEAR)
-                    rgb = np.asarray(im, dtype=np.uint8)
-                with Image.open(lp) as lab:
-                    if self.size is not None and lab.size != self.size[::-1]:
-                        lab = lab.resize(self.size[::-1], Image.NEAREST)
-                    label = np.asarray(lab, dtype=np.uint8)
+                rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
+                mask = _mask_array(lab)
             except OSError as exc:
                 fail(self, f"cannot read {ip} or {lp}: {exc}", FileFormatError)
-            self._cache[i] = (normalize_image(rgb), label)
-        return self._cache[i]
+        if self._lut is not None:
+            mask = self._lut[mask]
+        if self.size is not None:
+            from convnet.transforms import resize
+            rgb, mask = resize(rgb, mask, self.size)
+        return rgb, mask
 
     def __getitem__(self, index):
-        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
-            raise TypeError(f"FolderDataset indices must be ints, got {index!r}")
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"FolderDataset: index {index} out of range for {len(self)} images")
-        image, label = self._load(int(index) % len(self))
-        label = label.astype(np.int64)
-        if hasattr(self, "num_classes"):
-            bad = (label >= self.num_classes) & (label != IGNORE_LABEL)
-            if bad.any():
-                value = int(label[bad][0])
-                fail(self, f"label mask {self.label_paths[int(index) % len(self)]} holds "
-                           f"value {value}, outside [0, {self.num_classes}) and not the ignore "
-                           f"label {IGNORE_LABEL}", DataError)
-        return image.copy(), label
+        i = self._index(index)
+        rgb, mask = self.load(i)
+        label = mask.astype(np.int64)
+        bad = (label >= self.num_classes) & (label != IGNORE_LABEL)
+        if bad.any():
+            fail(self, f"label mask {self.label_paths[i]} holds value {int(label[bad][0])}, "
+                       f"outside [0, {self.num_classes}) and not the ignore label "
+                       f"{IGNORE_LABEL}", DataError)
+        return normalize_image(rgb), label
 
     def infer_num_classes(self):
-        """1 + the largest label value below 255 over every mask."""
-        top = 0
-        for i in range(len(self)):
-            label = self._load(i)[1]
-            valid = label[label != IGNORE_LABEL]
-            if valid.size:
-                top = max(top, int(valid.max()))
-        return max(top + 1, 2)
+        """1 + the largest label value below 255 over every mask (at least 2)."""
+        ids = self.report.class_ids(self.ignore_label)
+        return max(ids[-1] + 1 if ids else 2, 2)
+
+    def summary(self):
+        """One line per class id found: pixels and masks holding it."""
+        total = max(int(self.report.counts.sum()), 1)
+        lines = []
+        for v in np.flatnonzero(self.report.counts):
+            name = (self.class_names[v] if v < self.num_classes
+                    else "ignore" if v == self.ignore_label else "?")
+            lines.append(f"  {int(v):>5} {name:<14} {self.report.counts[v] / total:7.2%} of "
+                         f"pixels, in {self.report.files_with[v]} of {len(self)} masks")
+        return "\n".join(lines)
+
+
+def _walk_images(images_dir):
+    """Image files under ``images_dir`` (nested folders too), as sorted relative paths."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(images_dir):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if os.path.splitext(f)[1].lower() in IMAGE_EXTS and not f.startswith("."):
+                out.append(os.path.relpath(os.path.join(dirpath, f), images_dir))
+    return sorted(out)
+
+
+#: names of the image and mask folders the folder layout accepts
+IMAGE_DIRS = ("images", "imgs", "image")
+LABEL_DIRS = ("labels", "masks", "annotations", "label", "mask")
+
+
+class FolderDataset(SegmentationFiles):
+    """A user's segmentation data: ``root/images/**/<stem>.png|jpg|...`` with
+    ``root/labels/**/<stem>.png`` masks at the same relative path (mode "L" or "P": pixel
+    value = class index, 255 = ignore; 16-bit masks too). ``masks/`` or ``annotations/`` may
+    stand for ``labels/``. Nested folders are walked.
+
+    Parameters: ``root``; ``size`` (None keeps each image's own size; (h, w) resizes);
+    ``num_classes`` (None: inferred as 1 + the largest label below 255 in the masks);
+    ``label_map``, ``class_names``, ``workers`` as :class:`SegmentationFiles`.
+
+    A missing folder, an image without a mask, an image and mask of different sizes, or a mask
+    of another mode are errors naming the file. Images are decoded when read, not cached.
+
+    Example::
+
+        ds = FolderDataset("my_data")
+        image, label = ds[0]      # float32 (3, H, W), int64 (H, W)
+    """
+
+    type_name = "FolderDataset"
+
+    def __init__(self, root, size=None, num_classes=None, label_map=None, class_names=None,
+                 workers=None):
+        self.root = str(root)
+        self.name = self.root
+        images_dir, labels_dir = self._dirs(self.root)
+        rel = _walk_images(images_dir)
+        if not rel:
+            sub = _subfolders(images_dir)
+            found = f" (it holds only the folders {', '.join(sub)})" if sub else ""
+            fail(self, f"no .png or .jpg images in {images_dir}{found}", FileFormatError)
+        stems = [os.path.splitext(r)[0] for r in rel]
+        seen = set()
+        for st in stems:
+            if st in seen:
+                fail(self, f"two images share the name {st!r} in {images_dir}", DataError)
+            seen.add(st)
+        pairs, problems = [], []
+        for r, st in zip(rel, stems):
+            ip, lp = os.path.join(images_dir, r), os.path.join(labels_dir, st + ".png")
+            if not os.path.isfile(lp):
+                problems.append((DataError, f"image {ip} has no label mask (expected {lp})"))
+            else:
+                pairs.append((ip, lp))
+        if problems:
+            more = f" ({len(problems)} problems)" if len(problems) > 1 else ""
+            fail(self, "\n".join(m for _, m in problems) + more, DataError)
+        super().__init__(pairs, num_classes=num_classes, size=size, label_map=label_map,
+                         class_names=class_names, name=self.root, workers=workers)
+
+    def _dirs(self, root):
+        if not os.path.isdir(root):
+            fail(self, f"folder {root} does not exist (expected {os.path.join(root, 'images')}"
+                       f"/*.png|jpg and {os.path.join(root, 'labels')}/<same name>.png)",
+                 FileFormatError)
+        images = next((os.path.join(root, d) for d in IMAGE_DIRS
+                       if os.path.isdir(os.path.join(root, d))), os.path.join(root, "images"))
+        labels = next((os.path.join(root, d) for d in LABEL_DIRS
+                       if os.path.isdir(os.path.join(root, d))), os.path.join(root, "labels"))
+        for d in (images, labels):
+            if not os.path.isdir(d):
+                sub = _subfolders(root)
+                found = (f"; {root} holds the folders {', '.join(sub)}" if sub
+                         else f"; {root} holds no folders")
+                fail(self, f"folder {d} does not exist (expected {images}/*.png|jpg and "
+                           f"{labels}/<same name>.png, the VOC layout JPEGImages/ + "
+                           f"SegmentationClass/, or a list file{found})", FileFormatError)
+        return images, labels
+
+
+def _voc_root(root):
+    """The folder holding JPEGImages/ and SegmentationClass/ (root itself, or the one VOC20xx
+    folder inside root or root/VOCdevkit), or None."""
+    def is_voc(d):
+        return (os.path.isdir(os.path.join(d, "JPEGImages"))
+                and os.path.isdir(os.path.join(d, "SegmentationClass")))
+    if is_voc(root):
+        return root
+    for base in (root, os.path.join(root, "VOCdevkit")):
+        found = [os.path.join(base, d) for d in _subfolders(base)
+                 if is_voc(os.path.join(base, d.rstrip("/")))]
+        if len(found) == 1:
+            return found[0].rstrip("/")
+    return None
+
+
+class VOCDataset(SegmentationFiles):
+    """PASCAL VOC's layout: ``root/JPEGImages/<id>.jpg``, ``root/SegmentationClass/<id>.png``
+    (palette masks, 255 = object borders, ignored), ``root/ImageSets/Segmentation/<split>.txt``
+    (one id a line). ``root`` may also be a VOCdevkit folder holding one VOC20xx folder.
+    ``split`` is a split name (``"train"``, ``"val"``, ``"trainval"``) or the path of a split
+    file; without split files every image with a mask is listed (``split=None``). VOC's 21
+    class names are used when ``num_classes`` is 21 (or inferred so)."""
+
+    type_name = "VOCDataset"
+    VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus",
+                   "car", "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike",
+                   "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
+
+    def __init__(self, root, split="train", size=None, num_classes=None, label_map=None,
+                 class_names=None, workers=None):
+        self.name = str(root)
+        voc = _voc_root(str(root))
+        if voc is None:
+            fail(self, f"{root} is not a VOC folder (expected JPEGImages/ and "
+                       f"SegmentationClass/ in it or in VOCdevkit/VOC20xx/)", FileFormatError)
+        self.root = voc
+        self.split = split
+        ids = self._ids(voc, split)
+        pairs, problems = [], []
+        for i in ids:
+            ip = next((os.path.join(voc, "JPEGImages", i + e) for e in (".jpg", ".jpeg", ".png")
+                       if os.path.isfile(os.path.join(voc, "JPEGImages", i + e))), None)
+            lp = os.path.join(voc, "SegmentationClass", i + ".png")
+            if ip is None:
+                problems.append((DataError, f"split id {i!r} has no image "
+                                            f"{os.path.join(voc, 'JPEGImages', i)}.jpg"))
+            elif not os.path.isfile(lp):
+                problems.append((DataError, f"image {ip} has no label mask (expected {lp})"))
+            else:
+                pairs.append((ip, lp))
+        if not pairs and not problems:
+            fail(self, f"split {split!r} lists no images", FileFormatError)
+        super().__init__(pairs, num_classes=num_classes, size=size, label_map=label_map,
+                         class_names=class_names, name=f"{voc} {split}", workers=workers,
+                         problems=problems)
+        if class_names is None and self.num_classes == len(self.VOC_CLASSES):
+            self.class_names = self.VOC_CLASSES
+
+    def _ids(self, voc, split):
+        if split is None:
+            return sorted(os.path.splitext(f)[0] for f in os.listdir(
+                os.path.join(voc, "SegmentationClass")) if f.endswith(".png"))
+        path = split if os.path.isfile(str(split)) else os.path.join(
+            voc, "ImageSets", "Segmentation", f"{split}.txt")
+        if not os.path.isfile(path):
+            fail(self, f"split file {path} does not exist", FileFormatError)
+        with open(path) as f:
+            return [line.split()[0] for line in f if line.strip()]
+
+    @staticmethod
+    def has_split(root, split):
+        voc = _voc_root(str(root))
+        return voc is not None and os.path.isfile(
+            os.path.join(voc, "ImageSets", "Segmentation", f"{split}.txt"))
+
+
+class ListDataset(SegmentationFiles):
+    """Pairs listed in a text file, one ``<image> <mask>`` a line (whitespace or a comma
+    between; paths relative to the file's folder; ``#`` starts a comment)."""
+
+    type_name = "ListDataset"
+
+    def __init__(self, path, size=None, num_classes=None, label_map=None, class_names=None,
+                 workers=None):
+        self.name = str(path)
+        base = os.path.dirname(os.path.abspath(str(path)))
+        pairs, problems = [], []
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            fail(self, f"cannot read the list file: {exc}", FileFormatError)
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.replace(",", " ").split()
+            if len(parts) != 2:
+                problems.append((FileFormatError, f"{path}:{n}: expected '<image> <mask>', "
+                                                  f"got {line!r}"))
+                continue
+            ip, lp = (os.path.join(base, q) for q in parts)
+            missing = [q for q in (ip, lp) if not os.path.isfile(q)]
+            if missing:
+                problems.append((DataError, f"{path}:{n}: no such file {missing[0]}"))
+            else:
+                pairs.append((ip, lp))
+        if not pairs and not problems:
+            fail(self, "the list file names no images", FileFormatError)
+        super().__init__(pairs, num_classes=num_classes, size=size, label_map=label_map,
+                         class_names=class_names, name=str(path), workers=workers,
+                         problems=problems)
+
+
+def open_dataset(path, split="train", **kwargs):
+    """The dataset at ``path`` in whichever layout it has: a list file, the VOC layout
+    (``split`` names its split file), or the folder layout (``images/`` + ``labels/``).
+    ``kwargs`` go to the dataset (size, num_classes, label_map, class_names, workers)."""
+    path = str(path)
+    if os.path.isfile(path):
+        return ListDataset(path, **kwargs)
+    if os.path.isdir(path) and _voc_root(path) is not None:
+        return VOCDataset(path, split=split, **kwargs)
+    return FolderDataset(path, **kwargs)
+
+
+def load_class_names(spec):
+    """Class names from a comma-separated string or a file with one name a line."""
+    if spec is None:
+        return None
+    if os.path.isfile(spec):
+        with open(spec) as f:
+            return [line.strip() for line in f if line.strip()]
+    return [s.strip() for s in spec.split(",") if s.strip()]
 
 
 class Subset:
@@ -361,6 +762,10 @@ class Subset:
 
     def __getitem__(self, index):
         return self.dataset[self.indices[index]]
+
+    def load(self, index):
+        """The raw (rgb, mask) pair of item ``index`` (see :meth:`SegmentationFiles.load`)."""
+        return self.dataset.load(self.indices[index])
 
 
 def split_range(total, index, count):
@@ -479,3 +884,110 @@ class BatchIterator:
             fail(self, f"state rng is not a PCG64 generator state: {exc}", ConfigError)
         self._rng, self._order = rng, order
         self.epoch, self.position = epoch, position
+
+
+class SegmentationLoader:
+    """Training batches from a :class:`SegmentationFiles` dataset, decoded and augmented in
+    background threads while the network trains.
+
+    Each item: ``dataset.load(i)`` (the decode), then ``transform(rgb, mask, rng)`` (e.g.
+    :class:`convnet.transforms.Augment`: random scale, crop with mean/ignore padding, flip).
+    Items of a batch that still differ in size (no crop) are padded at the bottom and right to
+    the batch's largest size rounded up to ``multiple`` (mean and ignore label). The order is a
+    :class:`BatchIterator`'s (shuffled each epoch from ``seed``); the random draws of batch
+    ``b`` item ``k`` come from ``default_rng([seed, b, k])``, so a batch is the same whichever
+    thread builds it and however many run. ``workers`` threads keep ``prefetch`` batches
+    ready; memory holds those batches, never the dataset.
+
+    ``get_state()`` / ``set_state()`` capture the position of the next batch the caller will
+    receive (batches decoded ahead are rebuilt after a restore), so resuming is exact.
+    """
+
+    type_name = "SegmentationLoader"
+
+    def __init__(self, dataset, batch_size, transform, seed=0, workers=2, prefetch=2,
+                 multiple=1):
+        self.name = None
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = _check_int(seed, "seed", self, 0)
+        self.workers = _check_int(workers, "workers", self, 1)
+        self.prefetch = _check_int(prefetch, "prefetch", self, 1)
+        self.multiple = _check_int(multiple, "multiple", self, 1)
+        self.batch_size = _check_int(batch_size, "batch_size", self, 1)
+        self._order = BatchIterator(dataset, batch_size, shuffle=True, seed=self.seed)
+        self._batches = 0
+        self._pool = None
+        self._pending = []      # [(state before the batch, batch number, futures)]
+
+    def _item(self, index, batch, k):
+        rgb, mask = self.dataset.load(index)
+        return self.transform(rgb, mask, np.random.default_rng([self.seed, batch, k]))
+
+    def _submit(self):
+        from concurrent.futures import ThreadPoolExecutor
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convnet-data")
+        state = self._order_state()
+        indices = self._order.next_indices()
+        b = self._batches
+        self._batches += 1
+        futures = [self._pool.submit(self._item, i, b, k) for k, i in enumerate(indices)]
+        self._pending.append((state, futures))
+
+    def _order_state(self):
+        return {"order": self._order.get_state(), "batches": self._batches}
+
+    def next_batch(self):
+        while len(self._pending) < self.prefetch:
+            self._submit()
+        _, futures = self._pending.pop(0)
+        self._submit()
+        items = [f.result() for f in futures]
+        return collate(items, self.multiple, getattr(self.dataset, "ignore_label",
+                                                     IGNORE_LABEL))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next_batch()
+
+    def get_state(self):
+        """The position of the next batch :meth:`next_batch` returns (JSON-serialisable)."""
+        return self._pending[0][0] if self._pending else self._order_state()
+
+    def set_state(self, state):
+        try:
+            order, batches = state["order"], int(state["batches"])
+        except (KeyError, TypeError, ValueError) as exc:
+            fail(self, f"state must come from get_state() (keys order, batches): {exc}",
+                 ConfigError)
+        for _, futures in self._pending:
+            for f in futures:
+                f.cancel()
+        self._pending = []
+        self._order.set_state(order)
+        self._batches = batches
+
+    def close(self):
+        """Stop the worker threads (pending batches are dropped)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._pending = []
+
+
+def collate(items, multiple=1, ignore_label=IGNORE_LABEL):
+    """{"data": float32 (N, 3, H, W), "label": int64 (N, H, W)} from (image, label) items,
+    padding each to the largest H x W (rounded up to ``multiple``) with 0 (the normalised mean)
+    and ``ignore_label``."""
+    from convnet.transforms import pad_to, padded_size
+    h = max(x.shape[1] for x, _ in items)
+    w = max(x.shape[2] for x, _ in items)
+    size = padded_size(h, w, multiple)
+    data = np.empty((len(items), 3) + size, dtype=np.float32)
+    label = np.empty((len(items),) + size, dtype=np.int64)
+    for k, (x, y) in enumerate(items):
+        data[k], label[k] = pad_to(x, y, size, ignore_label)
+    return {"data": data, "label": label}

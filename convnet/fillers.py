@@ -120,10 +120,13 @@ def _fan(shape, norm):
 
 
 def bilinear_kernel(kh, kw):
-    """FCN/Caffe bilinear upsampling weights of shape (kh, kw)."""
+    """FCN/Caffe bilinear upsampling weights of shape (kh, kw): per axis of size k,
+    w(x) = 1 - |x / f - c| with f = ceil(k / 2) (the stride it upsamples by) and the centre
+    c = (k - 1) / (2 f), so every kernel is symmetric (Caffe's formula since its PR #5713;
+    the older (2f - 1 - f % 2) / (2f) was off by half a pixel for k = 2, 3 mod 4)."""
     def axis(k):
         f = int(np.ceil(k / 2.0))
-        c = (2 * f - 1 - f % 2) / (2.0 * f)
+        c = (k - 1) / (2.0 * f)
         x = np.arange(k, dtype=np.float64)
         return 1.0 - np.abs(x / f - c)
     return np.outer(axis(kh), axis(kw))

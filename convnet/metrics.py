@@ -146,6 +146,11 @@ class SegmentationScore:
         values = [v for v in self.class_iou if v is not None]
         return float(np.mean(values)) if values else None
 
+    def as_dict(self):
+        """{"pixel_acc", "miou", "iou": {class name: IoU or None}} (JSON-serialisable)."""
+        return {"pixel_acc": self.pixel_accuracy, "miou": self.mean_iou,
+                "iou": dict(zip(self.class_names, self.class_iou))}
+
     def summary(self):
         """Several lines: one per class with its IoU (or 'absent'), then the totals."""
         lines = []

@@ -31,7 +31,7 @@ from convnet import backend as _backend
 from convnet import shapes as _shapes
 from convnet.errors import (ConfigError, FileFormatError, ShapeError, StateError, fail,
                             shown)
-from convnet.layers.base import Layer, _restore_state, _snapshot_state, shape_str
+from convnet.layers.base import Layer, _restore_state, _snapshot_state, check_dtype, shape_str
 
 WEIGHTS_FORMAT = "convnet-weights"
 WEIGHTS_VERSION = 1
@@ -97,12 +97,16 @@ class LoadReport:
 class Net:
     """A directed acyclic graph of layers connected by named blobs (Caffe's Net).
 
-    ``Net(name="net", debug=False, force_backward=False, keep_diffs=True)``. ``debug=True``
+    ``Net(name="net", debug=False, force_backward=False, keep_diffs=True, dtype=None)``. ``debug=True``
     checks every top for non-finite values during forward and records the first offender in
     ``net.first_nonfinite`` (the solver names it when the loss goes NaN). ``keep_diffs=False``
     frees each blob's diff as soon as backward has used it (as PyTorch frees the gradients of
     intermediate tensors): ``net.diffs`` then holds only the input blobs' diffs, and a
     training step's peak memory drops by about the size of all intermediate blobs.
+    ``dtype=np.float64`` (or float32) is the net-wide dtype: every layer added without a
+    ``dtype=`` of its own takes it (layers keep an explicit dtype). A float32 layer that reads
+    a float64 blob computed by another layer warns once, naming the layer, and computes in
+    float32; net inputs are converted to the dtype of the layers that read them, silently.
 
     Attributes: ``layers`` (insertion order), ``blobs`` (name -> array, or float for a loss,
     of the last forward), ``diffs`` (name -> diff array of the last backward, for blobs that
@@ -111,7 +115,8 @@ class Net:
     list of Param, for layers with params), ``learnable_params`` (flat list).
     """
 
-    def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True):
+    def __init__(self, name="net", debug=False, force_backward=False, keep_diffs=True,
+                 dtype=None):
         if not isinstance(name, str) or not name:
             raise ConfigError(f"Net: name must be a non-empty string, got {shown(name)}")
         self.name = name
@@ -119,6 +124,8 @@ class Net:
                             ("keep_diffs", keep_diffs)):
             if not isinstance(value, (bool, np.bool_)):
                 fail(self, f"{flag} must be True or False, got {value!r:.40}")
+        self.dtype = None if dtype is None else check_dtype(dtype, self)
+        self._dtype_warned = set()
         self.debug = bool(debug)
         self.force_backward = bool(force_backward)
         self.keep_diffs = bool(keep_diffs)
@@ -178,6 +185,12 @@ class Net:
             layer.name = self._auto_name(layer)
         elif not isinstance(layer.name, str) or not layer.name:
             fail(self, f"layer names must be non-empty strings, got {layer.name!r}")
+        if self.dtype is not None and not layer.dtype_given and layer.dtype != self.dtype:
+            if layer.params:
+                fail(self, f"layer '{layer.name}' was set up as {layer.dtype.name} before it "
+                           f"was added to a {self.dtype.name} net; add it before setup() or "
+                           f"give it dtype={self.dtype.name}")
+            layer.dtype = self.dtype
         if layer.name in self._by_name:
             fail(self, f"duplicate layer name '{layer.name}' (already used by a "
                        f"{self._by_name[layer.name].layer.type_name} layer)")
@@ -381,7 +394,13 @@ class Net:
         try:
             for node in self._nodes:
                 self.setup_failed_layer = node.layer.name
-                node.layer.setup(*(shapes[b] for b in node.bottoms))
+                try:
+                    node.layer.setup(*(shapes[b] for b in node.bottoms))
+                except ShapeError as exc:
+                    hint = _nhwc_hint(node.layer, [shapes[b] for b in node.bottoms])
+                    if not hint:
+                        raise
+                    raise ShapeError(f"{exc}{hint}") from None
                 outs = node.layer.top_shapes
                 if len(outs) != len(node.tops):
                     self._top_count_error(node, len(outs))
@@ -418,7 +437,15 @@ class Net:
         loss = 0.0
         for node in self._nodes:
             layer = node.layer
-            out = layer.forward(*(values[b] for b in node.bottoms))
+            if layer.dtype == np.float32 and layer.name not in self._dtype_warned:
+                self._warn_float64_bottom(node, values)
+            try:
+                out = layer.forward(*(values[b] for b in node.bottoms))
+            except ShapeError as exc:
+                hint = _nhwc_hint(layer, [_shape(values[b]) for b in node.bottoms])
+                if not hint:
+                    raise
+                raise ShapeError(f"{exc}{hint}") from None
             outs = [out] if (layer.is_loss or not isinstance(out, tuple)) else list(out)
             if len(outs) != len(node.tops):
                 self._top_count_error(node, len(outs))
@@ -433,6 +460,23 @@ class Net:
         self._forwarded = True
         return {v.name: values[i] for i, v in enumerate(self._versions)
                 if v.producer is not None and not v.readers}
+
+    def _warn_float64_bottom(self, node, values):
+        """Warn once per layer when a float32 layer reads a float64 blob of another layer (it
+        computes in float32, so the precision would be lost silently)."""
+        layer = node.layer
+        for i, b in enumerate(node.bottoms):
+            # net inputs are converted to the reading layer's dtype (documented); a float64
+            # blob another layer computed losing its precision is what deserves a warning
+            if i in layer.nondiff_bottoms or self._versions[b].producer is None:
+                continue
+            if getattr(values[b], "dtype", None) == np.float64:
+                self._dtype_warned.add(layer.name)
+                warnings.warn(f"{self.name}: {layer.type_name} '{layer.name}' is float32 but its "
+                              f"bottom '{self._versions[b].name}' is float64; it computes in "
+                              f"float32 (build the net with Net(dtype=np.float64) or give the "
+                              f"layer dtype=np.float64)", stacklevel=3)
+                return
 
     def _in_place_inputs(self):
         names = set()
@@ -725,6 +769,35 @@ class Net:
             for name, s in previous.items():
                 self._by_name[name].layer.set_rng_state(s)
             raise
+
+
+def _expected_channels(layer):
+    """The input channels a set-up layer's params fix, or None."""
+    params = getattr(layer, "params", None)
+    if not params:
+        return None
+    w = params[0].data
+    kind = layer.type_name
+    if kind == "Convolution" and len(w.shape) == 4:
+        return int(w.shape[1]) * int(getattr(layer, "group", 1))
+    if kind == "Deconvolution" and len(w.shape) == 4:
+        return int(w.shape[0])
+    if kind in ("BatchNorm", "Scale") and len(w.shape) == 1:
+        return int(w.shape[0])
+    return None
+
+
+def _nhwc_hint(layer, bottom_shapes):
+    """A hint when a 4-d bottom looks channels-last: its last axis is the channel count the
+    layer expects and axis 1 is not (convnet, like Caffe, is NCHW)."""
+    if not bottom_shapes or bottom_shapes[0] is None or len(bottom_shapes[0]) != 4:
+        return ""
+    n, c, h, w = bottom_shapes[0]
+    expected = _expected_channels(layer)
+    if expected is None or c == expected or w != expected:
+        return ""
+    return (f" (the bottom {n}x{c}x{h}x{w} looks channels-last, NHWC: convnet takes NCHW "
+            f"arrays, x.transpose(0, 3, 1, 2))")
 
 
 def _param_keys(layer):

@@ -58,6 +58,19 @@ from libc.string cimport memcpy, memset
 
 from _openmp cimport omp_get_max_threads, omp_get_thread_num
 
+
+# Work too small to split runs on one thread: waking the other threads (passive waiting, see
+# convnet/__init__.py) costs more than it saves. Measured with micro-benchmarks of
+# the layers on the 2-core machine under load (README "Threads on a busy machine"): below
+# ~64k elements 2 threads took 1.3-3x (pooling, loss) and up to 8x (interp) the 1-thread time.
+cdef enum:
+    GRAIN = 65536         # elements (planes x pixels) below which a kernel uses one thread
+
+
+cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
+    """The OpenMP team size for a kernel that touches ``work`` elements."""
+    return 1 if work < GRAIN else omp_get_max_threads()
+
 import numpy as np
 
 ctypedef fused bits_t:
@@ -311,7 +324,7 @@ def bilinear_forward(const floating[:, :, :, ::1] x,        # IN  (N, C, H1, W1)
     cdef Py_ssize_t P = N * C
     cdef Py_ssize_t stride = max(2 * W2, W1) + _PAD
     cdef Py_ssize_t p, n, c, j0, j1
-    cdef int nthreads = omp_get_max_threads()
+    cdef int nthreads = threads_for(P * H2 * W2)
     cdef bint rows_first
     cdef floating[:, ::1] scratch
     if P == 0 or H1 == 0 or W1 == 0 or H2 == 0 or W2 == 0:
@@ -350,7 +363,7 @@ def bilinear_backward(const floating[:, :, :, ::1] dy,      # IN  (N, C, H2, W2)
     cdef Py_ssize_t H2 = dy.shape[2], W2 = dy.shape[3]
     cdef Py_ssize_t P = N * C
     cdef Py_ssize_t p, n, c, j0, j1, stride
-    cdef int nthreads = omp_get_max_threads()
+    cdef int nthreads = threads_for(P * H2 * W2)
     cdef bint rows_first
     cdef floating[:, ::1] scratch
     if P == 0 or H1 == 0 or W1 == 0:
@@ -415,7 +428,7 @@ def nearest_forward(const bits_t[:, :, :, ::1] x,       # IN  (N, C, H1, W1)
     if P == 0 or H1 == 0 or W1 == 0 or H2 == 0 or W2 == 0:
         return
     with nogil:
-        for p in prange(P, schedule='static'):
+        for p in prange(P, schedule='static', num_threads=threads_for(P * H2 * W2)):
             n = p // C
             c = p % C
             _nearest_plane(&x[n, c, 0, 0], W1, &y[n, c, 0, 0], H2, W2, &rows[0], &cols[0])
@@ -436,7 +449,7 @@ def nearest_backward(const floating[:, :, :, ::1] dy,   # IN  (N, C, H2, W2)
     if P == 0 or H1 == 0 or W1 == 0:
         return
     with nogil:
-        for p in prange(P, schedule='static'):
+        for p in prange(P, schedule='static', num_threads=threads_for(P * H2 * W2)):
             n = p // C
             c = p % C
             memset(&dx[n, c, 0, 0], 0, H1 * W1 * sizeof(floating))
@@ -461,7 +474,7 @@ def copy_forward(const bits_t[:, :, :, ::1] x,          # IN  (N, C, H1, W1)
     if P == 0 or H2 == 0 or W2 == 0:
         return
     with nogil:
-        for p in prange(P, schedule='static'):
+        for p in prange(P, schedule='static', num_threads=threads_for(P * H2 * W2)):
             n = p // C
             c = p % C
             for h in range(H2):
@@ -483,7 +496,7 @@ def copy_backward(const floating[:, :, :, ::1] dy,      # IN  (N, C, H2, W2)
     if P == 0 or H1 == 0 or W1 == 0:
         return
     with nogil:
-        for p in prange(P, schedule='static'):
+        for p in prange(P, schedule='static', num_threads=threads_for(P * H2 * W2)):
             n = p // C
             c = p % C
             if whole:

@@ -53,6 +53,19 @@ from libc.stdlib cimport free, malloc
 
 from _openmp cimport omp_get_max_threads, omp_get_thread_num
 
+
+# Work too small to split runs on one thread: waking the other threads (passive waiting, see
+# convnet/__init__.py) costs more than it saves. Measured with micro-benchmarks of
+# the layers on the 2-core machine under load (README "Threads on a busy machine"): below
+# ~64k elements 2 threads took 1.3-3x (pooling, loss) and up to 8x (interp) the 1-thread time.
+cdef enum:
+    GRAIN = 65536         # elements (planes x pixels) below which a kernel uses one thread
+
+
+cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
+    """The OpenMP team size for a kernel that touches ``work`` elements."""
+    return 1 if work < GRAIN else omp_get_max_threads()
+
 cdef extern from *:
     """
     /* exp(x) for the max-subtracted logits x <= 0, in float, written so that GCC vectorizes
@@ -208,7 +221,7 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
     cdef Py_ssize_t nblocks = (S + B - 1) // B
     cdef Py_ssize_t units = N * nblocks
     cdef Py_ssize_t per_thread = (C + 3) * B
-    cdef int nthreads = omp_get_max_threads()
+    cdef int nthreads = threads_for(N * C * S)
     cdef Py_ssize_t u, n, s0, length, s, c, k, cnt, first_bad
     cdef floating v, e
     cdef floating* buf
@@ -233,7 +246,7 @@ def softmax_loss_forward(const floating[:, :, ::1] scores,    # IN  (N, C, S)
         if not (work and unit_loss and unit_count and unit_bad):
             raise MemoryError()
         with nogil:
-            for u in prange(units, schedule='static'):
+            for u in prange(units, schedule='static', num_threads=nthreads):
                 # the block is copied to a contiguous buffer: its C rows lie S elements
                 # apart in memory (a power of two for most images), and re-reading them
                 # from there thrashes the cache sets
@@ -335,7 +348,7 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
     cdef Py_ssize_t B = block_length(C)
     cdef Py_ssize_t nblocks = (S + B - 1) // B
     cdef Py_ssize_t units = N * nblocks
-    cdef int nthreads = omp_get_max_threads()
+    cdef int nthreads = threads_for(N * C * S)
     cdef Py_ssize_t u, n, s0, length, s, c, k
     cdef floating* w
     cdef floating* work
@@ -348,7 +361,7 @@ def softmax_loss_backward(const floating[:, :, ::1] prob,        # IN  (N, C, S)
         raise MemoryError()
     try:
         with nogil:
-            for u in prange(units, schedule='static'):
+            for u in prange(units, schedule='static', num_threads=nthreads):
                 w = work + omp_get_thread_num() * B
                 n = u // nblocks
                 s0 = (u - n * nblocks) * B
@@ -388,7 +401,7 @@ def euclidean_loss_sum(const floating[::1] a,            # IN  (M,)
         raise MemoryError()
     try:
         with nogil:
-            for ch in prange(nchunks, schedule='static'):
+            for ch in prange(nchunks, schedule='static', num_threads=threads_for(M)):
                 start = ch * CHUNK
                 stop = min(start + <Py_ssize_t> CHUNK, M)
                 if floating is float:
@@ -415,7 +428,7 @@ def euclidean_loss_grad(const floating[::1] a,           # IN  (M,)
     cdef Py_ssize_t ch, i, start, stop
     cdef floating g
     with nogil:
-        for ch in prange(nchunks, schedule='static'):
+        for ch in prange(nchunks, schedule='static', num_threads=threads_for(M)):
             start = ch * CHUNK
             stop = min(start + <Py_ssize_t> CHUNK, M)
             if want_a and want_b:

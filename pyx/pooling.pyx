@@ -47,6 +47,19 @@ from libc.string cimport memset
 
 from _openmp cimport omp_get_max_threads, omp_get_thread_num
 
+
+# Work too small to split runs on one thread: waking the other threads (passive waiting, see
+# convnet/__init__.py) costs more than it saves. Measured with micro-benchmarks of
+# the layers on the 2-core machine under load (README "Threads on a busy machine"): below
+# ~64k elements 2 threads took 1.3-3x (pooling, loss) and up to 8x (interp) the 1-thread time.
+cdef enum:
+    GRAIN = 65536         # elements (planes x pixels) below which a kernel uses one thread
+
+
+cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
+    """The OpenMP team size for a kernel that touches ``work`` elements."""
+    return 1 if work < GRAIN else omp_get_max_threads()
+
 import numpy as np
 
 cdef extern from *:
@@ -274,7 +287,7 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
     if planes == 0 or OH == 0 or OW == 0:
         return
     with nogil:
-        for p in prange(planes, schedule='static'):
+        for p in prange(planes, schedule='static', num_threads=threads_for(planes * H * W)):
             xp = &x[0, 0, 0, 0] + p * H * W
             yp = &y[0, 0, 0, 0] + p * OH * OW
             ap = &argmax[0, 0, 0, 0] + p * OH * OW
@@ -345,7 +358,7 @@ def max_backward(const floating[:, :, :, ::1] dy,       # IN   (N, C, OH, OW)
     if planes == 0 or HW == 0:
         return
     with nogil:
-        for p in prange(planes, schedule='static'):
+        for p in prange(planes, schedule='static', num_threads=threads_for(planes * H * W)):
             dp = &dx[0, 0, 0, 0] + p * HW
             gp = &dy[0, 0, 0, 0] + p * OHW
             ap = &argmax[0, 0, 0, 0] + p * OHW
@@ -511,7 +524,7 @@ def ave_forward(const floating[:, :, :, ::1] x,     # IN   (N, C, H, W)
     if planes == 0 or OH == 0 or OW == 0:
         return
     with nogil:
-        for p in prange(planes, schedule='static'):
+        for p in prange(planes, schedule='static', num_threads=threads_for(planes * H * W)):
             buf = &scratch[omp_get_thread_num(), 0] + pad_w
             xp = &x[0, 0, 0, 0] + p * H * W
             yp = &y[0, 0, 0, 0] + p * OH * OW
@@ -574,7 +587,7 @@ def ave_backward(const floating[:, :, :, ::1] dy,   # IN   (N, C, OH, OW)
     if planes == 0 or H == 0 or W == 0:
         return
     with nogil:
-        for p in prange(planes, schedule='static'):
+        for p in prange(planes, schedule='static', num_threads=threads_for(planes * H * W)):
             dr = &dx[0, 0, 0, 0] + p * H * W
             if OH == 0 or OW == 0:
                 memset(dr, 0, H * W * sizeof(floating))
@@ -680,7 +693,7 @@ def unpool_forward(const floating[:, :, :, ::1] x,      # IN   (N, C, H, W)
     if OHW == 0:
         return 0
     with nogil:
-        for p in prange(planes, schedule='static'):
+        for p in prange(planes, schedule='static', num_threads=threads_for(planes * HW)):
             yp = &y[0, 0, 0, 0] + p * OHW
             xp = &x[0, 0, 0, 0] + p * HW
             mp = &mask[0, 0, 0, 0] + p * HW
@@ -713,7 +726,7 @@ def unpool_backward(const floating[:, :, :, ::1] dy,    # IN   (N, C, OH, OW)
     if planes == 0 or HW == 0 or OHW == 0:
         return
     with nogil:
-        for p in prange(planes, schedule='static'):
+        for p in prange(planes, schedule='static', num_threads=threads_for(planes * HW)):
             dp = &dx[0, 0, 0, 0] + p * HW
             gp = &dy[0, 0, 0, 0] + p * OHW
             ip = &index[0, 0, 0, 0] + p * HW

@@ -263,8 +263,8 @@ def test_garbage_image_file_is_an_error_naming_it(tmp_path):
         FolderDataset(root)
 
 
-def test_label_beyond_given_num_classes_is_an_error(tmp_path):
+def test_label_beyond_given_num_classes_is_an_error_before_any_item_is_read(tmp_path):
     root = write_folder(tmp_path / "d")
-    ds = FolderDataset(root, num_classes=2)
-    with pytest.raises(DataError, match=r"holds value 2, outside \[0, 2\)"):
-        ds[0]
+    with pytest.raises(DataError, match=r"im0.png holds value 2 \(\d+ pixels\), outside "
+                                        r"\[0, 2\)(.|\n)*im1.png holds value 2"):
+        FolderDataset(root, num_classes=2)

@@ -9,14 +9,60 @@ from convnet.layers import Deconvolution
 
 
 def test_bilinear_kernel_has_caffes_values():
-    # Caffe's BilinearFiller: f = ceil(k/2), c = (2f - 1 - f%2) / (2f), w(x) = 1 - |x/f - c|
+    # Caffe's BilinearFiller (fixed in PR #5713): f = ceil(k/2), c = (k - 1) / (2f),
+    # w(x) = 1 - |x/f - c|
     np.testing.assert_allclose(fillers.bilinear_kernel(4, 4)[0], [0.0625, 0.1875, 0.1875, 0.0625])
     np.testing.assert_allclose(fillers.bilinear_kernel(4, 4),
                                np.outer([0.25, 0.75, 0.75, 0.25], [0.25, 0.75, 0.75, 0.25]))
-    np.testing.assert_allclose(fillers.bilinear_kernel(3, 1), [[0.25], [0.75], [0.75]])
+    np.testing.assert_allclose(fillers.bilinear_kernel(3, 1), [[0.5], [1.0], [0.5]])
+    np.testing.assert_allclose(fillers.bilinear_kernel(7, 1)[:, 0],
+                               [.25, .5, .75, 1, .75, .5, .25])
+    np.testing.assert_allclose(fillers.bilinear_kernel(6, 1)[:, 0],
+                               np.array([1, 3, 5, 5, 3, 1]) / 6)
     axis16 = fillers.bilinear_kernel(16, 1)[:, 0]
     np.testing.assert_allclose(axis16[:8], (np.arange(8) * 2 + 1) / 16)
     np.testing.assert_allclose(axis16, axis16[::-1])
+
+
+@pytest.mark.parametrize("k", range(2, 17))
+def test_bilinear_kernel_is_symmetric_and_a_partition_of_unity(k):
+    def formula(k):
+        f = -(-k // 2)
+        return 1.0 - np.abs(np.arange(k) / f - (k - 1) / (2.0 * f))
+
+    f = -(-k // 2)
+    axis = formula(k)
+    np.testing.assert_allclose(fillers.bilinear_kernel(k, k + 1), np.outer(axis, formula(k + 1)))
+    np.testing.assert_allclose(axis, axis[::-1])
+    # the k/f taps that land on one output pixel when upsampling by f add up to 1
+    phases = [axis[p::f].sum() for p in range(f)]
+    np.testing.assert_allclose(phases, 1.0)
+
+
+@pytest.mark.parametrize("k", [3, 4, 5, 7, 8, 9, 11, 12, 13, 15, 16])
+def test_bilinear_deconvolution_matches_torch_upsampling(k):
+    """Odd k = 2f - 1 with pad f - 1 is align-corners upsampling by f; even k = 2f (f even)
+    with pad f / 2 is PyTorch's default (half-pixel) bilinear upsampling, away from the
+    border (where PyTorch clamps)."""
+    torch = pytest.importorskip("torch")
+    f = -(-k // 2)
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((1, 1, 5, 6))
+    odd = k % 2 == 1
+    pad = f - 1 if odd else f // 2
+    up = Deconvolution(1, k, stride=f, pad=pad, bias_term=False, weight_filler="bilinear",
+                       dtype=np.float64)
+    y = up.forward(x)
+    if odd:
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x), size=y.shape[2:],
+                                              mode="bilinear", align_corners=True).numpy()
+        np.testing.assert_allclose(y, ref, atol=1e-12)
+    else:
+        ref = torch.nn.functional.interpolate(torch.from_numpy(x), scale_factor=f,
+                                              mode="bilinear", align_corners=False).numpy()
+        assert y.shape == ref.shape
+        inner = (slice(None), slice(None), slice(f, -f), slice(f, -f))
+        np.testing.assert_allclose(y[inner], ref[inner], atol=1e-12)
 
 
 def test_bilinear_fills_every_channel_pair():

@@ -589,3 +589,55 @@ def test_keep_diffs_false_frees_intermediate_diffs_and_gives_the_same_gradients(
     np.testing.assert_array_equal(kept["data"], freed["data"])
     assert {"c1", "a", "b", "score"} <= set(kept)
     assert set(freed) == {"data"}
+
+
+# ------------------------------------------------------------------ net-wide dtype
+
+def test_net_dtype_goes_to_every_layer_added_without_one():
+    from convnet.layers import Pooling, ReLU
+    net = Net(dtype=np.float64)
+    net.add(Convolution(4, 3, pad=1, name="c"), bottom=["data"], top=["c"])
+    net.add(ReLU(name="r"), bottom=["c"], top=["c"])
+    net.add(Pooling(kernel_size=2, stride=2, name="p"), bottom=["c"], top=["p"])
+    net.add(Convolution(2, 1, name="keep32", dtype=np.float32), bottom=["p"], top=["q"])
+    assert [lyr.dtype for lyr in net.layers[:3]] == [np.float64] * 3
+    assert net.layers[3].dtype == np.float32                   # an explicit dtype stays
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 6))
+    with pytest.warns(UserWarning, match=r"Convolution 'keep32' is float32 but its bottom "
+                                         r"'p' is float64"):
+        net.forward(data=x)
+    assert net.blobs["p"].dtype == np.float64 and net.layers[0].weight.data.dtype == np.float64
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.forward(data=x)                                    # warned once per layer
+
+
+def test_a_float32_net_keeps_float32_and_bad_net_dtypes_are_errors():
+    net = Net()
+    net.add(Convolution(2, 1, name="c"), bottom=["data"], top=["c"])
+    assert net.layers[0].dtype == np.float32
+    with pytest.raises(ConfigError, match="dtype must be float32 or float64, got int32"):
+        Net(dtype=np.int32)
+
+
+def test_a_channels_last_bottom_gets_an_nhwc_hint():
+    net = Net()
+    net.add(Convolution(4, 3, name="c1"), bottom=["data"], top=["c"])
+    net.forward(data=np.zeros((1, 3, 8, 8), np.float32))
+    with pytest.raises(ShapeError, match=r"1x8x8x3 looks channels-last, NHWC: convnet takes "
+                                         r"NCHW arrays, x.transpose\(0, 3, 1, 2\)"):
+        net.forward(data=np.zeros((1, 8, 8, 3), np.float32))
+    with pytest.raises(ShapeError) as err:
+        net.forward(data=np.zeros((1, 5, 8, 8), np.float32))
+    assert "NHWC" not in str(err.value)
+
+
+def test_float64_net_inputs_are_converted_without_a_warning():
+    import warnings
+    net = Net()
+    net.add(Convolution(2, 1, name="c"), bottom=["data"], top=["c"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        net.forward(data=np.ones((1, 3, 4, 4)))
+    assert net.blobs["c"].dtype == np.float32

@@ -44,3 +44,38 @@ def test_fill_and_seed_are_reproducible():
     convnet.seed(3)
     b = fill("msra", (4, 3, 3, 3), np.float32)
     np.testing.assert_array_equal(a, b)
+
+
+def _run_python(code, cwd, env_extra=None, drop=()):
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in drop and k != "PYTHONPATH"}
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_an_unbuilt_source_tree_says_how_to_fix_the_import(tmp_path):
+    import os
+    import shutil
+    src = os.path.dirname(convnet.__file__)
+    shutil.copytree(src, tmp_path / "convnet",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    proc = _run_python("import convnet", tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: convnet was imported from")
+    assert "compiled modules are not built" in last and "build_ext --inplace" in last
+
+
+def test_openmp_waits_passively_unless_the_user_chose_a_policy(tmp_path):
+    from conftest import CONVNET_PATH
+    code = (f"import sys; sys.path.insert(0, {CONVNET_PATH!r}); import os, convnet; "
+            f"print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))")
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    assert _run_python(code, tmp_path, drop=drop).stdout.split() == ["PASSIVE", "None"]
+    chosen = _run_python(code, tmp_path, {"OMP_WAIT_POLICY": "ACTIVE"}, drop=drop)
+    assert chosen.stdout.split() == ["ACTIVE", "None"]
+    spin = _run_python(code, tmp_path, {"GOMP_SPINCOUNT": "1000"}, drop=drop)
+    assert spin.stdout.split() == ["None", "1000"]

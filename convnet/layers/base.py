@@ -166,6 +166,12 @@ class Layer:
     #: indices of bottoms that never receive a diff (labels, masks)
     nondiff_bottoms = ()
 
+    def __new__(cls, *args, **kwargs):
+        layer = super().__new__(cls)
+        # a Net(dtype=...) gives its dtype to the layers added without one
+        layer.dtype_given = "dtype" in kwargs
+        return layer
+
     def __init__(self, *, name=None, dtype=np.float32, loss_weight=None, param=None):
         self.name = name
         self.dtype = check_dtype(dtype, self)
