@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from convnet.errors import ConfigError, DataError, FileFormatError, fail
+from convnet.errors import ConfigError, DataError, FileFormatError, fail, where
 
 IGNORE_LABEL = 255
 
@@ -436,7 +436,8 @@ class SegmentationFiles:
         if problems:
             exc = problems[0][0] if all(p[0] is problems[0][0] for p in problems) else DataError
             more = f" ({len(problems)} problems)" if len(problems) > 1 else ""
-            fail(self, "\n".join(msg for _, msg in problems) + more, exc)
+            # one problem a line, on purpose (fail() would join them into one)
+            raise exc(f"{where(self)}: " + "\n".join(msg for _, msg in problems) + more)
         if not self.image_paths:
             fail(self, "no images", FileFormatError)
         self.report = report

@@ -442,7 +442,7 @@ class Net:
             try:
                 out = layer.forward(*(values[b] for b in node.bottoms))
             except ShapeError as exc:
-                hint = _nhwc_hint(layer, [_shape(values[b]) for b in node.bottoms])
+                hint = _nhwc_hint(layer, [getattr(values[b], "shape", None) for b in node.bottoms])
                 if not hint:
                     raise
                 raise ShapeError(f"{exc}{hint}") from None
