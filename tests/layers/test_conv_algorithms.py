@@ -263,13 +263,16 @@ def test_auto_picks_winograd_for_wide_3x3_stride_1_and_im2col_otherwise():
     assert five.algorithm_used == "im2col"
 
 
-def test_auto_picks_subpixel_for_strided_deconvolution():
+def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
     up = Deconvolution(8, 4, stride=2, pad=1)
     up.setup((1, 8, 5, 5))
-    assert up.algorithm_used == "subpixel"
-    dilated = Deconvolution(8, 4, stride=2, pad=1, dilation=2)
-    dilated.setup((1, 8, 5, 5))
-    assert dilated.algorithm_used == "im2col"
+    assert up.algorithm_used == "im2col"          # measured faster (conv_algorithms)
+    forced = Deconvolution(8, 4, stride=2, pad=1, algorithm="subpixel")
+    forced.setup((1, 8, 5, 5))
+    assert forced.algorithm_used == "subpixel"
+    three = Deconvolution(8, 3, pad=1)
+    three.setup((1, 8, 5, 5))
+    assert three.algorithm_used == "winograd"
 
 
 @pytest.mark.parametrize("layer,algorithm,match", [
