@@ -357,7 +357,8 @@ def run(args):
     ctx = {"rng": np.random.default_rng(args.seed), "torch": torch, "threads": args.threads,
            "torch_device": "cuda" if args.device == "cuda" else "cpu"}
     sync = torch.cuda.synchronize if (torch is not None and args.device == "cuda") else None
-    wanted = args.cases.split(",") if args.cases else [c.name for c in CASES] + ["train_step"]
+    wanted = (args.cases.split(",") if args.cases
+              else [c.name for c in CASES] + ["train_step", "lstm"])
 
     print(f"# convnet {convnet.__version__} vs "
           f"{'PyTorch ' + torch.__version__ if torch is not None else 'no PyTorch'}; "
@@ -402,6 +403,8 @@ def run(args):
         del side
     if "train_step" in wanted:
         rows.extend(train_step_rows(args, ctx, sync))
+    if "lstm" in wanted and args.device == "cpu":
+        rows.extend(lstm_rows(args))
     summary = summarize(rows)
     for key, value in summary.items():
         print(f"# {key}: {value}")
@@ -448,6 +451,8 @@ def summarize(rows):
     for r in rows:
         if r["kind"] == "net" and r.get("ratio"):
             out[f"{r['case']} ratio"] = round(r["ratio"], 3)
+        if r["kind"] == "rnn" and r.get("ratio"):
+            out[f"lstm {r['pass']} ratio"] = round(r["ratio"], 3)
     return out
 
 
@@ -467,6 +472,23 @@ def train_step_rows(args, ctx, sync):
     print(format_row(row) + f"   peak MB convnet {fmt(row['convnet_peak_mb'], '.0f')} "
           f"torch {fmt(row['torch_peak_mb'], '.0f')}", flush=True)
     return [row]
+
+
+def lstm_rows(args):
+    """convnet.rnn's LSTM layer (T=50, N=64, 256 -> 256) against torch.nn.LSTM
+    (scripts/bench_rnn.py), as rows of this table."""
+    from bench_rnn import bench_lstm
+    res = bench_lstm(repeat=max(args.reps // 3, 3), threads=args.threads,
+                     log=lambda text: print(f"# {text}"))
+    rows = []
+    for phase, key in (("fwd", "forward"), ("fwbw", "forward_backward")):
+        ours, theirs = res[f"convnet_{key}_s"], res.get(f"torch_{key}_s")
+        row = {"case": "lstm", "kind": "rnn", "pass": phase, "convnet_ms": ours * 1e3,
+               "torch_ms": theirs * 1e3 if theirs else None,
+               "ratio": theirs / ours if theirs else None}
+        rows.append(row)
+        print(format_row(row), flush=True)
+    return rows
 
 
 def main(argv=None):
@@ -491,7 +513,7 @@ def main(argv=None):
         parser.error("--reps must be at least 10")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    known = [c.name for c in CASES] + ["train_step"]
+    known = [c.name for c in CASES] + ["train_step", "lstm"]
     unknown = [c for c in args.cases.split(",") if c and c not in known]
     if unknown:
         parser.error(f"--cases: unknown case(s) {', '.join(unknown)}; known: {', '.join(known)}")
