@@ -60,11 +60,12 @@ def env(**extra):
     return out
 
 
-def launch(args, timeout, environ=None):
+def launch(args, timeout, environ=None, cwd=ROOT):
     """Run a command in its own session; on timeout kill the whole group (mpiexec and its
-    ranks) and fail: a hang is a failure, never a stuck test run."""
+    ranks) and fail: a hang is a failure, never a stuck test run. ``cwd``: outside the
+    checkout for ``python -c`` (its first path entry is the working folder)."""
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=environ or env(), start_new_session=True, cwd=ROOT)
+                            env=environ or env(), start_new_session=True, cwd=cwd)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -218,7 +219,8 @@ def test_without_mpi4py_distributed_is_a_clear_error(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
     environ = env(PYTHONPATH=os.pathsep.join([str(tmp_path / "fake"), CONVNET_PATH]))
-    rc, _, err = launch([sys.executable, "-c", "import convnet.distributed"], 60, environ)
+    rc, _, err = launch([sys.executable, "-c", "import convnet.distributed"], 60, environ,
+                        cwd=str(tmp_path))
     assert rc != 0 and 'pip install ".[mpi]"' in err
     rc, _, err = launch([sys.executable, SCRIPT, "--distributed", "--iters", "1",
                          "--out", str(tmp_path / "out")], 60, environ)

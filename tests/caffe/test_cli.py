@@ -14,6 +14,8 @@ pytest.importorskip("google.protobuf")
 from convnet import caffe, cli  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+from conftest import CONVNET_PATH  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -160,10 +162,11 @@ def test_errors_exit_2_with_a_message(capsys, argv, words):
         assert word in err
 
 
-def test_module_entry_point():
+def test_module_entry_point(tmp_path):
+    # outside the checkout, with the convnet under test on the path (not the source tree)
     out = subprocess.run([sys.executable, "-m", "convnet.cli", "--help"], capture_output=True,
-                         text=True, timeout=60, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+                         text=True, timeout=60, cwd=str(tmp_path),
+                         env={**os.environ, "PYTHONPATH": CONVNET_PATH})
     assert out.returncode == 0
     for command in ("train", "test", "time", "convert"):
         assert command in out.stdout

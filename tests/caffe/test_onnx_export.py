@@ -20,6 +20,8 @@ from convnet.layers import Layer  # noqa: E402
 from convnet.models import deconvnet  # noqa: E402
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+from conftest import CONVNET_PATH  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -186,21 +188,23 @@ def test_net_method(tmp_path):
     np.testing.assert_array_equal(out["y"], [[0.0, 0.0, 2.0]])
 
 
-def test_missing_onnx_names_the_extra():
+def test_missing_onnx_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['onnx'] = None\n"
             "try:\n    import convnet.onnx\nexcept ImportError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                         timeout=60, cwd=str(tmp_path),
+                         env={**os.environ, "PYTHONPATH": CONVNET_PATH})
     assert 'pip install ".[onnx]"' in out.stdout
 
 
-def test_missing_protobuf_names_the_extra():
+def test_missing_protobuf_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['google.protobuf'] = None\n"
             "import convnet, convnet.layers\n"
             "try:\n    import convnet.caffe\nexcept ImportError as e:\n    print(e)")
     with warnings.catch_warnings():
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT})
+                             timeout=60, cwd=str(tmp_path),
+                             env={**os.environ, "PYTHONPATH": CONVNET_PATH})
     assert 'pip install ".[caffe]"' in out.stdout, out.stderr
 
 
