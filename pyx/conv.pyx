@@ -111,8 +111,9 @@ cdef inline void _add_bias(floating* y, const floating* bias, Py_ssize_t channel
 
 cdef void _forward_tile(const floating* x, const floating* w, const floating* bias,
                         floating* y, floating* col, Py_ssize_t oh0, Py_ssize_t oh1,
-                        Geometry* g) noexcept nogil:
-    # output rows [oh0, oh1) of one image: im2col of that tile, one gemm per group
+                        Py_ssize_t m0, Py_ssize_t m1, Geometry* g) noexcept nogil:
+    # output rows [oh0, oh1) of output channels [m0, m1) of one image: im2col of that tile,
+    # one gemm per group (a block of channels [m0, m1) only when group == 1)
     cdef Py_ssize_t ohw = g.OH * g.OW
     cdef Py_ssize_t cols = (oh1 - oh0) * g.OW
     cdef Py_ssize_t gi
@@ -122,13 +123,18 @@ cdef void _forward_tile(const floating* x, const floating* w, const floating* bi
         _im2col(x, col, 0, g.C, oh0, oh1, cols, g)
         b = col
         ldb = cols
-    for gi in range(g.group):
-        gemm(False, False, <int> g.mg, <int> cols, <int> g.kg,
-             1, w + gi * g.mg * g.kg, <int> g.kg,
-             b + gi * g.kg * ldb, <int> ldb,
-             0, y + gi * g.mg * ohw + oh0 * g.OW, <int> ohw)
+    if g.group == 1:
+        gemm(False, False, <int> (m1 - m0), <int> cols, <int> g.kg,
+             1, w + m0 * g.kg, <int> g.kg, b, <int> ldb,
+             0, y + m0 * ohw + oh0 * g.OW, <int> ohw)
+    else:
+        for gi in range(g.group):
+            gemm(False, False, <int> g.mg, <int> cols, <int> g.kg,
+                 1, w + gi * g.mg * g.kg, <int> g.kg,
+                 b + gi * g.kg * ldb, <int> ldb,
+                 0, y + gi * g.mg * ohw + oh0 * g.OW, <int> ohw)
     if bias != NULL:
-        _add_bias(y + oh0 * g.OW, bias, g.M, ohw, cols)
+        _add_bias(y + m0 * ohw + oh0 * g.OW, bias + m0, m1 - m0, ohw, cols)
 
 
 cdef void _backward_data_block(const floating* dy, const floating* w, const floating* bias,
@@ -188,30 +194,35 @@ def conv_forward(const floating[:, :, :, ::1] x,         # IN    (N, C, H, W)
                  Py_ssize_t pad_h, Py_ssize_t pad_w,
                  Py_ssize_t dil_h, Py_ssize_t dil_w,
                  Py_ssize_t group,
-                 Py_ssize_t rows):
-    """y = conv(x, weight) + bias, in tiles of ``rows`` output rows per image: a prange over
-    the N * ceil(OH / rows) tiles on ``col.shape[0]`` threads (BLAS held to one thread by
-    the caller)."""
+                 Py_ssize_t rows,
+                 Py_ssize_t mblock):
+    """y = conv(x, weight) + bias, in tiles of ``rows`` output rows per image and blocks of
+    ``mblock`` output channels (all of them unless group == 1): a prange over the
+    N * ceil(OH / rows) * ceil(M / mblock) items on ``col.shape[0]`` threads (BLAS held to one
+    thread by the caller)."""
     cdef Geometry g = _geometry(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
                                 y.shape[3], weight.shape[2], weight.shape[3], stride_h,
                                 stride_w, pad_h, pad_w, dil_h, dil_w, group)
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t tiles = (g.OH + rows - 1) // rows
+    cdef Py_ssize_t nmb = (g.M + mblock - 1) // mblock if group == 1 else 1
     cdef Py_ssize_t xs = g.C * g.H * g.W
     cdef Py_ssize_t ys = g.M * g.OH * g.OW
     cdef Py_ssize_t cs = col.shape[1]
     cdef int threads = <int> col.shape[0]
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
-    cdef Py_ssize_t item, n, oh0
+    cdef Py_ssize_t item, n, oh0, m0
     if N == 0:
         return
     with nogil:
-        for item in prange(N * tiles, schedule='static', num_threads=threads):
-            n = item // tiles
-            oh0 = (item % tiles) * rows
+        for item in prange(N * tiles * nmb, schedule='static', num_threads=threads):
+            n = item // (tiles * nmb)
+            oh0 = ((item // nmb) % tiles) * rows
+            m0 = (item % nmb) * mblock if nmb > 1 else 0
             _forward_tile(&x[0, 0, 0, 0] + n * xs, &weight[0, 0, 0, 0], b,
                           &y[0, 0, 0, 0] + n * ys, &col[0, 0] + omp_get_thread_num() * cs,
-                          oh0, min(oh0 + rows, g.OH), &g)
+                          oh0, min(oh0 + rows, g.OH), m0,
+                          min(m0 + mblock, g.M) if nmb > 1 else g.M, &g)
 
 
 def conv_backward_data(const floating[:, :, :, ::1] dy,      # IN    (N, M, OH, OW)

@@ -566,16 +566,22 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
     if algorithm == "kn2row":
         _kn2row_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace)
         return
-    n, out = x.shape[0], y.shape[2:]
+    n, out, m = x.shape[0], y.shape[2:], y.shape[1]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
-    threads = _conv_threads(n * -(-out[0] // rows))
+    items = n * -(-out[0] // rows)
+    # too few tiles to share (one image with one output row: VGG's fc6 at batch 1): split
+    # the output channels too, in blocks of at least 32 (the GEMM's M side)
+    mblock = m
+    if 0 < items < CONV_MIN_ITEMS and group == 1:
+        mblock = max(-(-m // -(-CONV_MIN_ITEMS // items)), min(m, 32))
+    threads = _conv_threads(items * -(-m // mblock))
     size = 1 if _conv_direct(x.shape[1:], out, kernel, stride, pad) else \
         x.shape[1] * kernel[0] * kernel[1] * rows * out[1]
     col = _conv_scratch(workspace, "col", threads, size, x.dtype)
     b = np.empty(0, x.dtype) if bias is None else bias
     with blas_threads(1):
         _conv_kernels().conv_forward(x, weight, b, y, col, stride[0], stride[1], pad[0], pad[1],
-                                     dilation[0], dilation[1], group, rows)
+                                     dilation[0], dilation[1], group, rows, mblock)
 
 
 def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, group, workspace,
@@ -712,7 +718,7 @@ def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace):
     # few items (small images, one image): split the output channels too, in blocks of at
     # least 32 (the GEMMs' M side)
     mblock = m
-    if len(items) < CONV_MIN_ITEMS and group == 1:
+    if 0 < len(items) < CONV_MIN_ITEMS and group == 1:
         mblock = max(-(-m // -(-CONV_MIN_ITEMS // len(items))), min(m, 32))
     threads = _conv_threads(len(items) * -(-m // mblock))
     scratch = _conv_scratch(workspace, "col", threads,

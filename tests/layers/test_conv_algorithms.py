@@ -296,3 +296,11 @@ def test_unknown_algorithm_is_named():
     with pytest.raises(ConfigError, match="algorithm must be one of 'auto', 'im2col', "
                                           "'winograd', 'kn2row', 'subpixel', got 'fft'"):
         Convolution(4, 3, algorithm="fft")
+
+
+def test_winograd_on_an_empty_batch_gives_empty_outputs():
+    conv = Convolution(16, 3, pad=1, algorithm="winograd")
+    y = conv.forward(np.zeros((0, 16, 9, 9), np.float32))
+    assert y.shape == (0, 16, 9, 9)
+    dx = conv.backward(y)
+    assert dx.shape == (0, 16, 9, 9) and np.all(conv.weight.diff == 0)
