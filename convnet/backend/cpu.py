@@ -551,6 +551,16 @@ def _conv_threads(items):
     return max(min(items, get_num_threads()), 1)
 
 
+def _output_block(m, items, group):
+    """Output channels per work item of a forward: all ``m`` of them, unless the layer has
+    fewer than CONV_MIN_ITEMS items of tiles (one small image; VGG's fc6 at batch 1 has one)
+    and one group, when they split too, in blocks of at least 32 (the GEMMs' M side). Depends
+    on the shapes only."""
+    if 0 < items < CONV_MIN_ITEMS and group == 1:
+        return max(-(-m // -(-CONV_MIN_ITEMS // items)), min(m, 32))
+    return m
+
+
 def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, workspace,
                  algorithm="im2col"):
     """Convolution forward. IN x (N, C, H, W), weight (M, C/group, kh, kw), bias (M,) or
@@ -569,11 +579,7 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
     n, out, m = x.shape[0], y.shape[2:], y.shape[1]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
     items = n * -(-out[0] // rows)
-    # too few tiles to share (one image with one output row: VGG's fc6 at batch 1): split
-    # the output channels too, in blocks of at least 32 (the GEMM's M side)
-    mblock = m
-    if 0 < items < CONV_MIN_ITEMS and group == 1:
-        mblock = max(-(-m // -(-CONV_MIN_ITEMS // items)), min(m, 32))
+    mblock = _output_block(m, items, group)
     threads = _conv_threads(items * -(-m // mblock))
     size = 1 if _conv_direct(x.shape[1:], out, kernel, stride, pad) else \
         x.shape[1] * kernel[0] * kernel[1] * rows * out[1]
@@ -715,11 +721,7 @@ def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace):
     c, m = x.shape[1], y.shape[1]
     items, max_tiles, tw_max = _winograd_items(x.shape[0], y.shape[2:], dilation,
                                                WINOGRAD_POINTS * (c + m) * x.itemsize)
-    # few items (small images, one image): split the output channels too, in blocks of at
-    # least 32 (the GEMMs' M side)
-    mblock = m
-    if 0 < len(items) < CONV_MIN_ITEMS and group == 1:
-        mblock = max(-(-m // -(-CONV_MIN_ITEMS // len(items))), min(m, 32))
+    mblock = _output_block(m, len(items), group)
     threads = _conv_threads(len(items) * -(-m // mblock))
     scratch = _conv_scratch(workspace, "col", threads,
                             wk.scratch_size(c, mblock, max_tiles, tw_max), x.dtype)
