@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from convnet._cpu import _threads
+from convnet.backend import host_cache
 
 name = "cpu"
 
@@ -20,11 +21,14 @@ name = "cpu"
 # ---------------------------------------------------------------- arrays and threads
 
 def empty(shape, dtype):
-    return np.empty(shape, dtype=dtype)
+    """An uninitialised array; large ones come from the caching allocator (host_cache)."""
+    return host_cache.cache.empty(shape, dtype)
 
 
 def zeros(shape, dtype):
-    return np.zeros(shape, dtype=dtype)
+    out = host_cache.cache.empty(shape, dtype)
+    out.fill(0)
+    return out
 
 
 def asarray(x, dtype=None):
