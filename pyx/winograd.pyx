@@ -142,6 +142,9 @@ cdef extern from "winograd_rows.h" nogil:
                              Py_ssize_t ostride, Py_ssize_t tw)
     void wino_adjoint_cols_d(const double* src, Py_ssize_t istride, double* out,
                              Py_ssize_t ostride, Py_ssize_t tw)
+    void wino_filters_d(const double* g, double* t, double* out, Py_ssize_t ld, Py_ssize_t n)
+    void wino_filters_adjoint_d(const double* u, double* t, double* g, Py_ssize_t ld,
+                                Py_ssize_t n)
 
 
 cdef void _input_transform(const floating* x, floating* V, Py_ssize_t pstride,
@@ -414,89 +417,68 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
 cdef enum:
     FILTER_BLOCK = 64   # filters transformed together: 36 contiguous runs instead of 36 streams
 
-# G's entries: reciprocals multiply (a division per entry cost more than the GEMMs on a
-# 512-channel layer)
-cdef double R4 = 1.0 / 4, R6 = 1.0 / 6, R12 = 1.0 / 12, R24 = 1.0 / 24
 
 
-cdef void _filter_block(const floating* w, floating* U, Py_ssize_t count,
-                        Py_ssize_t pstride) noexcept nogil:
-    # U[p*pstride + e] = (G w_e G^T)_p for the count <= FILTER_BLOCK filters w_e = w[9e:9e+9]
-    cdef double t[6][3]
-    cdef double out[POINTS][FILTER_BLOCK]
-    cdef double g0, g1, g2
-    cdef Py_ssize_t e, i, j, p
+cdef void _filter_block(const floating* w, floating* U, Py_ssize_t e0, Py_ssize_t count,
+                        Py_ssize_t pstride, Py_ssize_t group, Py_ssize_t mg, Py_ssize_t cg,
+                        bint adjoint) noexcept nogil:
+    # U[p*pstride + e - e0] = (G g_e G^T)_p for the count <= FILTER_BLOCK filters e0 <= e:
+    # g_e = w[9e:9e+9] (U is (36, M, Cg)), or with ``adjoint`` the stride-1 adjoint's filter
+    # e = (gi*Cg + c)*Mg + m: w[gi*Mg + m, c] rotated 180 degrees (U is (36, C, Mg))
+    cdef double g[9 * FILTER_BLOCK]
+    cdef double t[18 * FILTER_BLOCK]
+    cdef double out[POINTS * FILTER_BLOCK]
+    cdef Py_ssize_t e, k, p, src, gi, c, m
     for e in range(count):
-        for j in range(3):
-            g0 = w[9 * e + j]
-            g1 = w[9 * e + 3 + j]
-            g2 = w[9 * e + 6 + j]
-            t[0][j] = g0 * R4
-            t[1][j] = -(g0 + g1 + g2) * R6
-            t[2][j] = -(g0 - g1 + g2) * R6
-            t[3][j] = g0 * R24 + g1 * R12 + g2 * R6
-            t[4][j] = g0 * R24 - g1 * R12 + g2 * R6
-            t[5][j] = g2
-        for i in range(ALPHA):
-            g0 = t[i][0]
-            g1 = t[i][1]
-            g2 = t[i][2]
-            out[i * ALPHA][e] = g0 * R4
-            out[i * ALPHA + 1][e] = -(g0 + g1 + g2) * R6
-            out[i * ALPHA + 2][e] = -(g0 - g1 + g2) * R6
-            out[i * ALPHA + 3][e] = g0 * R24 + g1 * R12 + g2 * R6
-            out[i * ALPHA + 4][e] = g0 * R24 - g1 * R12 + g2 * R6
-            out[i * ALPHA + 5][e] = g2
+        if adjoint:
+            m = (e0 + e) % mg
+            c = (e0 + e) // mg
+            gi = c // cg
+            src = 9 * ((gi * mg + m) * cg + c - gi * cg)
+            for k in range(9):
+                g[k * FILTER_BLOCK + e] = w[src + 8 - k]
+        else:
+            for k in range(9):
+                g[k * FILTER_BLOCK + e] = w[9 * (e0 + e) + k]
+    wino_filters_d(g, t, out, FILTER_BLOCK, count)
     for p in range(POINTS):
         for e in range(count):
-            U[p * pstride + e] = <floating> out[p][e]
+            U[p * pstride + e] = <floating> out[p * FILTER_BLOCK + e]
 
 
 cdef void _filter_adjoint_block(const floating* dU, Py_ssize_t pstride, floating* dw,
                                 Py_ssize_t count) noexcept nogil:
     # dw[9e:9e+9] += G^T dU_e G for the count <= FILTER_BLOCK filters dU_e = dU[p*pstride + e]
-    cdef double t[6][3]
-    cdef double u[POINTS][FILTER_BLOCK]
-    cdef double u0, u1, u2, u3, u4, u5
-    cdef Py_ssize_t e, i, j, p
+    cdef double u[POINTS * FILTER_BLOCK]
+    cdef double t[18 * FILTER_BLOCK]
+    cdef double g[9 * FILTER_BLOCK]
+    cdef Py_ssize_t e, k, p
     for p in range(POINTS):
         for e in range(count):
-            u[p][e] = dU[p * pstride + e]
+            u[p * FILTER_BLOCK + e] = dU[p * pstride + e]
+    wino_filters_adjoint_d(u, t, g, FILTER_BLOCK, count)
     for e in range(count):
-        for i in range(ALPHA):
-            u0 = u[i * ALPHA][e]
-            u1 = u[i * ALPHA + 1][e]
-            u2 = u[i * ALPHA + 2][e]
-            u3 = u[i * ALPHA + 3][e]
-            u4 = u[i * ALPHA + 4][e]
-            u5 = u[i * ALPHA + 5][e]
-            t[i][0] = u0 * R4 - (u1 + u2) * R6 + (u3 + u4) * R24
-            t[i][1] = (u2 - u1) * R6 + (u3 - u4) * R12
-            t[i][2] = (u3 + u4 - u1 - u2) * R6 + u5
-        for j in range(3):
-            u0 = t[0][j]
-            u1 = t[1][j]
-            u2 = t[2][j]
-            u3 = t[3][j]
-            u4 = t[4][j]
-            u5 = t[5][j]
-            dw[9 * e + j] += <floating> (u0 * R4 - (u1 + u2) * R6 + (u3 + u4) * R24)
-            dw[9 * e + 3 + j] += <floating> ((u2 - u1) * R6 + (u3 - u4) * R12)
-            dw[9 * e + 6 + j] += <floating> ((u3 + u4 - u1 - u2) * R6 + u5)
+        for k in range(9):
+            dw[9 * e + k] += <floating> g[k * FILTER_BLOCK + e]
 
 
 def winograd_filter(const floating[:, :, :, ::1] w,    # IN  (M, Cg, 3, 3)
-                    floating[:, :, ::1] U):            # OUT (36, M, Cg)
+                    floating[:, :, ::1] U,             # OUT (36, M, Cg), or (36, C, Mg)
+                    Py_ssize_t group=1, bint adjoint=False):
     """U[:, m, c] = G w[m, c] G^T, flattened row-major (point p = 6*row + column); computed
-    in double precision."""
+    in double precision. With ``adjoint``, the filters of the stride-1 adjoint instead (w
+    rotated 180 degrees, input and output channels swapped per group): U[:, gi*Cg + c, m] =
+    G rot(w[gi*Mg + m, c]) G^T."""
     cdef Py_ssize_t filters = w.shape[0] * w.shape[1]
+    cdef Py_ssize_t mg = w.shape[0] // group
+    cdef Py_ssize_t cg = w.shape[1]
     cdef Py_ssize_t e
     if filters == 0:
         return
     with nogil:
         for e in prange(0, filters, FILTER_BLOCK, schedule='static'):
-            _filter_block(&w[0, 0, 0, 0] + 9 * e, &U[0, 0, 0] + e,
-                          min(FILTER_BLOCK, filters - e), filters)
+            _filter_block(&w[0, 0, 0, 0], &U[0, 0, 0] + e, e, min(FILTER_BLOCK, filters - e),
+                          filters, group, mg, cg, adjoint)
 
 
 def winograd_filter_adjoint(const floating[:, ::1] dU,       # IN    (36, M*Cg)

@@ -602,9 +602,9 @@ def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, grou
     stride**2 output phases as stride-1 convolutions (no col2im scatter)."""
     if algorithm == "winograd":
         # a stride-1 transposed convolution is a correlation with the rotated filters
-        _winograd_correlate(dy, _winograd_transposed(weight, group), bias, dx,
+        _winograd_correlate(dy, weight, bias, dx,
                             (dilation[0] * 2 - pad[0], dilation[1] * 2 - pad[1]), dilation,
-                            group, workspace)
+                            group, workspace, adjoint=True)
         return
     if algorithm == "subpixel":
         _subpixel_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace)
@@ -708,20 +708,24 @@ def _winograd_plan(n, out, dilation, per_tile_bytes):
     return np.array(items, dtype=np.intp).reshape(-1, 5), rows * tw_max, tw_max
 
 
-def _winograd_filters(weight, workspace):
-    """The transformed filters U (36, M, C/group) of a (M, C/group, 3, 3) weight."""
+def _winograd_filters(weight, workspace, group, adjoint):
+    """The transformed filters U (36, M, C/group) of a (M, C/group, 3, 3) weight; with
+    ``adjoint``, those of the stride-1 adjoint's filters (rotated 180 degrees, in and out
+    channels swapped per group): U (36, C, M/group)."""
     m, cg = weight.shape[:2]
     u = _conv_scratch(workspace, "winograd_u", WINOGRAD_POINTS, m * cg, weight.dtype)
-    u = u.reshape(WINOGRAD_POINTS, m, cg)
-    _winograd_kernels().winograd_filter(weight, u)
+    u = u.reshape((WINOGRAD_POINTS, group * cg, m // group) if adjoint else
+                  (WINOGRAD_POINTS, m, cg))
+    _winograd_kernels().winograd_filter(weight, u, group, adjoint)
     return u
 
 
-def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace):
+def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace, adjoint=False):
     """y = x correlated with the 3x3 (dilated) weight at stride 1, any pad (negative crops),
-    for every pixel of y whatever its size; + bias per output channel."""
+    for every pixel of y whatever its size; + bias per output channel. With ``adjoint``,
+    with the filters of the adjoint instead (conv_backward_data at stride 1)."""
     wk = _winograd_kernels()
-    u = _winograd_filters(weight, workspace)
+    u = _winograd_filters(weight, workspace, group, adjoint)
     c, m = x.shape[1], y.shape[1]
     items, max_tiles, tw_max = _winograd_items(x.shape[0], y.shape[2:], dilation,
                                                WINOGRAD_POINTS * (c + m) * x.itemsize)
@@ -733,15 +737,6 @@ def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace):
     with blas_threads(1):
         wk.winograd_forward(x, u, b, y, items, scratch, max_tiles, mblock, pad[0], pad[1],
                             dilation[0], dilation[1], group)
-
-
-def _winograd_transposed(weight, group):
-    """The filters of the adjoint (stride 1): rotated 180 degrees, in/out channels swapped
-    per group: (M, C/group, 3, 3) -> (C, M/group, 3, 3)."""
-    m, cg, kh, kw = weight.shape
-    w = weight.reshape(group, m // group, cg, kh, kw)[:, :, :, ::-1, ::-1]
-    return np.ascontiguousarray(w.transpose(0, 2, 1, 3, 4).reshape(group * cg, m // group,
-                                                                   kh, kw))
 
 
 def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):

@@ -31,8 +31,23 @@ im2col vs winograd (PyTorch 2.13 forward and full backward beside):
   was blocked; 72.9 before)
 
 so Winograd wins from about 8 channels per group on each side and loses below (the
-transforms, not the GEMMs, dominate a 3-channel input); ``auto`` picks it for 3x3 stride-1
-layers with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels per group.
+transforms, not the GEMMs, dominate a 3-channel input). It also loses on small outputs: its
+filter transforms (36 values written per filter: 9 ms for a 512x512 layer) and, in backward,
+their two adjoints cost the same whatever the image, while the GEMM work they save grows
+with the pixels. Forward + backward, one thread, CPU ms, im2col vs winograd:
+
+- N=1, 512->512, 14x14:   38.2 vs 60.5      N=2, 512->512, 14x14: 76.2 vs 94.0
+- N=1, 512->512, 20x20:   81.5 vs 76.2      N=1, 512->512, 24x24: 120.5 vs 92.7
+- N=1, 512->512, 28x28:  140.4 vs 118.8     N=4, 512->512, 14x14: 143.5 vs 153.3
+- N=1, 256->256, 20x20:   20.3 vs 28.6      N=1, 256->256, 28x28:  44.8 vs 45.5
+- N=1, 128->128, 28x28:   12.9 vs 14.6      N=1, 128->128, 56x56:  39.9 vs 24.9
+- N=16, 64->64, 8x8:       5.1 vs 5.2       N=8, 64->64, 16x16:     8.1 vs 6.2
+- N=16, 16->32, 32x32:    11.8 vs 10.9      N=1, 64->64, 56x56:    12.2 vs 8.3
+
+so ``auto`` picks Winograd for 3x3 stride-1 layers with at least ``WINOGRAD_MIN_CHANNELS``
+input and output channels per group and at least ``WINOGRAD_MIN_PIXELS`` output pixels in
+the batch (``WINOGRAD_MIN_PIXELS_WIDE`` from ``WINOGRAD_WIDE_CHANNELS`` channels per group).
+
 Sub-pixel against im2col (gemm + col2im) for strided Deconvolutions, 2 threads, wall ms,
 forward / backward, the machine otherwise idle (``algorithm=`` forced):
 
@@ -62,6 +77,13 @@ from convnet.errors import ConfigError, fail
 
 #: the fewest channels per group (input and output) for which ``auto`` picks Winograd
 WINOGRAD_MIN_CHANNELS = 8
+#: the fewest output pixels in the batch (conv roles: a Deconvolution's bottom) for which
+#: ``auto`` picks Winograd: its filter transforms cost as much per filter as about 600
+#: multiply-adds of GEMM, which small outputs do not repay; wide layers repay them sooner
+WINOGRAD_MIN_PIXELS = 1024
+WINOGRAD_MIN_PIXELS_WIDE = 400
+#: channels per group (input and output) from which a layer counts as wide
+WINOGRAD_WIDE_CHANNELS = 384
 
 NAMES = ("auto", "im2col", "winograd", "kn2row", "subpixel")
 
@@ -103,9 +125,17 @@ def _never(layer, shape):
 
 
 def _winograd_preferred(layer, shape):
-    cin = shape[1] // layer.group
-    cout = layer.num_output // layer.group
-    return min(cin, cout) >= WINOGRAD_MIN_CHANNELS
+    channels = min(shape[1], layer.num_output) // layer.group
+    if channels < WINOGRAD_MIN_CHANNELS:
+        return False
+    pixels = int(shape[0])
+    for axis in range(2):
+        size = int(shape[2 + axis])
+        if layer.type_name == "Convolution":       # stride 1: the conv output
+            size = size + 2 * layer.pad[axis] - 2 * layer.dilation[axis]
+        pixels *= max(size, 0)
+    wide = channels >= WINOGRAD_WIDE_CHANNELS
+    return pixels >= (WINOGRAD_MIN_PIXELS_WIDE if wide else WINOGRAD_MIN_PIXELS)
 
 
 def _subpixel(layer, shape):

@@ -248,19 +248,41 @@ def test_float32_subpixel_deconvolution_large_shape(rng):
 
 # ---------------------------------------------------------------- choice
 
+def _auto(layer, shape):
+    layer.setup(shape)
+    return layer.algorithm_used
+
+
 def test_auto_picks_winograd_for_wide_3x3_stride_1_and_im2col_otherwise():
-    wide = Convolution(16, 3, pad=1)
-    wide.setup((2, 16, 9, 9))
-    assert wide.algorithm_used == "winograd"
-    narrow = Convolution(32, 3, pad=1)
-    narrow.setup((2, conv_algorithms.WINOGRAD_MIN_CHANNELS - 1, 9, 9))
-    assert narrow.algorithm_used == "im2col"
-    strided = Convolution(16, 3, stride=2)
-    strided.setup((2, 16, 9, 9))
-    assert strided.algorithm_used == "im2col"
-    five = Convolution(16, 5, pad=2)
-    five.setup((2, 16, 9, 9))
-    assert five.algorithm_used == "im2col"
+    assert _auto(Convolution(16, 3, pad=1), (2, 16, 32, 32)) == "winograd"     # 2048 pixels
+    narrow = (2, conv_algorithms.WINOGRAD_MIN_CHANNELS - 1, 32, 32)
+    assert _auto(Convolution(32, 3, pad=1), narrow) == "im2col"
+    assert _auto(Convolution(conv_algorithms.WINOGRAD_MIN_CHANNELS - 1, 3, pad=1),
+                 (2, 16, 32, 32)) == "im2col"
+    assert _auto(Convolution(16, 3, stride=2), (2, 16, 32, 32)) == "im2col"
+    assert _auto(Convolution(16, 5, pad=2), (2, 16, 32, 32)) == "im2col"
+
+
+def test_auto_keeps_im2col_where_the_filter_transforms_outweigh_the_gemm_savings():
+    minimum = conv_algorithms.WINOGRAD_MIN_PIXELS
+    wide = conv_algorithms.WINOGRAD_WIDE_CHANNELS
+    # the conv output's pixels count: pad 1 keeps 32x32, pad 0 makes it 30x30
+    assert _auto(Convolution(16, 3, pad=1), (1, 16, 32, 32)) == (
+        "winograd" if 32 * 32 >= minimum else "im2col")
+    assert _auto(Convolution(16, 3), (1, 16, 32, 32)) == (
+        "winograd" if 30 * 30 >= minimum else "im2col")
+    assert _auto(Convolution(16, 3, pad=1), (1, 16, 16, 16)) == "im2col"
+    assert _auto(Convolution(16, 3, pad=2, dilation=2), (4, 16, 16, 16)) == "winograd"
+    # wide layers repay the transforms from fewer pixels (VGG's 512-channel 14x14 does not)
+    assert _auto(Convolution(wide, 3, pad=1), (1, wide, 20, 20)) == "winograd"
+    assert _auto(Convolution(wide, 3, pad=1), (1, wide, 14, 14)) == "im2col"
+    assert _auto(Convolution(wide - 1, 3, pad=1), (1, wide, 20, 20)) == "im2col"
+    # a Deconvolution's conv output is its bottom
+    assert _auto(Deconvolution(16, 3, pad=1), (1, 16, 32, 32)) == "winograd"
+    assert _auto(Deconvolution(16, 3, pad=1), (1, 16, 16, 16)) == "im2col"
+    # grouped: the channels per group count
+    assert _auto(Convolution(32, 3, pad=1, group=4), (2, 32, 32, 32)) == "winograd"
+    assert _auto(Convolution(32, 3, pad=1, group=8), (2, 32, 32, 32)) == "im2col"
 
 
 def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
@@ -271,7 +293,7 @@ def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
     forced.setup((1, 8, 5, 5))
     assert forced.algorithm_used == "subpixel"
     three = Deconvolution(8, 3, pad=1)
-    three.setup((1, 8, 5, 5))
+    three.setup((1, 8, 32, 32))
     assert three.algorithm_used == "winograd"
 
 
