@@ -109,7 +109,7 @@ cdef extern from *:
         bits = (bits & 0x007fffff) | 0x3f800000;                  /* mantissa in [1, 2) */
         memcpy(&m, &bits, 4);
         big = m > 1.41421356f;                          /* to [sqrt(1/2), sqrt(2)) */
-        m = big ? 0.5f * m : m;
+        m = m * (1.0f - 0.5f * (float) big);    /* exact; a float select would not vectorize */
         e = e + (float) big;
         f = m - 1.0f;
         z = f * f;
