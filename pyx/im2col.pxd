@@ -68,12 +68,36 @@ cdef inline void im2col_channels(
                             memset(dst, 0, lo * sizeof(floating))
                         if sw == 1:
                             memcpy(dst + lo, src, (hi - lo) * sizeof(floating))
+                        elif sw == 2:
+                            # a constant stride: GCC vectorises the gather (deinterleaves)
+                            for ow in range(hi - lo):
+                                dst[lo + ow] = src[2 * ow]
                         else:
                             for ow in range(hi - lo):
                                 dst[lo + ow] = src[ow * sw]
                         if hi < OW:
                             memset(dst + hi, 0, (OW - hi) * sizeof(floating))
                     dst += OW
+
+
+cdef inline void _add_strided(floating* row, const floating* src, Py_ssize_t a, Py_ssize_t b,
+                              Py_ssize_t sw, Py_ssize_t off) noexcept nogil:
+    # row[ow*sw + off] += src[ow] for ow in [a, b)
+    cdef Py_ssize_t ow
+    for ow in range(a, b):
+        row[ow * sw + off] += src[ow]
+
+
+cdef inline void _add_pair_s2(floating* row, const floating* s0, const floating* s1,
+                              Py_ssize_t a, Py_ssize_t b, Py_ssize_t off) noexcept nogil:
+    # row[2ow + off] += s0[ow] and row[2ow + off + 1] += s1[ow] for ow in [a, b): two taps
+    # of a stride-2 row interleave into contiguous pixels, which GCC vectorises (one tap's
+    # stride-2 scatter alone does not)
+    cdef Py_ssize_t ow
+    cdef floating* d = row + 2 * a + off
+    for ow in range(b - a):
+        d[2 * ow] += s0[a + ow]
+        d[2 * ow + 1] += s1[a + ow]
 
 
 cdef inline void col2im_channels(
@@ -83,26 +107,53 @@ cdef inline void col2im_channels(
         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
         Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw,
         Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off
+    # Each pixel receives its taps in (i, j) order whichever loop adds them (a pair's two
+    # taps reach different pixels), so the sums do not depend on the pairing.
+    cdef Py_ssize_t c, i, j, oh, ow, ih, lo, hi, off, lo1, hi1, a, b
     cdef const floating* src
+    cdef const floating* src1
     cdef floating* dst
+    cdef floating* row
     for c in range(c0, c1):
         memset(x + c * H * W, 0, H * W * sizeof(floating))
         for i in range(kh):
-            for j in range(kw):
+            j = 0
+            while j < kw:
                 off = j * dw - pw
                 _valid_range(OW, W, sw, off, &lo, &hi)
-                if lo == hi:
-                    continue
                 src = col + (((c - c0) * kh + i) * kw + j) * ld
-                for oh in range(OH):
-                    ih = oh * sh - ph + i * dh
-                    if ih >= 0 and ih < H:
-                        dst = x + (c * H + ih) * W + lo * sw + off
-                        if sw == 1:
-                            for ow in range(hi - lo):
-                                dst[ow] += src[lo + ow]
-                        else:
-                            for ow in range(hi - lo):
-                                dst[ow * sw] += src[lo + ow]
-                    src += OW
+                if sw == 2 and dw == 1 and j + 1 < kw:
+                    _valid_range(OW, W, sw, off + 1, &lo1, &hi1)
+                    src1 = src + ld
+                    a = lo if lo > lo1 else lo1
+                    b = hi if hi < hi1 else hi1
+                    for oh in range(OH):
+                        ih = oh * sh - ph + i * dh
+                        if ih >= 0 and ih < H:
+                            row = x + (c * H + ih) * W
+                            if b > a:
+                                _add_strided(row, src, lo, a, 2, off)
+                                _add_strided(row, src, b, hi, 2, off)
+                                _add_strided(row, src1, lo1, a, 2, off + 1)
+                                _add_strided(row, src1, b, hi1, 2, off + 1)
+                                _add_pair_s2(row, src, src1, a, b, off)
+                            else:
+                                _add_strided(row, src, lo, hi, 2, off)
+                                _add_strided(row, src1, lo1, hi1, 2, off + 1)
+                        src += OW
+                        src1 += OW
+                    j += 2
+                    continue
+                if lo < hi:
+                    for oh in range(OH):
+                        ih = oh * sh - ph + i * dh
+                        if ih >= 0 and ih < H:
+                            dst = x + (c * H + ih) * W + lo * sw + off
+                            if sw == 1:
+                                for ow in range(hi - lo):
+                                    dst[ow] += src[lo + ow]
+                            else:
+                                for ow in range(hi - lo):
+                                    dst[ow * sw] += src[lo + ow]
+                        src += OW
+                j += 1

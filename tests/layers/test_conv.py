@@ -269,6 +269,38 @@ def test_im2col_twin_matches_definition_and_col2im_is_its_adjoint(rng):
         np.testing.assert_allclose(np.vdot(col, c), np.vdot(x, back), rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stride_2_rows_gather_and_scatter_exactly(dtype, rng):
+    """im2col's stride-2 gather and col2im's paired stride-2 scatter (two taps interleaved)
+    for every kernel width, pad and output width, against the definition."""
+    from convnet._cpu import conv as kernels
+    for kw in range(1, 8):
+        for pw in range(0, 4):
+            for dw in (1, 2):
+                for width in (1, 2, 3, 5, 8, 13):
+                    out_w = shapes.conv_out(width, kw, 2, pw, dw)
+                    if out_w < 1:
+                        continue
+                    size, kernel, stride = (3, width), (2, kw), (1, 2)
+                    pad, dil, out = (1, pw), (1, dw), (shapes.conv_out(3, 2, 1, 1, 1), out_w)
+                    x = rng.standard_normal((2,) + size).astype(dtype)
+                    col = np.full((2 * kernel[0] * kw, out[0] * out_w), np.nan, dtype)
+                    args = (*kernel, *stride, *pad, *dil, *out)
+                    kernels.im2col(x, col, *args)
+                    np.testing.assert_array_equal(col, ref.im2col(x, kernel, stride, pad, dil,
+                                                                  out))
+                    c = rng.standard_normal(col.shape).astype(dtype)
+                    back = np.full(x.shape, np.nan, dtype)
+                    kernels.col2im(c, back, *args)
+                    want = np.zeros(x.shape)
+                    for p in range(x.size):
+                        unit = np.zeros(x.shape)
+                        unit.flat[p] = 1.0
+                        want.flat[p] = np.vdot(ref.im2col(unit, kernel, stride, pad, dil, out),
+                                               c.astype(np.float64))
+                    assert_close(back, want, dtype)
+
+
 def test_params_follow_caffe_shapes_and_order():
     conv = Convolution(8, (3, 5), group=2)
     conv.setup((2, 6, 9, 9))
