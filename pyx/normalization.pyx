@@ -17,83 +17,33 @@ these kernels read x twice in the forward (sums, apply) and dy, x twice in the b
 from cython cimport floating
 from cython.parallel cimport prange
 
-cdef enum:
-    LANES = 8       # independent partial sums, so that the sums vectorise (the loops step 8)
+cdef extern from "normalization_sums.h" nogil:
+    void bn_sums_f(const float* p, Py_ssize_t count, double shift, double* s, double* q)
+    void bn_sums_d(const double* p, Py_ssize_t count, double shift, double* s, double* q)
+    void bn_grad_sums_f(const float* dy, const float* x, const float* top, Py_ssize_t count,
+                        double mean, double* s, double* q)
+    void bn_grad_sums_d(const double* dy, const double* x, const double* top,
+                        Py_ssize_t count, double mean, double* s, double* q)
 
 
-cdef void _sums(const floating* p, Py_ssize_t count, double shift, double* s,
-                double* q) noexcept nogil:
-    # s += sum(p - shift), q += sum((p - shift)^2) in a fixed order (LANES partial sums)
-    cdef double ps[LANES]
-    cdef double pq[LANES]
-    cdef double v
-    cdef Py_ssize_t i, j, full = count - count % LANES
-    for j in range(LANES):
-        ps[j] = 0
-        pq[j] = 0
-    for i in range(0, full, 8):
-        for j in range(LANES):
-            v = p[i + j] - shift
-            ps[j] += v
-            pq[j] += v * v
-    for i in range(full, count):
-        v = p[i] - shift
-        ps[0] += v
-        pq[0] += v * v
-    for j in range(LANES):
-        s[0] += ps[j]
-        q[0] += pq[j]
+cdef inline void _sums(const floating* p, Py_ssize_t count, double shift, double* s,
+                       double* q) noexcept nogil:
+    # s += sum(p - shift), q += sum((p - shift)^2) in a fixed order (normalization_sums.h)
+    if floating is float:
+        bn_sums_f(p, count, shift, s, q)
+    else:
+        bn_sums_d(p, count, shift, s, q)
 
 
-cdef void _grad_sums(const floating* dy, const floating* x, Py_ssize_t count, double mean,
-                     double* s, double* q) noexcept nogil:
-    # s += sum(g), q += sum(g * (x - mean)), g = dy
-    cdef double ps[LANES]
-    cdef double pq[LANES]
-    cdef double g
-    cdef Py_ssize_t i, j, full = count - count % LANES
-    for j in range(LANES):
-        ps[j] = 0
-        pq[j] = 0
-    for i in range(0, full, 8):
-        for j in range(LANES):
-            g = dy[i + j]
-            ps[j] += g
-            pq[j] += g * (x[i + j] - mean)
-    for i in range(full, count):
-        g = dy[i]
-        ps[0] += g
-        pq[0] += g * (x[i] - mean)
-    for j in range(LANES):
-        s[0] += ps[j]
-        q[0] += pq[j]
-
-
-cdef void _masked_grad_sums(const floating* dy, const floating* x, const floating* top,
+cdef inline void _grad_sums(const floating* dy, const floating* x, const floating* top,
                             Py_ssize_t count, double mean, double* s,
                             double* q) noexcept nogil:
-    # as _grad_sums with g = dy * (top > 0): the fused ReLU's gradient, as its own kernel
-    # computes it (so a NaN in dy stays NaN)
-    cdef double ps[LANES]
-    cdef double pq[LANES]
-    cdef floating one = 1, zero = 0
-    cdef double g
-    cdef Py_ssize_t i, j, full = count - count % LANES
-    for j in range(LANES):
-        ps[j] = 0
-        pq[j] = 0
-    for i in range(0, full, 8):
-        for j in range(LANES):
-            g = dy[i + j] * (one if top[i + j] > 0 else zero)
-            ps[j] += g
-            pq[j] += g * (x[i + j] - mean)
-    for i in range(full, count):
-        g = dy[i] * (one if top[i] > 0 else zero)
-        ps[0] += g
-        pq[0] += g * (x[i] - mean)
-    for j in range(LANES):
-        s[0] += ps[j]
-        q[0] += pq[j]
+    # s += sum(g), q += sum(g * (x - mean)), g = dy, or with ``top`` (not NULL) dy * (top > 0):
+    # the fused ReLU's gradient, as its own kernel computes it (a NaN in dy stays NaN)
+    if floating is float:
+        bn_grad_sums_f(dy, x, top, count, mean, s, q)
+    else:
+        bn_grad_sums_d(dy, x, top, count, mean, s, q)
 
 
 def batch_norm_sums(const floating[:, :, ::1] x,     # IN  (N, C, S)
@@ -165,11 +115,8 @@ def batch_norm_grad_sums(const floating[:, :, ::1] dy,   # IN  (N, C, S)
             s = 0
             q = 0
             for n in range(N):
-                if masked:
-                    _masked_grad_sums(&dy[n, c, 0], &x[n, c, 0], &top[n, c, 0], S, mean[c],
-                                      &s, &q)
-                else:
-                    _grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &s, &q)
+                _grad_sums(&dy[n, c, 0], &x[n, c, 0], &top[n, c, 0] if masked else NULL, S,
+                           mean[c], &s, &q)
             sums[0, c] = s
             sums[1, c] = q
 
