@@ -390,3 +390,91 @@ def test_training_is_bit_identical_at_one_and_two_threads():
     assert runs[0][0] == runs[1][0]
     for a, b in zip(runs[0][1], runs[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- fused update kernels
+
+def _numpy_sgd(data, diff, history, rate, momentum, decay):
+    """The NumPy passes the fused kernel replaced, in their order."""
+    history *= momentum
+    diff = diff * rate
+    history += diff
+    if decay != 0.0:
+        history += data * np.asarray(rate * decay, data.dtype)
+    data -= history
+
+
+def _numpy_adam(data, diff, m, v, rate, b1, b2, delta, t, decay):
+    g = diff + data * np.asarray(decay, data.dtype) if decay != 0.0 else diff.copy()
+    m *= b1
+    m += g * np.asarray(1.0 - b1, data.dtype)
+    v *= b2
+    v += np.square(g) * np.asarray(1.0 - b2, data.dtype)
+    q = m / (np.sqrt(v) + np.asarray(delta, data.dtype))
+    correction = np.sqrt(1.0 - b2 ** t) / (1.0 - b1 ** t)
+    data -= q * np.asarray(rate * correction, data.dtype)
+
+
+# sizes around the kernels' 65536-element chunks, a 4-D param and an empty one
+SIZES = [(0,), (7,), (65536,), (3 * 65536 + 5,), (6, 5, 3, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SIZES)
+@pytest.mark.parametrize("decay", [0.0, 5e-4])
+def test_fused_updates_equal_the_numpy_passes_bit_for_bit(dtype, shape, decay):
+    import convnet
+    from convnet.backend import cpu
+    rng = np.random.default_rng(7)
+    data, diff, h, m, v = (rng.standard_normal(shape).astype(dtype) for _ in range(5))
+    v = np.abs(v)
+    want = [a.copy() for a in (data, diff, h)]
+    _numpy_sgd(*want, 0.03, 0.9, decay)
+    results = []
+    before = convnet.get_num_threads()
+    for threads in (1, 2):
+        convnet.set_num_threads(threads)
+        try:
+            got = [a.copy() for a in (data, diff, h)]
+            cpu.sgd_update(*got, 0.03, 0.9, decay)
+            results.append(got)
+        finally:
+            convnet.set_num_threads(before)
+    for got in results:
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[2], want[2])
+    want = [a.copy() for a in (data, diff, m, v)]
+    _numpy_adam(*want, 0.01, 0.85, 0.99, 1e-6, 3, decay)
+    got = [a.copy() for a in (data, diff, m, v)]
+    cpu.adam_update(*got, 0.01, 0.85, 0.99, 1e-6, 3, decay)
+    for g, w in zip(got[:1] + got[2:], want[:1] + want[2:]):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_updates_of_non_contiguous_params_take_the_numpy_passes():
+    from convnet.backend import cpu
+    rng = np.random.default_rng(8)
+    base = rng.standard_normal((4, 6))
+    data, diff, h = base[:, ::2].copy(order="F"), base[:, 1::2] * 1.0, np.zeros((4, 3))
+    want = [data.copy(), diff.copy(), h.copy()]
+    _numpy_sgd(*want, 0.1, 0.5, 0.01)
+    cpu.sgd_update(data, diff, h, 0.1, 0.5, 0.01)
+    np.testing.assert_allclose(data, want[0], rtol=1e-15)
+    np.testing.assert_allclose(h, want[2], rtol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_finds_any_nan_or_infinity_in_any_chunk(dtype):
+    from convnet.backend import cpu
+    clean = [np.zeros(s, dtype) for s in [(3,), (2 * 65536 + 3,), (0,), (5, 5)]]
+    assert cpu.all_finite(clean)
+    assert cpu.all_finite([])
+    big = np.finfo(dtype).max
+    clean[1][:] = big                       # large but finite
+    assert cpu.all_finite(clean)
+    for bad in (np.nan, np.inf, -np.inf):
+        for where in (0, 65535, 65536, 2 * 65536 + 2):
+            arrays = [a.copy() for a in clean]
+            arrays[1][where] = bad
+            assert not cpu.all_finite(arrays), (bad, where)
+    assert not cpu.all_finite([np.array([1.0, np.nan])])

@@ -885,9 +885,32 @@ def solver_scale(x, alpha):
     x *= alpha
 
 
+def _solver_kernels():
+    from convnet._cpu import solver
+    return solver
+
+
+def _flat_views(*arrays):
+    """1-D views of same-dtype C-contiguous float arrays (what the fused kernels take), or
+    None (the NumPy passes below then run)."""
+    first = arrays[0]
+    if first.dtype not in (np.float32, np.float64):
+        return None
+    for a in arrays:
+        if a.dtype != first.dtype or a.shape != first.shape or not a.flags.c_contiguous:
+            return None
+    return [a.reshape(-1) for a in arrays]
+
+
 def sgd_update(data, diff, history, local_rate, momentum, local_decay):
     """history = momentum * history + local_rate * (diff + local_decay * data);
-    data -= history. INOUT data, history; diff is used as scratch. No temporaries."""
+    data -= history. INOUT data, history; diff is unchanged by the fused kernel
+    (pyx/solver.pyx: one pass, the NumPy passes' results bit for bit), scratch otherwise."""
+    flat = _flat_views(data, diff, history)
+    if flat is not None:
+        _solver_kernels().sgd_update(*flat, float(local_rate), float(momentum),
+                                     float(local_rate) * float(local_decay))
+        return
     history *= momentum
     diff *= local_rate
     history += diff
@@ -901,7 +924,14 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
     """Caffe's Adam at step t = iter + 1, with g = diff + local_decay * data:
     m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2;
     data -= local_rate * sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + delta).
-    INOUT data, m, v; diff is used as scratch; one temporary of the param's size."""
+    INOUT data, m, v; one fused pass (pyx/solver.pyx) as for sgd_update, else NumPy passes
+    with diff as scratch and one temporary of the param's size."""
+    correction = np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    flat = _flat_views(data, diff, m, v)
+    if flat is not None:
+        _solver_kernels().adam_update(*flat, float(beta1), float(beta2), float(delta),
+                                      float(local_rate * correction), float(local_decay))
+        return
     tmp = np.empty_like(data)
     if local_decay != 0.0:
         np.multiply(data, local_decay, out=tmp)
@@ -913,7 +943,6 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
     np.square(diff, out=diff)
     diff *= 1.0 - beta2
     v += diff
-    correction = np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     np.sqrt(v, out=tmp)
     tmp += delta
     np.divide(m, tmp, out=tmp)
@@ -923,7 +952,14 @@ def adam_update(data, diff, m, v, local_rate, beta1, beta2, delta, t, local_deca
 
 def all_finite(arrays):
     """True when no array of ``arrays`` holds a NaN or an Inf."""
-    return all(bool(np.isfinite(a).all()) for a in arrays)
+    for a in arrays:
+        flat = _flat_views(a)
+        if flat is not None:
+            if not _solver_kernels().all_finite(flat[0]):
+                return False
+        elif not np.isfinite(a).all():
+            return False
+    return True
 
 
 def net_accumulate(dst, src):
