@@ -99,27 +99,46 @@ cdef inline int _threads(Py_ssize_t chunks) noexcept nogil:
     return 1 if chunks < 2 else (t if t < chunks else <int> chunks)
 
 
+cdef enum:
+    SGD = 0
+    ADAM = 1
+
+
+cdef void _update(int kind, floating* w, const floating* d, floating* a, floating* b,
+                  Py_ssize_t n, double* k) noexcept nogil:
+    # one pass of SGD (a: history; k: momentum, rate, rate * decay) or Adam (a, b: m, v;
+    # k: beta1, beta2, delta, step, decay), in fixed chunks over the OpenMP threads
+    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t c, s, m
+    for c in prange(chunks, schedule='static', num_threads=_threads(chunks)):
+        s = c * CHUNK
+        m = min(CHUNK, n - s)
+        if floating is float:
+            if kind == SGD:
+                solver_sgd_f(w + s, d + s, a + s, m, <float> k[0], <float> k[1],
+                             <float> k[2], k[2] != 0.0)
+            else:
+                solver_adam_f(w + s, d + s, a + s, b + s, m, <float> k[0],
+                              <float> (1.0 - k[0]), <float> k[1], <float> (1.0 - k[1]),
+                              <float> k[2], <float> k[3], <float> k[4], k[4] != 0.0)
+        else:
+            if kind == SGD:
+                solver_sgd_d(w + s, d + s, a + s, m, k[0], k[1], k[2], k[2] != 0.0)
+            else:
+                solver_adam_d(w + s, d + s, a + s, b + s, m, k[0], 1.0 - k[0], k[1],
+                              1.0 - k[1], k[2], k[3], k[4], k[4] != 0.0)
+
+
 def sgd_update(floating[::1] data, const floating[::1] diff, floating[::1] history,
                double rate, double momentum, double rate_decay):
     """history = momentum * history + rate * diff + rate_decay * data; data -= history.
     ``rate_decay`` is the local rate times the local weight decay (0: none). The scalars
     are rounded to the arrays' precision first, as NumPy does. Same-length 1-D arrays."""
-    cdef Py_ssize_t n = data.shape[0]
-    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t k, start
-    cdef int decay = rate_decay != 0.0
-    if n == 0:
-        return
-    with nogil:
-        for k in prange(chunks, schedule='static', num_threads=_threads(chunks)):
-            start = k * CHUNK
-            if floating is float:
-                solver_sgd_f(&data[start], &diff[start], &history[start],
-                             min(CHUNK, n - start), <float> momentum, <float> rate,
-                             <float> rate_decay, decay)
-            else:
-                solver_sgd_d(&data[start], &diff[start], &history[start],
-                             min(CHUNK, n - start), momentum, rate, rate_decay, decay)
+    cdef double k[3]
+    k[0], k[1], k[2] = momentum, rate, rate_decay
+    if data.shape[0] > 0:
+        with nogil:
+            _update(SGD, &data[0], &diff[0], &history[0], <floating*> NULL, data.shape[0], k)
 
 
 def adam_update(floating[::1] data, const floating[::1] diff, floating[::1] m,
@@ -128,24 +147,11 @@ def adam_update(floating[::1] data, const floating[::1] diff, floating[::1] m,
     """Caffe's Adam with g = diff + decay * data: m = beta1 m + (1 - beta1) g;
     v = beta2 v + (1 - beta2) g^2; data -= step * m / (sqrt(v) + delta), ``step`` the local
     rate times the bias correction. Same-length 1-D arrays."""
-    cdef Py_ssize_t n = data.shape[0]
-    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
-    cdef Py_ssize_t k, start
-    cdef int has_decay = decay != 0.0
-    if n == 0:
-        return
-    with nogil:
-        for k in prange(chunks, schedule='static', num_threads=_threads(chunks)):
-            start = k * CHUNK
-            if floating is float:
-                solver_adam_f(&data[start], &diff[start], &m[start], &v[start],
-                              min(CHUNK, n - start), <float> beta1, <float> (1.0 - beta1),
-                              <float> beta2, <float> (1.0 - beta2), <float> delta,
-                              <float> step, <float> decay, has_decay)
-            else:
-                solver_adam_d(&data[start], &diff[start], &m[start], &v[start],
-                              min(CHUNK, n - start), beta1, 1.0 - beta1, beta2, 1.0 - beta2,
-                              delta, step, decay, has_decay)
+    cdef double k[5]
+    k[0], k[1], k[2], k[3], k[4] = beta1, beta2, delta, step, decay
+    if data.shape[0] > 0:
+        with nogil:
+            _update(ADAM, &data[0], &diff[0], &m[0], &v[0], data.shape[0], k)
 
 
 def all_finite(const floating[::1] x):
