@@ -263,6 +263,24 @@ def conv_backward_data(const floating[:, :, :, ::1] dy,      # IN    (N, M, OH, 
                                  min(c0 + block, (gi + 1) * g.cg), &g)
 
 
+cdef void _zero_partials(floating* partial, Py_ssize_t count, int threads) noexcept nogil:
+    cdef Py_ssize_t e
+    for e in prange(count, schedule='static', num_threads=threads):
+        partial[e] = 0
+
+
+cdef void _add_partials(const floating* partial, Py_ssize_t P, Py_ssize_t size,
+                        floating* dw, int threads) noexcept nogil:
+    # dw += partial[0] + ... + partial[P-1], in that order for every element
+    cdef Py_ssize_t e, q
+    cdef floating s
+    for e in prange(size, schedule='static', num_threads=threads):
+        s = dw[e]
+        for q in range(P):
+            s = s + partial[q * size + e]
+        dw[e] = s
+
+
 def conv_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
                          const floating[:, :, :, ::1] dy,    # IN    (N, M, OH, OW)
                          floating[:, :, :, ::1] dweight,     # INOUT (M, C/group, kh, kw)
@@ -292,14 +310,12 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W
     cdef int threads = <int> col.shape[0]
     cdef floating* dw = &dweight[0, 0, 0, 0]
     cdef floating* acc
-    cdef floating s
-    cdef Py_ssize_t item, p, gi, c0, e, q
+    cdef Py_ssize_t item, p, gi, c0
     if N == 0:
         return
     with nogil:
         if P > 1:
-            for e in prange(P * size, schedule='static', num_threads=threads):
-                partial[e // size, e % size] = 0
+            _zero_partials(&partial[0, 0], P * size, threads)
         for item in prange(P * blocks, schedule='static', num_threads=threads):
             p = item // blocks
             gi = (item % blocks) // nb
@@ -309,11 +325,67 @@ def conv_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W
                                    &col[0, 0] + omp_get_thread_num() * cs, p, N, P, gi, c0,
                                    min(c0 + block, (gi + 1) * g.cg), &g)
         if P > 1:
-            for e in prange(size, schedule='static', num_threads=threads):
-                s = dw[e]
-                for q in range(P):
-                    s = s + partial[q, e]
-                dw[e] = s
+            _add_partials(&partial[0, 0], P, size, dw, threads)
+
+
+def conv_forward_backward_weight(
+        const floating[:, :, :, ::1] x,         # IN    (N, C, H, W) conv input
+        const floating[:, :, :, ::1] weight,    # IN    (M, C/group, kh, kw)
+        floating[:, :, :, ::1] y,               # OUT   (N, M, OH, OW) = conv(x)
+        const floating[:, :, :, ::1] dy,        # IN    (N, M, OH, OW) for the weight gradient
+        floating[:, :, :, ::1] dweight,         # INOUT (M, C/group, kh, kw)
+        floating[:, ::1] col,                   # SCRATCH (threads, >= C*kh*kw*OH*OW)
+        floating[:, ::1] partial,               # SCRATCH (P, M*C/group*kh*kw) or (0, 0)
+        Py_ssize_t stride_h, Py_ssize_t stride_w,
+        Py_ssize_t pad_h, Py_ssize_t pad_w,
+        Py_ssize_t dil_h, Py_ssize_t dil_w,
+        Py_ssize_t group):
+    """conv_forward without bias and conv_backward_weight(x, dy) from one im2col per image:
+    what a Deconvolution's backward needs (its top diff is the conv input of both), so the
+    columns are built once instead of twice.
+
+    The images split into P = ``partial.shape[0]`` classes (n % P; P = 1 with an empty
+    ``partial`` accumulates straight into dweight), a prange over the classes, each running
+    its images in order: y[n] = W @ col, then dW_p += dy[n] @ col.T; dweight += partial[0] +
+    ... + partial[P-1] in that order. The result does not depend on the thread count."""
+    cdef Geometry g = _geometry(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
+                                y.shape[3], weight.shape[2], weight.shape[3], stride_h,
+                                stride_w, pad_h, pad_w, dil_h, dil_w, group)
+    cdef Py_ssize_t N = x.shape[0]
+    cdef Py_ssize_t P = partial.shape[0] if partial.shape[0] > 1 else 1
+    cdef Py_ssize_t size = g.M * g.kg
+    cdef Py_ssize_t ohw = g.OH * g.OW
+    cdef Py_ssize_t xs = g.C * g.H * g.W
+    cdef Py_ssize_t ys = g.M * ohw
+    cdef Py_ssize_t cs = col.shape[1]
+    cdef int threads = <int> col.shape[0]
+    cdef floating* dw = &dweight[0, 0, 0, 0]
+    cdef floating* acc
+    cdef floating* c
+    cdef Py_ssize_t p, n, gi
+    if N == 0:
+        return
+    with nogil:
+        if P > 1:
+            _zero_partials(&partial[0, 0], P * size, threads)
+        for p in prange(P, schedule='static', num_threads=threads):
+            acc = dw if P == 1 else &partial[0, 0] + p * size
+            c = &col[0, 0] + omp_get_thread_num() * cs
+            n = p
+            while n < N:
+                _im2col(&x[0, 0, 0, 0] + n * xs, c, 0, g.C, 0, g.OH, ohw, &g)
+                for gi in range(g.group):
+                    gemm(False, False, <int> g.mg, <int> ohw, <int> g.kg,
+                         1, &weight[0, 0, 0, 0] + gi * g.mg * g.kg, <int> g.kg,
+                         c + gi * g.kg * ohw, <int> ohw,
+                         0, &y[0, 0, 0, 0] + n * ys + gi * g.mg * ohw, <int> ohw)
+                    gemm(False, True, <int> g.mg, <int> g.kg, <int> ohw,
+                         1, &dy[0, 0, 0, 0] + n * ys + gi * g.mg * ohw, <int> ohw,
+                         c + gi * g.kg * ohw, <int> ohw,
+                         1, acc + gi * g.mg * g.kg, <int> g.kg)
+                n = n + P
+        if P > 1:
+            _add_partials(&partial[0, 0], P, size, dw, threads)
 
 
 cdef double _plane_sum(const floating* row, Py_ssize_t count) noexcept nogil:

@@ -654,6 +654,37 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
                                              dilation[1], group, block)
 
 
+#: the most bytes of one image's columns for conv_forward_backward_weight's shared im2col
+CONV_SHARED_COL_BYTES = 16 * 1024 * 1024
+
+
+def conv_forward_backward_weight(x, weight, y, dy, dweight, kernel, stride, pad, dilation,
+                                 group, workspace, algorithm="im2col"):
+    """conv_forward(x) into y (no bias) and conv_backward_weight(x, dy) into dweight: a
+    Deconvolution's backward (its top diff is x for both). With im2col, a batch of at least
+    CONV_MIN_ITEMS images whose columns fit CONV_SHARED_COL_BYTES builds each image's
+    columns once for both GEMMs (pyx/conv.pyx); otherwise the two calls run apart."""
+    n, out = x.shape[0], y.shape[2:]
+    k = x.shape[1] * kernel[0] * kernel[1]
+    size = k * out[0] * out[1]
+    if (algorithm != "im2col" or n < CONV_MIN_ITEMS or size * x.itemsize >
+            CONV_SHARED_COL_BYTES or _conv_direct(x.shape[1:], out, kernel, stride, pad)):
+        conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
+                             algorithm)
+        conv_forward(x, weight, None, y, kernel, stride, pad, dilation, group, workspace,
+                     algorithm)
+        return
+    classes = max(min(n, CONV_MAX_CLASSES), 1)
+    threads = _conv_threads(classes)
+    col = _conv_scratch(workspace, "col", threads, size, x.dtype)
+    partial = _conv_scratch(workspace, "partial", classes if classes > 1 else 0,
+                            dweight.size, x.dtype)
+    with blas_threads(1):
+        _conv_kernels().conv_forward_backward_weight(x, weight, y, dy, dweight, col, partial,
+                                                     stride[0], stride[1], pad[0], pad[1],
+                                                     dilation[0], dilation[1], group)
+
+
 # ---- conv: Winograd F(4x4, 3x3) (pyx/winograd.pyx), 3x3 filters at stride 1
 
 WINOGRAD_TILE = 4

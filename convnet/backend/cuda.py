@@ -556,6 +556,16 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
                kernel, stride, pad, dilation, group, workspace, algorithm)
 
 
+def conv_forward_backward_weight(x, weight, y, dy, dweight, kernel, stride, pad, dilation,
+                                 group, workspace, algorithm="im2col"):
+    """conv_forward(x) into y (no bias) and conv_backward_weight(x, dy) into dweight (a
+    Deconvolution's backward); here the two calls, one after the other."""
+    conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
+                         algorithm)
+    conv_forward(x, weight, None, y, kernel, stride, pad, dilation, group, workspace,
+                 algorithm)
+
+
 def conv_backward_bias(dy, dbias):
     """INOUT dbias (M,) += the sum of dy over N, OH, OW (deterministic)."""
     n, m = dy.shape[0], dy.shape[1]

@@ -331,15 +331,17 @@ class Deconvolution(_ConvolutionBase):
         self._params_intact(diffs=True)
         dy = top_diffs[0]
         be = self.backend
-        if self._learns(0):
-            # conv roles: the conv "input" is this layer's top, its "output" our bottom
+        # conv roles: the conv "input" is this layer's top, its "output" our bottom
+        dx = be.empty(self.bottom_shapes[0], self.dtype) if propagate_down[0] else None
+        if self._learns(0) and dx is not None:
+            be.conv_forward_backward_weight(dy, self.params[0].data, dx, self._x,
+                                            self.params[0].diff, **self._geometry())
+        elif self._learns(0):
             be.conv_backward_weight(dy, self._x, self.params[0].diff, **self._geometry())
+        elif dx is not None:
+            be.conv_forward(dy, self.params[0].data, None, dx, **self._geometry())
         if self.bias_term and self._learns(1):
             be.conv_backward_bias(dy, self.params[1].diff)
-        dx = None
-        if propagate_down[0]:
-            dx = be.empty(self.bottom_shapes[0], self.dtype)
-            be.conv_forward(dy, self.params[0].data, None, dx, **self._geometry())
         return [dx]
 
 

@@ -159,6 +159,62 @@ def test_deconv_gradients_match_scatter_definition_and_accumulate(cfg, rng):
     np.testing.assert_allclose(layer.bias.diff, 2 * db_ref, rtol=1e-10, atol=1e-11)
 
 
+SHARED_COL_CASES = [
+    # (batch, channels, size, num_output, kernel, stride, pad, group, dilation): batches of
+    # CONV_MIN_ITEMS and more, where a Deconvolution's backward shares one im2col per image
+    (4, 3, (5, 4), 2, (4, 3), (2, 3), (1, 0), 1, (1, 1)),
+    (5, 4, (3, 6), 6, (3, 3), (2, 2), (1, 1), 2, (1, 2)),
+    (9, 2, (4, 4), 3, (2, 5), (3, 1), (0, 2), 1, (2, 1)),
+]
+
+
+@pytest.mark.parametrize("case", SHARED_COL_CASES)
+def test_deconv_backward_with_shared_columns_matches_the_definition(case, rng, monkeypatch):
+    n, c, size, m, kernel, stride, pad, group, dil = case
+    layer = Deconvolution(m, kernel, stride=stride, pad=pad, group=group, dilation=dil,
+                          dtype=np.float64)
+    x = rng.standard_normal((n, c) + size)
+    y = layer.forward(x)
+    assert layer.algorithm_used == "im2col"
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, db_ref = ref.deconv2d_grads(x, layer.weight.data, dy, stride, pad, dil,
+                                                group)
+    start = rng.standard_normal(layer.weight.shape)
+    layer.weight.diff[...] = start
+    _forbid(monkeypatch, "conv_backward_weight")       # the shared-column kernel runs instead
+    _forbid(monkeypatch, "conv_forward")
+    dx = layer.backward(dy)
+    monkeypatch.undo()
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.diff, start + dw_ref, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(layer.bias.diff, db_ref, rtol=1e-10, atol=1e-11)
+    # one gradient only: the separate kernels
+    layer.weight.diff[...] = 0
+    layer.backward(dy, propagate_down=[False])
+    np.testing.assert_allclose(layer.weight.diff, dw_ref, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", SHARED_COL_CASES[:2])
+def test_deconv_backward_with_shared_columns_is_bit_identical_at_1_and_2_threads(case, rng):
+    n, c, size, m, kernel, stride, pad, group, dil = case
+    x = rng.standard_normal((n, c) + size).astype(np.float32)
+    results = []
+    before = convnet.get_num_threads()
+    for threads in (1, 2):
+        convnet.set_num_threads(threads)
+        try:
+            convnet.seed(5)
+            layer = Deconvolution(m, kernel, stride=stride, pad=pad, group=group,
+                                  dilation=dil)
+            y = layer.forward(x)
+            dx = layer.backward(np.linspace(-1, 1, y.size, dtype=np.float32).reshape(y.shape))
+            results.append((dx, layer.weight.diff.copy()))
+        finally:
+            convnet.set_num_threads(before)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 @pytest.mark.parametrize("cfg", DECONV_CONFIGS[1::6], ids=range(1, N_CONFIGS, 6))
 def test_deconv_gradients_pass_finite_differences(cfg, rng):
     check_gradients(_make_deconv(cfg, np.float64), _input(cfg, rng))
