@@ -934,16 +934,23 @@ def net_accumulate(dst, src):
 
 # ---- inner_product
 # InnerProduct views its bottom as (M, K) and its weight as (N, K) ((K, N) with transpose).
-# Forward and backward-data are NumPy's matmul; the weight gradient accumulates in place
-# through the BLAS door (gemm with beta = 1, pyx/inner_product.pyx), which saves NumPy's
-# temporary product and its second pass. Measured on the benchmark LSTM step (64 x 256 by
-# 256 x 1024, float32, one BLAS thread, busy 2-core VM, medians of 100): weight gradient
-# 0.53 ms through the door against 0.55-0.58 ms for ``dw += dy.T @ x``; forward and
-# backward-data 0.57-0.60 ms through the door (scipy's OpenBLAS) against 0.40-0.52 ms for
-# NumPy's matmul, which they therefore keep. Embed's indices are validated here, before any
-# row is read.
+# Forward and backward-data are NumPy's matmul: on the benchmark LSTM step (64 x 256 by
+# 256 x 1024, float32, one BLAS thread, medians of 100) 0.40-0.52 ms against 0.51-0.60 ms
+# through the BLAS door (scipy's OpenBLAS). The weight gradient is NumPy's matmul too
+# (``dw += dy^T x``) unless its temporary product would pass _DW_TEMP_BYTES; larger ones
+# accumulate in place through the door (gemm with beta = 1, pyx/inner_product.pyx), which
+# saves that temporary and its second pass. Keeping a layer's gemms in one library matters
+# at 2 threads: NumPy and scipy each load their own OpenBLAS, each with its own thread pool,
+# whose idle threads keep spinning for a while after a gemm and stall the other pool's next
+# 2-thread gemm. Measured on the benchmark LSTM (T=50, N=64, 256 -> 256, 2 threads, medians
+# of 15, two runs each): forward+backward 114-121 ms with every gemm in NumPy against
+# 160-165 ms with the weight gradients through the door (and 135-148 ms with every gemm
+# through the door). Embed's indices are validated here, before
+# any row is read.
 
 _INT_MAX = 2 ** 31 - 1
+#: the largest temporary product (bytes) the weight gradient makes through NumPy
+_DW_TEMP_BYTES = 4 << 20
 
 
 def _gemm_into(a, b, c, trans_a, trans_b, beta):
@@ -975,10 +982,11 @@ def inner_product_backward_data(dy, weight, dx, transpose):
 
 def inner_product_backward_weight(x, dy, dweight, transpose):
     """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose."""
-    if transpose:
-        _gemm_into(x, dy, dweight, True, False, 1.0)
+    a, b = (x, dy) if transpose else (dy, x)
+    if dweight.nbytes <= _DW_TEMP_BYTES:
+        dweight += np.matmul(a.T, b)
     else:
-        _gemm_into(dy, x, dweight, True, False, 1.0)
+        _gemm_into(a, b, dweight, True, False, 1.0)
 
 
 def inner_product_backward_bias(dy, dbias):
@@ -1086,59 +1094,34 @@ def normalization_scale_backward(dy, x, scale, dx, dscale, dbias):
 
 
 # ---- recurrent (LSTMUnit)
-# Rows R = every leading position; gates in Caffe's order i, f, o, g. NumPy ufuncs with out=:
-# a compiled one-pass kernel (fused loops, a rational tanh in float) was measured no faster
-# on the benchmark step (64 x 256 units, float32, 2 cores): forward 0.27-0.37 ms against
-# NumPy's 0.28-0.34 ms, backward 0.09-0.12 ms against 0.09-0.12 ms (NumPy's float32 tanh is
-# vectorised), so there is none. sigmoid(x) is computed as (1 + tanh(x / 2)) / 2: no exp, no
-# overflow at any x.
+# Rows R = every leading position; gates in Caffe's order i, f, o, g. One compiled pass over
+# each row (pyx/recurrent.pyx, per-unit arithmetic in pyx/recurrent_rows.h, with a float32
+# exp / tanh GCC vectorises; libm in float64). Measured on the benchmark step (64 x 256
+# units, float32, one thread, medians of 500): forward 80 us against 313 us for the eleven
+# NumPy passes it replaced (NumPy's float32 tanh runs at 2.6 ns an element here: 82 K
+# tanh a step), backward 20 us against 164 us. Rows split over OpenMP threads only in work
+# items of 64 K gate values (a thread start costs more than a step of this size).
+
+def _recurrent_kernels():
+    from convnet._cpu import recurrent
+    return recurrent
+
 
 def recurrent_lstm_unit_forward(c_prev, gates, cont, forget_bias, act, tanh_c, c, h):
     """IN c_prev (R, D), gates (R, 4D) pre-activations in Caffe's order i, f, o, g, cont (R,),
-    forget_bias (a float added to the f pre-activations); OUT act (R, 4D), tanh_c (R, D) (kept
-    for backward), c = cont f c_prev + i g, h = o tanh(c)."""
-    d = c_prev.shape[1]
-    sig = act[:, :3 * d]
-    np.multiply(gates[:, :3 * d], 0.5, out=sig)
-    if forget_bias:
-        sig[:, d:2 * d] += 0.5 * forget_bias
-    np.tanh(sig, out=sig)
-    sig *= 0.5
-    sig += 0.5
-    np.tanh(gates[:, 3 * d:], out=act[:, 3 * d:])
-    np.multiply(act[:, d:2 * d], c_prev, out=c)
-    c *= cont[:, None]
-    np.multiply(act[:, :d], act[:, 3 * d:], out=tanh_c)
-    c += tanh_c
-    np.tanh(c, out=tanh_c)
-    np.multiply(act[:, 2 * d:3 * d], tanh_c, out=h)
+    forget_bias (a float added to the f pre-activations); OUT act (R, 4D) (the activated
+    gates), tanh_c (R, D) (kept for backward), c = cont f c_prev + i g, h = o tanh(c).
+    Outputs C-contiguous."""
+    _recurrent_kernels().lstm_unit_forward(
+        np.ascontiguousarray(c_prev), np.ascontiguousarray(gates), np.ascontiguousarray(cont),
+        float(forget_bias), act, tanh_c, c, h)
 
 
 def recurrent_lstm_unit_backward(c_prev, cont, act, tanh_c, dc, dh, dc_prev, dgates):
     """IN c_prev, cont, act, tanh_c (from forward), dc, dh (R, D); OUT dc_prev (R, D),
-    dgates (R, 4D) (the pre-activation diffs; cont gets none, as in Caffe)."""
-    d = c_prev.shape[1]
-    i, f, o, g = act[:, :d], act[:, d:2 * d], act[:, 2 * d:3 * d], act[:, 3 * d:]
-    keep = cont[:, None]
-    dct = np.multiply(tanh_c, tanh_c)
-    np.subtract(1, dct, out=dct)
-    dct *= o
-    dct *= dh
-    dct += dc
-    np.multiply(dct, f, out=dc_prev)
-    dc_prev *= keep
-    di, df, do, dg = (dgates[:, k * d:(k + 1) * d] for k in range(4))
-    np.multiply(dct, g, out=di)            # d/di, then through the sigmoid
-    di *= i
-    di *= 1 - i
-    np.multiply(dct, c_prev, out=df)
-    df *= keep
-    df *= f
-    df *= 1 - f
-    np.multiply(dh, tanh_c, out=do)
-    do *= o
-    do *= 1 - o
-    np.multiply(g, g, out=dg)
-    np.subtract(1, dg, out=dg)
-    dg *= i
-    dg *= dct
+    dgates (R, 4D) (the pre-activation diffs; cont gets none, as in Caffe). Outputs
+    C-contiguous."""
+    _recurrent_kernels().lstm_unit_backward(
+        np.ascontiguousarray(c_prev), np.ascontiguousarray(cont), np.ascontiguousarray(act),
+        np.ascontiguousarray(tanh_c), np.ascontiguousarray(dc), np.ascontiguousarray(dh),
+        dc_prev, dgates)
