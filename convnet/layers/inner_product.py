@@ -127,16 +127,14 @@ class InnerProduct(Layer):
         what S backward calls add: ``bottoms`` (S, *bottom shape) and ``top_diffs``
         (S, *top shape) stack the calls' bottoms and top diffs (any S >= 1, e.g. the T steps
         of a recurrent net: one gemm of S x M rows instead of S gemms of M rows)."""
-        m, k = self._mk
-        rows = bottoms.size // k if k else 0
-        if (bottoms.ndim != len(self.bottom_shapes[0]) + 1 or
-                tuple(bottoms.shape[1:]) != tuple(self.bottom_shapes[0]) or
-                tuple(top_diffs.shape) != (bottoms.shape[0],) + tuple(self.top_shapes[0])):
-            fail(self, f"accumulate_param_diffs takes bottoms S x {shape_str(self.bottom_shapes[0])}"
-                       f" and top diffs S x {shape_str(self.top_shapes[0])}, got "
-                       f"{shape_str(bottoms.shape)} and {shape_str(top_diffs.shape)}",
-                 ShapeError)
-        self._param_diffs(bottoms.reshape((rows, k)),
+        bottom, top = tuple(self.bottom_shapes[0]), tuple(self.top_shapes[0])
+        if tuple(bottoms.shape[1:]) != bottom or tuple(top_diffs.shape) != (
+                bottoms.shape[:1] + top):
+            fail(self, f"accumulate_param_diffs takes bottoms S x {shape_str(bottom)} and top "
+                       f"diffs S x {shape_str(top)}, got {shape_str(bottoms.shape)} and "
+                       f"{shape_str(top_diffs.shape)}", ShapeError)
+        rows = bottoms.shape[0] * self._mk[0]
+        self._param_diffs(bottoms.reshape((rows, self._mk[1])),
                           top_diffs.reshape((rows, self.num_output)))
 
 

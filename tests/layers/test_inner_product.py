@@ -145,3 +145,29 @@ def test_embed_bad_params():
         Embed(input_dim=0, num_output=2)
     with pytest.raises(DataError, match="must hold row ids"):
         Embed(input_dim=3, num_output=2).forward(np.array(["a"]))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_accumulate_param_diffs_equals_one_backward_per_call(transpose):
+    """S calls' param diffs added at once (what convnet.rnn's engine does after its time
+    loop, with param_diffs_deferred set during it) equal S backward calls' sum."""
+    r = np.random.default_rng(7)
+    xs, dys = r.standard_normal((5, 3, 2, 4)), r.standard_normal((5, 3, 6))
+    convnet.seed(1)
+    each = InnerProduct(num_output=6, transpose=transpose, dtype=np.float64)
+    for x, dy in zip(xs, dys):
+        each.forward(x)
+        dx_each = each.backward(dy)
+    convnet.seed(1)
+    once = InnerProduct(num_output=6, transpose=transpose, dtype=np.float64)
+    once.param_diffs_deferred = True
+    for x, dy in zip(xs, dys):
+        once.forward(x)
+        dx = once.backward(dy)
+    assert not once.params[0].diff.any() and not once.params[1].diff.any()
+    np.testing.assert_array_equal(dx, dx_each)      # the bottom diff is computed as ever
+    once.accumulate_param_diffs(xs, dys)
+    for a, b in zip(once.params, each.params):
+        np.testing.assert_allclose(a.diff, b.diff, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ShapeError, match=r"accumulate_param_diffs takes bottoms S x 3x2x4"):
+        once.accumulate_param_diffs(xs[:, :2], dys)
