@@ -934,31 +934,55 @@ def net_accumulate(dst, src):
 
 # ---- inner_product
 # InnerProduct views its bottom as (M, K) and its weight as (N, K) ((K, N) with transpose).
-# Forward and backward-data are NumPy's matmul: on the benchmark LSTM step (64 x 256 by
-# 256 x 1024, float32, one BLAS thread, medians of 100) 0.40-0.52 ms against 0.51-0.60 ms
-# through the BLAS door (scipy's OpenBLAS). The weight gradient is NumPy's matmul too
-# (``dw += dy^T x``) unless its temporary product would pass _DW_TEMP_BYTES; larger ones
-# accumulate in place through the door (gemm with beta = 1, pyx/inner_product.pyx), which
-# saves that temporary and its second pass. Keeping a layer's gemms in one library matters
-# at 2 threads: NumPy and scipy each load their own OpenBLAS, each with its own thread pool,
-# whose idle threads keep spinning for a while after a gemm and stall the other pool's next
-# 2-thread gemm. Measured on the benchmark LSTM (T=50, N=64, 256 -> 256, 2 threads, medians
-# of 15, two runs each): forward+backward 114-121 ms with every gemm in NumPy against
-# 160-165 ms with the weight gradients through the door (and 135-148 ms with every gemm
-# through the door). Embed's indices are validated here, before
-# any row is read.
+# Small gemms (under _SPLIT_MACS multiply-adds, e.g. the benchmark LSTM's per-step gemm,
+# 64 x 256 by 256 x 1024) are NumPy's matmul: at one BLAS thread 0.40-0.52 ms against
+# 0.51-0.60 ms through the BLAS door (scipy's OpenBLAS); a small weight gradient too
+# (``dw += dy^T x`` while its temporary product stays under _DW_TEMP_BYTES; a larger one
+# accumulates through the door with beta = 1). Large gemms run as one gemm per OpenMP
+# thread, each on one BLAS thread (pyx/inner_product.pyx ``gemm_into_split``, the door,
+# beta = 1 for the weight gradient), as the convolutions run theirs, never on OpenBLAS's
+# own threads: after a multi-threaded gemm its idle threads keep spinning for about 0.1 s
+# (measured), taking a core from whatever runs next (a recurrent net's time loop, the other
+# BLAS library's pool: NumPy and scipy each load their own OpenBLAS). The blocks go to the
+# threads as each finishes one (dynamic), so a core shared with another process takes fewer.
+# Measured on the benchmark LSTM (T=50, N=64, 256 -> 256, 2 threads, medians of 9; its large
+# gemms are the hoisted input projection and the weight gradients, 3200 x 256 by
+# 256 x 1024), the 2-core VM shared with one busy process (load 1.1-1.2), torch.nn.LSTM
+# alongside: forward 118 ms and forward+backward 247 ms with those gemms on OpenBLAS's two
+# threads (torch 62 / 200 ms), 60 / 153 ms split here (torch 67 / 200 ms); splitting the
+# step gemm as well was slower (83 / 225 ms against 76 / 209 ms, load 1.8-2.0). Embed's
+# indices are validated here, before any row is read.
 
 _INT_MAX = 2 ** 31 - 1
-#: the largest temporary product (bytes) the weight gradient makes through NumPy
+#: the multiply-adds from which a gemm is split into _SPLIT_PARTS blocks over the OpenMP
+#: threads (64 M; the benchmark LSTM's step gemm, 16 M, stays whole)
+_SPLIT_MACS = 1 << 26
+_SPLIT_PARTS = 8
+#: the largest temporary product (bytes) a weight gradient makes through NumPy
 _DW_TEMP_BYTES = 4 << 20
 
 
+def _door():
+    from convnet._cpu import inner_product
+    return inner_product
+
+
+def _fits(a, b, c):
+    return 0 < min(a.size, b.size, c.size) and max(*a.shape, *b.shape) <= _INT_MAX
+
+
 def _gemm_into(a, b, c, trans_a, trans_b, beta):
-    """c = op(a) op(b) + beta c through the BLAS door (pyx/inner_product.pyx); NumPy when a
-    size is 0 or does not fit the C int BLAS takes."""
-    if 0 < min(a.size, b.size, c.size) and max(*a.shape, *b.shape) <= _INT_MAX:
-        from convnet._cpu import inner_product
-        inner_product.gemm_into(a, b, c, trans_a, trans_b, beta)
+    """c = op(a) op(b) + beta c through the BLAS door (pyx/inner_product.pyx), split over
+    the OpenMP threads from _SPLIT_MACS multiply-adds; NumPy when a size is 0 or does not fit
+    the C int BLAS takes."""
+    if _fits(a, b, c):
+        k = a.shape[0] if trans_a else a.shape[1]
+        if c.size * k >= _SPLIT_MACS:
+            with blas_threads(1):
+                _door().gemm_into_split(a, b, c, trans_a, trans_b, beta, _SPLIT_PARTS,
+                                        get_num_threads())
+        else:
+            _door().gemm_into(a, b, c, trans_a, trans_b, beta)
         return
     prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
     if beta:
@@ -967,26 +991,37 @@ def _gemm_into(a, b, c, trans_a, trans_b, beta):
         c[...] = prod
 
 
+def _large(m, n, k):
+    return m * n * k >= _SPLIT_MACS
+
+
 def inner_product_forward(x, weight, bias, y, transpose):
     """IN x (M, K), weight (N, K) or (K, N) when transpose, bias (N,) or None;
     OUT y (M, N) = x W^T + bias (x W + bias when transpose)."""
-    np.matmul(x, weight if transpose else weight.T, out=y)
+    if _large(y.shape[0], y.shape[1], x.shape[1]):
+        _gemm_into(x, weight, y, False, not transpose, 0.0)
+    else:
+        np.matmul(x, weight if transpose else weight.T, out=y)
     if bias is not None:
         y += bias
 
 
 def inner_product_backward_data(dy, weight, dx, transpose):
     """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose)."""
-    np.matmul(dy, weight.T if transpose else weight, out=dx)
+    if _large(dx.shape[0], dx.shape[1], dy.shape[1]):
+        _gemm_into(dy, weight, dx, False, transpose, 0.0)
+    else:
+        np.matmul(dy, weight.T if transpose else weight, out=dx)
 
 
 def inner_product_backward_weight(x, dy, dweight, transpose):
     """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose."""
     a, b = (x, dy) if transpose else (dy, x)
-    if dweight.nbytes <= _DW_TEMP_BYTES:
-        dweight += np.matmul(a.T, b)
-    else:
+    if dweight.nbytes > _DW_TEMP_BYTES or _large(dweight.shape[0], dweight.shape[1],
+                                                 a.shape[0]):
         _gemm_into(a, b, dweight, True, False, 1.0)
+    else:
+        dweight += np.matmul(a.T, b)
 
 
 def inner_product_backward_bias(dy, dbias):
