@@ -957,7 +957,7 @@ _INT_MAX = 2 ** 31 - 1
 #: the multiply-adds from which a gemm is split into _SPLIT_PARTS blocks over the OpenMP
 #: threads (64 M; the benchmark LSTM's step gemm, 16 M, stays whole)
 _SPLIT_MACS = 1 << 26
-_SPLIT_PARTS = 8
+_SPLIT_PARTS = 4
 #: the largest temporary product (bytes) a weight gradient makes through NumPy
 _DW_TEMP_BYTES = 4 << 20
 
