@@ -37,9 +37,16 @@ from convnet.rnn import CellRunner, LayeredRunner, LSTMCell
 CASE = dict(T=50, N=64, I=256, H=256)
 
 
+#: the pause before every timed call (s): after a multi-threaded gemm OpenBLAS's idle
+#: threads keep spinning for about 0.1 s (measured: 0.1 s of CPU time during a 0.3 s sleep
+#: that followed one), which would slow whatever runs next, on either side
+SETTLE_S = 0.15
+
+
 def _median(fn, repeat):
     times = []
     for _ in range(repeat):
+        time.sleep(SETTLE_S)
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

@@ -1000,24 +1000,55 @@ def net_accumulate(dst, src):
 
 # ---- inner_product
 # InnerProduct views its bottom as (M, K) and its weight as (N, K) ((K, N) with transpose).
-# Forward and backward-data are NumPy's matmul; the weight gradient accumulates in place
-# through the BLAS door (gemm with beta = 1, pyx/inner_product.pyx), which saves NumPy's
-# temporary product and its second pass. Measured on the benchmark LSTM step (64 x 256 by
-# 256 x 1024, float32, one BLAS thread, busy 2-core VM, medians of 100): weight gradient
-# 0.53 ms through the door against 0.55-0.58 ms for ``dw += dy.T @ x``; forward and
-# backward-data 0.57-0.60 ms through the door (scipy's OpenBLAS) against 0.40-0.52 ms for
-# NumPy's matmul, which they therefore keep. Embed's indices are validated here, before any
-# row is read.
+# Small gemms (under _SPLIT_MACS multiply-adds, e.g. the benchmark LSTM's per-step gemm,
+# 64 x 256 by 256 x 1024) are NumPy's matmul: at one BLAS thread 0.40-0.52 ms against
+# 0.51-0.60 ms through the BLAS door (scipy's OpenBLAS); a small weight gradient too
+# (``dw += dy^T x`` while its temporary product stays under _DW_TEMP_BYTES; a larger one
+# accumulates through the door with beta = 1). Large gemms run as one gemm per OpenMP
+# thread, each on one BLAS thread (pyx/inner_product.pyx ``gemm_into_split``, the door,
+# beta = 1 for the weight gradient), as the convolutions run theirs, never on OpenBLAS's
+# own threads: after a multi-threaded gemm its idle threads keep spinning for about 0.1 s
+# (measured), taking a core from whatever runs next (a recurrent net's time loop, the other
+# BLAS library's pool: NumPy and scipy each load their own OpenBLAS). The blocks go to the
+# threads as each finishes one (dynamic), so a core shared with another process takes fewer.
+# Measured on the benchmark LSTM (T=50, N=64, 256 -> 256, 2 threads, medians of 9; its large
+# gemms are the hoisted input projection and the weight gradients, 3200 x 256 by
+# 256 x 1024), the 2-core VM shared with one busy process (load 1.1-1.2), torch.nn.LSTM
+# alongside: forward 118 ms and forward+backward 247 ms with those gemms on OpenBLAS's two
+# threads (torch 62 / 200 ms), 60 / 153 ms split here (torch 67 / 200 ms); splitting the
+# step gemm as well was slower (83 / 225 ms against 76 / 209 ms, load 1.8-2.0). Embed's
+# indices are validated here, before any row is read.
 
 _INT_MAX = 2 ** 31 - 1
+#: the multiply-adds from which a gemm is split into _SPLIT_PARTS blocks over the OpenMP
+#: threads (64 M; the benchmark LSTM's step gemm, 16 M, stays whole)
+_SPLIT_MACS = 1 << 26
+_SPLIT_PARTS = 4
+#: the largest temporary product (bytes) a weight gradient makes through NumPy
+_DW_TEMP_BYTES = 4 << 20
+
+
+def _door():
+    from convnet._cpu import inner_product
+    return inner_product
+
+
+def _fits(a, b, c):
+    return 0 < min(a.size, b.size, c.size) and max(*a.shape, *b.shape) <= _INT_MAX
 
 
 def _gemm_into(a, b, c, trans_a, trans_b, beta):
-    """c = op(a) op(b) + beta c through the BLAS door (pyx/inner_product.pyx); NumPy when a
-    size is 0 or does not fit the C int BLAS takes."""
-    if 0 < min(a.size, b.size, c.size) and max(*a.shape, *b.shape) <= _INT_MAX:
-        from convnet._cpu import inner_product
-        inner_product.gemm_into(a, b, c, trans_a, trans_b, beta)
+    """c = op(a) op(b) + beta c through the BLAS door (pyx/inner_product.pyx), split over
+    the OpenMP threads from _SPLIT_MACS multiply-adds; NumPy when a size is 0 or does not fit
+    the C int BLAS takes."""
+    if _fits(a, b, c):
+        k = a.shape[0] if trans_a else a.shape[1]
+        if c.size * k >= _SPLIT_MACS:
+            with blas_threads(1):
+                _door().gemm_into_split(a, b, c, trans_a, trans_b, beta, _SPLIT_PARTS,
+                                        get_num_threads())
+        else:
+            _door().gemm_into(a, b, c, trans_a, trans_b, beta)
         return
     prod = (a.T if trans_a else a) @ (b.T if trans_b else b)
     if beta:
@@ -1026,25 +1057,37 @@ def _gemm_into(a, b, c, trans_a, trans_b, beta):
         c[...] = prod
 
 
+def _large(m, n, k):
+    return m * n * k >= _SPLIT_MACS
+
+
 def inner_product_forward(x, weight, bias, y, transpose):
     """IN x (M, K), weight (N, K) or (K, N) when transpose, bias (N,) or None;
     OUT y (M, N) = x W^T + bias (x W + bias when transpose)."""
-    np.matmul(x, weight if transpose else weight.T, out=y)
+    if _large(y.shape[0], y.shape[1], x.shape[1]):
+        _gemm_into(x, weight, y, False, not transpose, 0.0)
+    else:
+        np.matmul(x, weight if transpose else weight.T, out=y)
     if bias is not None:
         y += bias
 
 
 def inner_product_backward_data(dy, weight, dx, transpose):
     """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose)."""
-    np.matmul(dy, weight.T if transpose else weight, out=dx)
+    if _large(dx.shape[0], dx.shape[1], dy.shape[1]):
+        _gemm_into(dy, weight, dx, False, transpose, 0.0)
+    else:
+        np.matmul(dy, weight.T if transpose else weight, out=dx)
 
 
 def inner_product_backward_weight(x, dy, dweight, transpose):
     """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose."""
-    if transpose:
-        _gemm_into(x, dy, dweight, True, False, 1.0)
+    a, b = (x, dy) if transpose else (dy, x)
+    if dweight.nbytes > _DW_TEMP_BYTES or _large(dweight.shape[0], dweight.shape[1],
+                                                 a.shape[0]):
+        _gemm_into(a, b, dweight, True, False, 1.0)
     else:
-        _gemm_into(dy, x, dweight, True, False, 1.0)
+        dweight += np.matmul(a.T, b)
 
 
 def inner_product_backward_bias(dy, dbias):
@@ -1152,59 +1195,34 @@ def normalization_scale_backward(dy, x, scale, dx, dscale, dbias):
 
 
 # ---- recurrent (LSTMUnit)
-# Rows R = every leading position; gates in Caffe's order i, f, o, g. NumPy ufuncs with out=:
-# a compiled one-pass kernel (fused loops, a rational tanh in float) was measured no faster
-# on the benchmark step (64 x 256 units, float32, 2 cores): forward 0.27-0.37 ms against
-# NumPy's 0.28-0.34 ms, backward 0.09-0.12 ms against 0.09-0.12 ms (NumPy's float32 tanh is
-# vectorised), so there is none. sigmoid(x) is computed as (1 + tanh(x / 2)) / 2: no exp, no
-# overflow at any x.
+# Rows R = every leading position; gates in Caffe's order i, f, o, g. One compiled pass over
+# each row (pyx/recurrent.pyx, per-unit arithmetic in pyx/recurrent_rows.h, with a float32
+# exp / tanh GCC vectorises; libm in float64). Measured on the benchmark step (64 x 256
+# units, float32, one thread, medians of 500): forward 80 us against 313 us for the eleven
+# NumPy passes it replaced (NumPy's float32 tanh runs at 2.6 ns an element here: 82 K
+# tanh a step), backward 20 us against 164 us. Rows split over OpenMP threads only in work
+# items of 64 K gate values (a thread start costs more than a step of this size).
+
+def _recurrent_kernels():
+    from convnet._cpu import recurrent
+    return recurrent
+
 
 def recurrent_lstm_unit_forward(c_prev, gates, cont, forget_bias, act, tanh_c, c, h):
     """IN c_prev (R, D), gates (R, 4D) pre-activations in Caffe's order i, f, o, g, cont (R,),
-    forget_bias (a float added to the f pre-activations); OUT act (R, 4D), tanh_c (R, D) (kept
-    for backward), c = cont f c_prev + i g, h = o tanh(c)."""
-    d = c_prev.shape[1]
-    sig = act[:, :3 * d]
-    np.multiply(gates[:, :3 * d], 0.5, out=sig)
-    if forget_bias:
-        sig[:, d:2 * d] += 0.5 * forget_bias
-    np.tanh(sig, out=sig)
-    sig *= 0.5
-    sig += 0.5
-    np.tanh(gates[:, 3 * d:], out=act[:, 3 * d:])
-    np.multiply(act[:, d:2 * d], c_prev, out=c)
-    c *= cont[:, None]
-    np.multiply(act[:, :d], act[:, 3 * d:], out=tanh_c)
-    c += tanh_c
-    np.tanh(c, out=tanh_c)
-    np.multiply(act[:, 2 * d:3 * d], tanh_c, out=h)
+    forget_bias (a float added to the f pre-activations); OUT act (R, 4D) (the activated
+    gates), tanh_c (R, D) (kept for backward), c = cont f c_prev + i g, h = o tanh(c).
+    Outputs C-contiguous."""
+    _recurrent_kernels().lstm_unit_forward(
+        np.ascontiguousarray(c_prev), np.ascontiguousarray(gates), np.ascontiguousarray(cont),
+        float(forget_bias), act, tanh_c, c, h)
 
 
 def recurrent_lstm_unit_backward(c_prev, cont, act, tanh_c, dc, dh, dc_prev, dgates):
     """IN c_prev, cont, act, tanh_c (from forward), dc, dh (R, D); OUT dc_prev (R, D),
-    dgates (R, 4D) (the pre-activation diffs; cont gets none, as in Caffe)."""
-    d = c_prev.shape[1]
-    i, f, o, g = act[:, :d], act[:, d:2 * d], act[:, 2 * d:3 * d], act[:, 3 * d:]
-    keep = cont[:, None]
-    dct = np.multiply(tanh_c, tanh_c)
-    np.subtract(1, dct, out=dct)
-    dct *= o
-    dct *= dh
-    dct += dc
-    np.multiply(dct, f, out=dc_prev)
-    dc_prev *= keep
-    di, df, do, dg = (dgates[:, k * d:(k + 1) * d] for k in range(4))
-    np.multiply(dct, g, out=di)            # d/di, then through the sigmoid
-    di *= i
-    di *= 1 - i
-    np.multiply(dct, c_prev, out=df)
-    df *= keep
-    df *= f
-    df *= 1 - f
-    np.multiply(dh, tanh_c, out=do)
-    do *= o
-    do *= 1 - o
-    np.multiply(g, g, out=dg)
-    np.subtract(1, dg, out=dg)
-    dg *= i
-    dg *= dct
+    dgates (R, 4D) (the pre-activation diffs; cont gets none, as in Caffe). Outputs
+    C-contiguous."""
+    _recurrent_kernels().lstm_unit_backward(
+        np.ascontiguousarray(c_prev), np.ascontiguousarray(cont), np.ascontiguousarray(act),
+        np.ascontiguousarray(tanh_c), np.ascontiguousarray(dc), np.ascontiguousarray(dh),
+        dc_prev, dgates)

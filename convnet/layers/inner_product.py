@@ -97,19 +97,45 @@ class InnerProduct(Layer):
         self.backend.inner_product_forward(x, self.params[0].data, bias, y, self.transpose)
         return [y.reshape(self.top_shapes[0])]
 
+    #: when True, backward computes the bottom diff only and leaves the param diffs to one
+    #: later :meth:`accumulate_param_diffs` call (set by convnet.rnn's engine for its time loop)
+    param_diffs_deferred = False
+
     def _backward(self, top_diffs, propagate_down):
         be = self.backend
         dy = top_diffs[0].reshape((self._mk[0], self.num_output))
-        weight = self.params[0]
-        if weight.lr_mult != 0:
-            be.inner_product_backward_weight(self._x, dy, weight.diff, self.transpose)
-        if self.bias_term and self.params[1].lr_mult != 0:
-            be.inner_product_backward_bias(dy, self.params[1].diff)
+        if not self.param_diffs_deferred:
+            self._param_diffs(self._x, dy)
         if not propagate_down[0]:
             return [None]
         dx = be.empty(self._mk, self.dtype)
-        be.inner_product_backward_data(dy, weight.data, dx, self.transpose)
+        be.inner_product_backward_data(dy, self.params[0].data, dx, self.transpose)
         return [dx.reshape(self.bottom_shapes[0])]
+
+    def _param_diffs(self, x, dy):
+        """ADD dW (dy^T x, or x^T dy with transpose) and db (the column sums of dy) for the
+        rows x (M, K), dy (M, num_output)."""
+        be = self.backend
+        weight = self.params[0]
+        if weight.lr_mult != 0:
+            be.inner_product_backward_weight(x, dy, weight.diff, self.transpose)
+        if self.bias_term and self.params[1].lr_mult != 0:
+            be.inner_product_backward_bias(dy, self.params[1].diff)
+
+    def accumulate_param_diffs(self, bottoms, top_diffs):
+        """ADD the param diffs of S forward calls at once, equal (up to summation order) to
+        what S backward calls add: ``bottoms`` (S, *bottom shape) and ``top_diffs``
+        (S, *top shape) stack the calls' bottoms and top diffs (any S >= 1, e.g. the T steps
+        of a recurrent net: one gemm of S x M rows instead of S gemms of M rows)."""
+        bottom, top = tuple(self.bottom_shapes[0]), tuple(self.top_shapes[0])
+        if tuple(bottoms.shape[1:]) != bottom or tuple(top_diffs.shape) != (
+                bottoms.shape[:1] + top):
+            fail(self, f"accumulate_param_diffs takes bottoms S x {shape_str(bottom)} and top "
+                       f"diffs S x {shape_str(top)}, got {shape_str(bottoms.shape)} and "
+                       f"{shape_str(top_diffs.shape)}", ShapeError)
+        rows = bottoms.shape[0] * self._mk[0]
+        self._param_diffs(bottoms.reshape((rows, self._mk[1])),
+                          top_diffs.reshape((rows, self.num_output)))
 
 
 class Embed(Layer):

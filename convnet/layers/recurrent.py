@@ -17,8 +17,9 @@ class LSTMUnit(Layer):
         c = cont * f * c_prev + i * g;                 h = o * tanh(c)
 
     Backward gives c_prev and gates their diffs (cont gets none); the leading axes (Caffe's
-    1 x N, or any others) are rows. The CPU backend runs it with NumPy (a compiled kernel
-    was measured no faster; see convnet/backend/cpu.py), the GPU in cuda/recurrent.cu.
+    1 x N, or any others) are rows. The CPU backend runs it as one compiled pass over each
+    row (pyx/recurrent.pyx; measured in convnet/backend/cpu.py), the GPU in
+    cuda/recurrent.cu.
 
     ``forget_bias`` (default 0.0; Caffe2's LSTMUnit argument, not Caffe's) is added to the f
     pre-activations: f = sigmoid(gates_f + forget_bias).

@@ -30,7 +30,8 @@ class Cell:
 
     #: the state that is the cell's output (the "hidden" state)
     output_state = None
-    #: step blobs worth recomputing in backward instead of keeping (by local name)
+    #: step blobs worth recomputing in backward instead of keeping (by local name; those
+    #: the step net does not have, e.g. an input projection that was hoisted, are skipped)
     recompute_blobs = ()
 
     def __init__(self, name, dtype):
@@ -74,7 +75,8 @@ class LSTMCell(Cell):
     """
 
     output_state = "hidden"
-    recompute_blobs = ("gates",)
+    #: the gate pre-activations and what they are summed from (the recurrent gemm is re-run)
+    recompute_blobs = ("x_proj", "hh", "gates")
     gates_per_unit = 4
 
     def __init__(self, input_size, hidden_size, forget_bias=0.0, name="lstm",
@@ -126,7 +128,7 @@ class MILSTMCell(LSTMCell):
     learned 4H vectors starting at 1, 1, 1, 0; then the LSTM unit. Wx has no bias (b is the
     separate vector), so the hoisted projection is x W^T."""
 
-    recompute_blobs = ("gates",)
+    recompute_blobs = ("x_proj", "hh", "wu", "alpha_wu", "beta_hh", "beta_x", "gates")
     _x_bias = False
 
     def _gates(self, net, xp, h_prev):

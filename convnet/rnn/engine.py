@@ -30,6 +30,16 @@ Backward runs t = T-1 ... 0 through the step net of each time step (BPTT). Memor
 - ``forward_only=True``: one workspace for every step; nothing is kept for backward.
 - ``static=True``: the step net is unrolled into one Net of T copies (params shared) and run
   with the Net's own forward and backward; results equal the dynamic engine's.
+
+Weight gradients hoisted out of the time loop (as cuDNN and PyTorch do): a step layer with one
+bottom whose param diffs are a sum over rows of (bottom row, top diff row) products offers
+``accumulate_param_diffs(bottoms, top_diffs)`` and a ``param_diffs_deferred`` flag
+(InnerProduct does). During the backward loop the engine sets the flag, so each step computes
+the bottom diff only, and keeps the layer's top diffs of all T steps in one T x ... buffer
+(its bottoms too, unless they already are one: a state's buffer rows 0 .. T-1, a sequence
+input; a static bottom takes the sum of the top diffs); after the loop one call adds the
+param diffs of every step (for an LSTM's recurrent weight one (T N) x 4H by (T N) x H gemm on
+every thread instead of T small ones).
 """
 
 import contextlib
@@ -171,7 +181,6 @@ class RecurrentNetwork:
             if versions[v].name in rset:
                 self._fail(f"recompute names '{versions[v].name}', a state or step output "
                            f"(those are kept)")
-        self._dropped = {v for v in range(len(versions)) if versions[v].name in rset}
         # need-backward (Caffe's): a version needs a diff when it derives from an input that
         # takes a gradient or from a layer with learnable params
         needs = [False] * len(versions)
@@ -185,6 +194,34 @@ class RecurrentNetwork:
                                 for k, b in enumerate(node.bottoms)])
             for t in node.tops:
                 needs[t] = learnable or any(needs[b] for b in node.bottoms)
+        # layers whose param diffs backward defers to one call after the loop (see the module
+        # docstring), with where their bottom lives: ("state", s), ("seq", ext), ("static",
+        # name) or ("step", None) (a blob the step makes: copied per step)
+        self._defer = {}
+        for i, node in enumerate(net._nodes):
+            if not (hasattr(node.layer, "accumulate_param_diffs") and len(node.bottoms) == 1
+                    and len(node.tops) == 1):
+                continue
+            v = node.bottoms[0]
+            kind = (next((("state", s) for s, vin in self._state_in.items() if vin == v), None)
+                    or next((("seq", e) for e, vin in self._seq_in.items() if vin == v), None)
+                    or next((("static", n) for n, vin in self._static_in.items() if vin == v),
+                            None)
+                    or ("step", None))
+            self._defer[i] = kind
+        # what backward reads of a step's blobs: the inputs, the bottoms a re-run (recompute)
+        # layer takes from a layer that is not re-run, and the bottoms a deferred layer takes
+        # from the step. Every other blob (recomputed ones included) is let go at the end of
+        # its step, so the next step reuses its memory while it is still in cache; each
+        # layer keeps what its own backward needs.
+        needed = set(net_inputs.values())
+        for i, node in enumerate(net._nodes):
+            if self._shared[i]:
+                needed.update(b for b in node.bottoms if versions[b].producer is None or
+                              not self._shared[versions[b].producer])
+        needed.update(net._nodes[i].bottoms[0] for i, (kind, _) in self._defer.items()
+                      if kind == "step")
+        self._released = [v for v in range(len(versions)) if v not in needed]
 
     # ------------------------------------------------------------------ phase
     def train(self, mode=True):
@@ -252,9 +289,10 @@ class RecurrentNetwork:
             for t, y in zip(node.tops, outs):
                 values[t] = y
 
-    def _run_backward(self, layers, diffs):
+    def _run_backward(self, layers, diffs, deferred=None):
         """Step backward: ``diffs`` maps versions to their diff (updated in place with every
-        bottom diff)."""
+        bottom diff); the top diff of each layer listed in ``deferred`` ({node index: None})
+        is put there (a layer that gets none is left None)."""
         nodes = self.step_net._nodes
         for i in range(len(nodes) - 1, -1, -1):
             node = nodes[i]
@@ -263,6 +301,8 @@ class RecurrentNetwork:
                 continue
             tops = [diffs[t] if t in diffs else np.zeros(s, layer.dtype)
                     for t, s in zip(node.tops, layer.top_shapes)]
+            if deferred is not None and i in deferred:
+                deferred[i] = tops[0]
             flags = self._flags[i]
             got = self._layer_backward(layer, tops, flags)
             for b, d, f in zip(node.bottoms, got, flags):
@@ -382,7 +422,7 @@ class RecurrentNetwork:
                     active[t].reshape((-1,) + (1,) * (y.ndim - 1)), y, 0)
             if keep:
                 steps.append(layers)
-                for v in self._dropped:
+                for v in self._released:
                     values.pop(v, None)
                 values_per_step.append(values)
         out = {}
@@ -396,18 +436,23 @@ class RecurrentNetwork:
             out[f"{s}_last"] = buf[T]
         for b in self.step_outputs:
             out[f"{b}_all"] = outs_all[b]
-        self._cache = (steps, values_per_step, buffers, active, T) if keep else None
+        self._cache = (steps, values_per_step, buffers, active, T, seqs) if keep else None
         return out
 
     @property
     def last_stats(self):
-        """What the last forward kept for backward: ``steps``, ``kept_blob_bytes`` (the step
-        blobs kept; layer caches not counted) and ``recomputed_layers`` (layers re-run in
-        backward); empty before a forward that keeps anything."""
+        """What the last forward kept for backward: ``steps``, ``kept_bytes`` (the memory
+        backward reads: the step blobs kept, the arrays the step layers cache, the state
+        buffers and inputs they view; each buffer counted once), ``kept_blob_bytes`` (the
+        step blobs alone) and ``recomputed_layers`` (layers re-run in backward); empty
+        before a forward that keeps anything."""
         if self._cache is None:
             return {}
-        steps, values_per_step, _, _, T = self._cache
-        return {"steps": T, "kept_blob_bytes": _bytes(values_per_step),
+        steps, values_per_step, _, _, T, _ = self._cache
+        caches = [list(vars(layer).values()) for layer in {id(la): la for layers in steps
+                                                            for la in layers}.values()]
+        return {"steps": T, "kept_bytes": _bytes(values_per_step + caches, roots=True),
+                "kept_blob_bytes": _bytes(values_per_step),
                 "recomputed_layers": sum(self._shared)}
 
     def _check_state_shape(self, s, nxt, prev):
@@ -437,17 +482,17 @@ class RecurrentNetwork:
         """Backpropagate through time from {output name: diff}; returns the diffs of the
         inputs by name (sequence inputs and static inputs) and of the initial states as
         ``<state>_init``. Param diffs accumulate in the step net's layers."""
-        with self._threads():
-            return self._backward(diffs)
+        if self.static:
+            with self._threads():
+                return self._static_backward(diffs)
+        return self._backward(diffs)
 
     def _backward(self, diffs):
-        if self.static:
-            return self._static_backward(diffs)
         if self.forward_only:
             self._fail("backward() on a forward_only network (nothing was kept)", StateError)
         if self._cache is None:
             self._fail("backward() called before forward()", StateError)
-        steps, values_per_step, buffers, active, T = self._cache
+        steps, values_per_step, buffers, active, T, seqs = self._cache
         dtype = next(iter(buffers.values())).dtype
         sizes = {f"{s}_all": (T,) + buffers[s].shape[1:] for s in self.states}
         sizes.update({f"{s}_last": buffers[s].shape[1:] for s in self.states})
@@ -460,10 +505,45 @@ class RecurrentNetwork:
             d = diffs.get(f"{s}_last")
             d_state[s] = (np.array(d, dtype=dtype) if d is not None
                           else np.zeros(buffers[s].shape[1:], dtype))
+        deferred = self._deferred_buffers(steps, values_per_step[0], buffers, seqs, T)
+        try:
+            with self._threads():
+                d_state, d_seq, d_static = self._backward_loop(
+                    diffs, steps, values_per_step, buffers, active, T, d_state, deferred)
+        finally:
+            for layers in steps:
+                for i in deferred:
+                    layers[i].param_diffs_deferred = False
+        # the deferred param diffs: one call per layer for all T steps, on every thread
+        for i, (xs, dys) in deferred.items():
+            steps[0][i].accumulate_param_diffs(xs, dys)
+        out = {}
+        for ext, d in d_seq.items():
+            if ext in self.no_grad:
+                continue
+            shape = (T,) + tuple(values_per_step[0][self._seq_in[ext]].shape)
+            out[ext] = d if d is not None else np.zeros(shape, dtype)
+        for name, d in d_static.items():
+            if name in self.no_grad:
+                continue
+            out[name] = d if d is not None else np.zeros(
+                values_per_step[0][self._static_in[name]].shape, dtype)
+        for s in self.states:
+            out[f"{s}_init"] = d_state[s]
+        return out
+
+    def _backward_loop(self, diffs, steps, values_per_step, buffers, active, T, d_state,
+                       deferred):
+        """The time loop of backward, t = T-1 ... 0: returns (d_state, d_seq, d_static) and
+        fills the ``deferred`` buffers (see _deferred_buffers)."""
+        dtype = next(iter(buffers.values())).dtype
         d_seq = {ext: None for ext in self._seq_in}
         d_static = {name: None for name in self._static_in}
         shared_mask = self._shared
         any_shared = any(shared_mask)
+        nodes = self.step_net._nodes
+        kinds = {i: self._defer[i][0] for i in deferred}
+        pending = {i: None for i in deferred}
         for t in range(T - 1, -1, -1):
             layers = steps[t]
             values = values_per_step[t]
@@ -492,7 +572,17 @@ class RecurrentNetwork:
                     d = np.where(active[t].reshape((-1,) + (1,) * (d.ndim - 1)), d, 0)
                 step_diffs[v] = np.array(d, dtype) if v not in step_diffs else \
                     step_diffs[v] + d
-            self._run_backward(layers, step_diffs)
+            self._run_backward(layers, step_diffs, pending)
+            for i, (xs, dys) in deferred.items():
+                d, pending[i] = pending[i], None
+                if kinds[i] == "static":
+                    if d is not None:
+                        dys[0] += d
+                    continue
+                dys[t] = 0 if d is None else d
+                if kinds[i] == "step":
+                    x = values.get(nodes[i].bottoms[0])
+                    xs[t] = 0 if x is None else x
             for s, v in self._state_in.items():
                 d = step_diffs.get(v)
                 if d is None:
@@ -510,19 +600,33 @@ class RecurrentNetwork:
                 d = step_diffs.get(v)
                 if d is not None and name not in self.no_grad:
                     d_static[name] = d.copy() if d_static[name] is None else d_static[name] + d
+        return d_state, d_seq, d_static
+
+    def _deferred_buffers(self, steps, values0, buffers, seqs, T):
+        """{node index: [bottoms (T, ...) or (1, ...), top diffs (T, ...) or (1, ...)]} for the
+        layers whose param diffs backward defers (flag set on every step's copy)."""
         out = {}
-        for ext, d in d_seq.items():
-            if ext in self.no_grad:
+        nodes = self.step_net._nodes
+        for i, (kind, name) in self._defer.items():
+            layer = steps[0][i]
+            if not any(p.lr_mult != 0 for p in layer.params):
                 continue
-            shape = (T,) + tuple(values_per_step[0][self._seq_in[ext]].shape)
-            out[ext] = d if d is not None else np.zeros(shape, dtype)
-        for name, d in d_static.items():
-            if name in self.no_grad:
-                continue
-            out[name] = d if d is not None else np.zeros(
-                values_per_step[0][self._static_in[name]].shape, dtype)
-        for s in self.states:
-            out[f"{s}_init"] = d_state[s]
+            dt = layer.dtype
+            top = tuple(layer.top_shapes[0])
+            if kind == "state":
+                xs = buffers[name][:T]
+            elif kind == "seq":
+                xs = seqs[name]
+            elif kind == "static":
+                xs = values0[nodes[i].bottoms[0]][None]
+            else:
+                xs = np.empty((T,) + tuple(layer.bottom_shapes[0]), dt)
+            if xs.dtype != dt or not xs.flags.c_contiguous:
+                xs = np.ascontiguousarray(xs, dt)
+            out[i] = [xs, np.zeros((1,) + top, dt) if kind == "static" else
+                      np.empty((T,) + top, dt)]
+            for layers in steps:
+                layers[i].param_diffs_deferred = True
         return out
 
     def _producer(self, v):
@@ -661,12 +765,23 @@ def _dtype_of(x, default):
     return None if kind in "iub" else default
 
 
-def _bytes(values_per_step):
+def _bytes(groups, roots=False):
+    """The bytes of the arrays in ``groups`` (dicts or lists, tuples and lists inside them
+    searched too), each array counted once; with ``roots`` a view counts the whole array
+    it views (once)."""
     seen = set()
     total = 0
-    for values in values_per_step:
-        for a in values.values():
-            if isinstance(a, np.ndarray) and id(a) not in seen:
+    stack = [g.values() if isinstance(g, dict) else g for g in groups]
+    while stack:
+        for a in stack.pop():
+            if isinstance(a, (tuple, list)):
+                stack.append(a)
+                continue
+            if not isinstance(a, np.ndarray):
+                continue
+            while roots and isinstance(a.base, np.ndarray):
+                a = a.base
+            if id(a) not in seen:
                 seen.add(id(a))
                 total += a.nbytes
     return total

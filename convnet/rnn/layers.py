@@ -174,7 +174,8 @@ class LSTM(_CaffeRecurrent):
     c_t = cont_t f c_{t-1} + i g; h_t = o tanh(c_t). Top: h (T, N, H).
 
     Params in Caffe's order: W_xc (4H, I), b_c (4H,), [W_xc_static (4H, S)], W_hc (4H, H).
-    ``recompute=True`` recomputes each step's gates in backward instead of keeping them.
+    ``recompute=True`` recomputes each step's gates in backward (the recurrent gemm and the
+    gate sum re-run) instead of keeping them and the LSTM unit's cache.
 
     >>> lstm = LSTM(num_output=8)
     >>> h = lstm.forward(x, cont)            # x: T x N x I, cont: T x N
@@ -207,7 +208,8 @@ class LSTM(_CaffeRecurrent):
                 top=["c", "h"])
         return RecurrentNetwork(net, {"h": ("h_prev", "h"), "c": ("c_prev", "c")},
                                 inputs={"x_t": "x", "cont_t": "cont"}, no_grad=["cont"],
-                                recompute=["gates"] if self.recompute else (),
+                                recompute=["h_conted", "hh", "gates"] if self.recompute
+                                else (),
                                 name=self.name or "lstm")
 
 

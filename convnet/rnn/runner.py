@@ -18,8 +18,9 @@ class CellRunner:
     the encoder's outputs (N, S, E) (``encoder_lengths`` (N,) masks their padding).
     ``backward(d_outputs=None, d_last=None)`` returns {"x": dx, "initial": {state: d},
     "encoder": d_encoder or None}; param diffs accumulate in the cell's layers.
-    ``recompute=True`` recomputes the cell's ``recompute_blobs`` (an LSTM's gates) in
-    backward instead of keeping them per step.
+    ``recompute=True`` recomputes the cell's ``recompute_blobs`` (an LSTM's gate
+    pre-activations, the recurrent gemm included) in backward instead of keeping them (and
+    the caches of the layers that read them) per step.
     """
 
     def __init__(self, cell, hoist=True, recompute=False, forward_only=False, static=False,
@@ -40,7 +41,8 @@ class CellRunner:
         self.rnn = RecurrentNetwork(
             net, {s: (prev[s], nxt[s]) for s in cell.states}, inputs={"x_t": "x"},
             step_outputs=[] if state_of_output else [out],
-            recompute=cell.recompute_names() if recompute else (),
+            recompute=[b for b in cell.recompute_names() if b in net._latest] if recompute
+            else (),
             forward_only=forward_only, static=static, name=self.name)
         self.step_net = net
         self._attention = isinstance(cell, AttentionCell)

@@ -145,3 +145,79 @@ def test_embed_bad_params():
         Embed(input_dim=0, num_output=2)
     with pytest.raises(DataError, match="must hold row ids"):
         Embed(input_dim=3, num_output=2).forward(np.array(["a"]))
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_accumulate_param_diffs_equals_one_backward_per_call(transpose):
+    """S calls' param diffs added at once (what convnet.rnn's engine does after its time
+    loop, with param_diffs_deferred set during it) equal S backward calls' sum."""
+    r = np.random.default_rng(7)
+    xs, dys = r.standard_normal((5, 3, 2, 4)), r.standard_normal((5, 3, 6))
+    convnet.seed(1)
+    each = InnerProduct(num_output=6, transpose=transpose, dtype=np.float64)
+    for x, dy in zip(xs, dys):
+        each.forward(x)
+        dx_each = each.backward(dy)
+    convnet.seed(1)
+    once = InnerProduct(num_output=6, transpose=transpose, dtype=np.float64)
+    once.param_diffs_deferred = True
+    for x, dy in zip(xs, dys):
+        once.forward(x)
+        dx = once.backward(dy)
+    assert not once.params[0].diff.any() and not once.params[1].diff.any()
+    np.testing.assert_array_equal(dx, dx_each)      # the bottom diff is computed as ever
+    once.accumulate_param_diffs(xs, dys)
+    for a, b in zip(once.params, each.params):
+        np.testing.assert_allclose(a.diff, b.diff, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ShapeError, match=r"accumulate_param_diffs takes bottoms S x 3x2x4"):
+        once.accumulate_param_diffs(xs[:, :2], dys)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False),
+                                             (True, True)])
+@pytest.mark.parametrize("m,n", [(37, 11), (11, 37)])
+def test_gemm_into_split_matches_numpy_and_is_thread_independent(dtype, trans_a, trans_b, m,
+                                                                  n):
+    """The door's split gemm (large InnerProduct gemms): blocks of rows (m >= n) or of
+    columns, beta 0 and 1; 1 and 2 threads give the same bits."""
+    from convnet._cpu import inner_product
+    r = np.random.default_rng(m + 2 * trans_a + trans_b)
+    k = 23
+    a = r.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = r.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    c0 = r.standard_normal((m, n)).astype(dtype)
+    want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+    for beta in (0.0, 1.0):
+        got = []
+        for threads in (1, 2):
+            c = c0.copy()
+            inner_product.gemm_into_split(a, b, c, trans_a, trans_b, beta, 8, threads)
+            got.append(c)
+        np.testing.assert_array_equal(got[0], got[1])
+        assert_close(got[0], want + beta * c0, dtype, scale=10)
+
+
+def test_large_inner_product_splits_and_matches_reference_at_one_and_two_threads():
+    """512 x 512 by 512 x 256 (67 M multiply-adds) is past cpu._SPLIT_MACS: forward,
+    backward-data and weight gradient run through the split gemm; equal to NumPy in float64
+    and bit for bit at 1 and 2 threads."""
+    from convnet.backend import cpu
+    r = np.random.default_rng(11)
+    x, dy = r.standard_normal((512, 512)), r.standard_normal((512, 256))
+    assert 512 * 512 * 256 >= cpu._SPLIT_MACS
+    out = []
+    for n in (1, 2):
+        convnet.set_num_threads(n)
+        convnet.seed(0)
+        ip = InnerProduct(num_output=256, dtype=np.float64)
+        y = ip.forward(x)
+        dx = ip.backward(dy)
+        out.append((y, dx, ip.params[0].diff.copy(), ip.params[1].diff.copy()))
+    convnet.set_num_threads(2)
+    w, b = ip.params[0].data, ip.params[1].data
+    np.testing.assert_allclose(out[0][0], x @ w.T + b, rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(out[0][1], dy @ w, rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(out[0][2], dy.T @ x, rtol=1e-12, atol=1e-11)
+    for one, two in zip(*out):
+        np.testing.assert_array_equal(one, two)

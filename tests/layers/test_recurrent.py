@@ -75,3 +75,48 @@ def test_lstm_unit_bad_shapes():
         unit.forward(np.zeros((1, 2, 3)), np.zeros((1, 2, 11)), np.zeros((1, 2)))
     with pytest.raises(ShapeError, match=r"bottom 2 \(cont\) must be 1x2"):
         unit.forward(np.zeros((1, 2, 3)), np.zeros((1, 2, 12)), np.zeros((2, 1)))
+
+
+def test_lstm_unit_float32_activations_within_a_few_ulps_everywhere():
+    """The float32 kernel's own exp / tanh (pyx/recurrent_rows.h) against float64 over
+    [-30, 30], tiny magnitudes, saturation, +-inf and NaN (c_prev = 0: c = i g)."""
+    d = 256
+    x = np.concatenate([np.linspace(-30, 30, 64 * 4 * d),
+                        np.geomspace(1e-30, 1.0, 16 * 4 * d),
+                        -np.geomspace(1e-30, 1.0, 16 * 4 * d)]).astype(np.float32)
+    gates = x.reshape(-1, 4 * d)
+    unit = LSTMUnit()
+    c, h = unit.forward(np.zeros((gates.shape[0], d), np.float32), gates)
+    act = unit._saved[2]
+    g64 = gates.astype(np.float64)
+    want = np.concatenate([1 / (1 + np.exp(-g64[:, :3 * d])), np.tanh(g64[:, 3 * d:])], 1)
+    ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+    assert (np.abs(act - want) / ulp).max() <= 4
+    assert_close(c, want[:, :d] * want[:, 3 * d:], np.float32)
+    special = np.array([[np.nan, np.inf, -np.inf, 1e30] * 4], np.float32)
+    c, h = LSTMUnit().forward(np.zeros((1, 4), np.float32), special)
+    assert np.isnan(c[0, 0]) and np.isnan(h[0, 0])
+    # i = 1 at +inf and 1e30; g = tanh(+inf) = 1, tanh(-inf) = -1; sigmoid(-inf) ~ 0
+    np.testing.assert_allclose(c[0, 1:], [1, 0, 1], atol=1e-30)
+
+
+def test_lstm_unit_rows_over_several_work_items_agree_at_one_and_two_threads():
+    """300 rows of 256 units are five work items of the kernel: split over two threads,
+    every value equals the one-thread run (each unit is computed alone)."""
+    r = np.random.default_rng(4)
+    c_prev = r.standard_normal((300, 256)).astype(np.float32)
+    gates = (2 * r.standard_normal((300, 1024))).astype(np.float32)
+    cont = (r.random(300) < 0.8).astype(np.float32)
+    dc, dh = r.standard_normal((2, 300, 256)).astype(np.float32)
+    out = []
+    for n in (1, 2):
+        convnet.set_num_threads(n)
+        unit = LSTMUnit(forget_bias=1.0)
+        c, h = unit.forward(c_prev, gates, cont)
+        out.append((c, h) + unit.backward(dc, dh)[:2])
+    convnet.set_num_threads(2)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+    c_ref, h_ref = ref.lstm_unit(c_prev, gates, cont, 1.0)
+    assert_close(out[0][0], c_ref, np.float32, scale=10)
+    assert_close(out[0][1], h_ref, np.float32, scale=10)
