@@ -157,3 +157,12 @@ def test_a_bad_limit_in_the_environment_warns_and_uses_the_default(value):
     assert done.stdout.strip() == "True"
     assert "CONVNET_HOST_CACHE_MB must be a number of megabytes" in done.stderr
     assert repr(value) in done.stderr
+
+
+def test_a_lease_dying_while_the_cache_is_locked_does_not_deadlock():
+    # garbage collection can run a lease's __del__ inside the cache's own critical section
+    cache = HostCache(64 * 2 ** 20)
+    a = cache.empty(BIG, np.float32)
+    with cache._lock:
+        del a
+    assert cache.cached_bytes() == 1024 * 1024
