@@ -147,12 +147,16 @@ def test_net_results_do_not_depend_on_the_cache():
 
 
 @pytest.mark.parametrize("value", ["lots", "-5", "nan"])
-def test_a_bad_limit_in_the_environment_warns_and_uses_the_default(value):
+def test_a_bad_limit_in_the_environment_warns_and_uses_the_default(value, tmp_path):
     code = ("import warnings, convnet.backend.host_cache as h; "
             "print(h.cache.limit == h.DEFAULT_LIMIT_MB * 2 ** 20)")
-    env = dict(os.environ, CONVNET_HOST_CACHE_MB=value)
+    import convnet
+    # the convnet this process imported (installed, or built in place), from outside the
+    # checkout so that an unbuilt source tree in the working directory does not shadow it
+    home = os.path.dirname(os.path.dirname(os.path.abspath(convnet.__file__)))
+    env = dict(os.environ, CONVNET_HOST_CACHE_MB=value, PYTHONPATH=home)
     done = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
-                          capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
     assert "CONVNET_HOST_CACHE_MB must be a number of megabytes" in done.stderr
