@@ -34,6 +34,28 @@ inline bool fits32(const Window& g) {
     return (in > out ? in : out) < 2147483647LL;
 }
 
+// The output windows [oh_start, oh_end) x [ow_start, ow_end) that contain input pixel
+// ``index`` (plane p, row h, column w): what the backward gathers over.
+template <typename I>
+struct Windows {
+    I p, h, w, oh_start, oh_end, ow_start, ow_end;
+};
+
+template <typename I>
+__device__ Windows<I> windows_of(I index, const WindowT<I>& g) {
+    Windows<I> r;
+    r.w = index % g.width;
+    r.h = (index / g.width) % g.height;
+    r.p = index / (g.width * g.height);
+    const I hp = r.h + g.pad_h;
+    const I wp = r.w + g.pad_w;
+    r.oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
+    r.ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
+    r.oh_end = min(hp / g.stride_h + 1, g.out_h);
+    r.ow_end = min(wp / g.stride_w + 1, g.out_w);
+    return r;
+}
+
 template <typename Index, typename I>
 __global__ void max_forward_kernel(const float* x, float* y, Index* argmax, float* mask,
                                    WindowT<I> g) {
@@ -78,16 +100,10 @@ __global__ void max_backward_kernel(const float* dy, const Index* argmax, float*
     const I out_plane = g.out_h * g.out_w;
     CONVNET_GRID_STRIDE(index64, n) {
         const I index = static_cast<I>(index64);
-        const I w = index % g.width;
-        const I h = (index / g.width) % g.height;
-        const I p = index / (g.width * g.height);
-        const I hp = h + g.pad_h;
-        const I wp = w + g.pad_w;
-        const I oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
-        const I ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
-        const I oh_end = min(hp / g.stride_h + 1, g.out_h);
-        const I ow_end = min(wp / g.stride_w + 1, g.out_w);
-        const I self = h * g.width + w;
+        const Windows<I> win = windows_of(index, g);
+        const I p = win.p, oh_start = win.oh_start, oh_end = win.oh_end,
+                ow_start = win.ow_start, ow_end = win.ow_end;
+        const I self = win.h * g.width + win.w;
         const float* dyp = dy + p * out_plane;
         const Index* ap = argmax + p * out_plane;
         float acc = 0.0f;
@@ -154,15 +170,9 @@ __global__ void ave_backward_kernel(const float* dy, float* dx, WindowT<I> g) {
     const I out_plane = g.out_h * g.out_w;
     CONVNET_GRID_STRIDE(index64, n) {
         const I index = static_cast<I>(index64);
-        const I w = index % g.width;
-        const I h = (index / g.width) % g.height;
-        const I p = index / (g.width * g.height);
-        const I hp = h + g.pad_h;
-        const I wp = w + g.pad_w;
-        const I oh_start = hp < g.kernel_h ? 0 : (hp - g.kernel_h) / g.stride_h + 1;
-        const I ow_start = wp < g.kernel_w ? 0 : (wp - g.kernel_w) / g.stride_w + 1;
-        const I oh_end = min(hp / g.stride_h + 1, g.out_h);
-        const I ow_end = min(wp / g.stride_w + 1, g.out_w);
+        const Windows<I> win = windows_of(index, g);
+        const I p = win.p, oh_start = win.oh_start, oh_end = win.oh_end,
+                ow_start = win.ow_start, ow_end = win.ow_end;
         const float* dyp = dy + p * out_plane;
         float acc = 0.0f;
         for (I oh = oh_start; oh < oh_end; ++oh) {
