@@ -28,15 +28,24 @@ def _who(owner):
     return f"{where(owner)}: " if owner is not None else ""
 
 
+#: the backend modules imported so far, by device (a layer looks its backend up per call)
+_LOADED = {}
+
+
 def get(device):
     """The backend module for ``device`` ('cpu' or 'cuda')."""
+    try:
+        return _LOADED[device]
+    except (KeyError, TypeError):
+        pass
     if device == "cpu":
-        from convnet.backend import cpu
-        return cpu
-    if device == "cuda":
-        from convnet.backend import cuda
-        return cuda
-    raise DeviceError(f"unknown device {device!r}")
+        from convnet.backend import cpu as module
+    elif device == "cuda":
+        from convnet.backend import cuda as module
+    else:
+        raise DeviceError(f"unknown device {device!r}")
+    _LOADED[device] = module
+    return module
 
 
 def device_of(array):

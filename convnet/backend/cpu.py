@@ -7,6 +7,7 @@ names with DeviceArrays. Thread policy: OpenMP loops in the kernels, BLAS for th
 """
 
 import contextlib
+import functools
 import os
 import threading
 
@@ -132,6 +133,7 @@ def blas_threads(n):
 # ReLU runs as a compiled OpenMP pass (pyx/activation.pyx); Dropout's mask multiply is a NumPy
 # ufunc pass at memory speed (its forward is mostly the random draw).
 
+@functools.cache
 def _activation_kernels():
     from convnet._cpu import activation
     return activation
@@ -167,6 +169,7 @@ def activation_dropout_backward(dy, keep, scale, dx):
 # vectors have shape (C,). The kernels (pyx/normalization.pyx) sum each channel in double, in
 # one fixed order; the per-channel algebra between them is NumPy on C values.
 
+@functools.cache
 def _normalization_kernels():
     from convnet._cpu import normalization
     return normalization
@@ -348,6 +351,7 @@ def structure_eltwise_max_backward(dy, argmax, index, dx):
 
 # ---- pooling
 
+@functools.cache
 def _pooling_kernels():
     # imported on first use so that a missing pooling build never breaks other families
     from convnet._cpu import pooling
@@ -400,6 +404,7 @@ def pooling_unpool_backward(dy, index, dx):
 # input plane, row_weights (H2, 2) / col_weights (W2, 2) their lambdas in x's dtype; the
 # nearest mode has one index per row / column, rows (H2,) / cols (W2,) intp.
 
+@functools.cache
 def _interp_kernels():
     from convnet._cpu import interp
     return interp
@@ -452,6 +457,7 @@ def interp_copy_backward(dy, dx, top, left):
 # ---- loss
 # Softmax scores are viewed as (N, C, S) (S = H*W, or 1 for (N, C) scores), labels as (N, S).
 
+@functools.cache
 def _loss_kernels():
     from convnet._cpu import loss
     return loss
@@ -497,6 +503,7 @@ def loss_euclidean_grad(a, b, alpha, grad_a, grad_b):
 
 # ---- conv
 
+@functools.cache
 def _conv_kernels():
     from convnet._cpu import conv
     return conv
@@ -700,6 +707,7 @@ WINOGRAD_MAX_CLASSES = 4
 WINOGRAD_CLASS_BYTES = 32 * 1024 * 1024
 
 
+@functools.cache
 def _winograd_kernels():
     from convnet._cpu import winograd
     return winograd
@@ -797,6 +805,7 @@ def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
 
 # ---- conv: kn2row (pyx/kn2row.pyx), any kernel at stride 1, no im2col buffer
 
+@functools.cache
 def _kn2row_kernels():
     from convnet._cpu import kn2row
     return kn2row
@@ -916,6 +925,7 @@ def solver_scale(x, alpha):
     x *= alpha
 
 
+@functools.cache
 def _solver_kernels():
     from convnet._cpu import solver
     return solver
@@ -1028,6 +1038,7 @@ _SPLIT_PARTS = 4
 _DW_TEMP_BYTES = 4 << 20
 
 
+@functools.cache
 def _door():
     from convnet._cpu import inner_product
     return inner_product
@@ -1061,10 +1072,15 @@ def _large(m, n, k):
     return m * n * k >= _SPLIT_MACS
 
 
-def inner_product_forward(x, weight, bias, y, transpose):
+def inner_product_forward(x, weight, bias, y, transpose, split=True):
     """IN x (M, K), weight (N, K) or (K, N) when transpose, bias (N,) or None;
-    OUT y (M, N) = x W^T + bias (x W + bias when transpose)."""
-    if _large(y.shape[0], y.shape[1], x.shape[1]):
+    OUT y (M, N) = x W^T + bias (x W + bias when transpose). ``split=False``: one gemm through
+    the door on the calling thread, never spread over the OpenMP threads (for a caller that
+    runs it beside other work, e.g. convnet.rnn's streamed projection; x and y may be row
+    blocks of C-contiguous arrays)."""
+    if not split and _fits(x, weight, y):
+        _door().gemm_into(x, weight, y, False, not transpose, 0.0)
+    elif _large(y.shape[0], y.shape[1], x.shape[1]):
         _gemm_into(x, weight, y, False, not transpose, 0.0)
     else:
         np.matmul(x, weight if transpose else weight.T, out=y)
@@ -1072,19 +1088,25 @@ def inner_product_forward(x, weight, bias, y, transpose):
         y += bias
 
 
-def inner_product_backward_data(dy, weight, dx, transpose):
-    """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose)."""
-    if _large(dx.shape[0], dx.shape[1], dy.shape[1]):
+def inner_product_backward_data(dy, weight, dx, transpose, split=True):
+    """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose). ``split=False``:
+    one gemm on the calling thread (as for inner_product_forward)."""
+    if not split and _fits(dy, weight, dx):
+        _door().gemm_into(dy, weight, dx, False, transpose, 0.0)
+    elif _large(dx.shape[0], dx.shape[1], dy.shape[1]):
         _gemm_into(dy, weight, dx, False, transpose, 0.0)
     else:
         np.matmul(dy, weight.T if transpose else weight, out=dx)
 
 
-def inner_product_backward_weight(x, dy, dweight, transpose):
-    """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose."""
+def inner_product_backward_weight(x, dy, dweight, transpose, split=True):
+    """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose. ``split=False``:
+    one gemm (beta = 1) on the calling thread."""
     a, b = (x, dy) if transpose else (dy, x)
-    if dweight.nbytes > _DW_TEMP_BYTES or _large(dweight.shape[0], dweight.shape[1],
-                                                 a.shape[0]):
+    if not split and _fits(a, b, dweight):
+        _door().gemm_into(a, b, dweight, True, False, 1.0)
+    elif dweight.nbytes > _DW_TEMP_BYTES or _large(dweight.shape[0], dweight.shape[1],
+                                                   a.shape[0]):
         _gemm_into(a, b, dweight, True, False, 1.0)
     else:
         dweight += np.matmul(a.T, b)
@@ -1203,6 +1225,7 @@ def normalization_scale_backward(dy, x, scale, dx, dscale, dbias):
 # tanh a step), backward 20 us against 164 us. Rows split over OpenMP threads only in work
 # items of 64 K gate values (a thread start costs more than a step of this size).
 
+@functools.cache
 def _recurrent_kernels():
     from convnet._cpu import recurrent
     return recurrent

@@ -622,9 +622,10 @@ def _gemm(trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
               float(beta), c, ldc, None)
 
 
-def inner_product_forward(x, weight, bias, y, transpose):
+def inner_product_forward(x, weight, bias, y, transpose, split=True):
     """IN x (M, K), weight (N, K) or (K, N) when transpose, bias (N,) or None;
-    OUT y (M, N) = x W^T + bias (x W + bias when transpose)."""
+    OUT y (M, N) = x W^T + bias (x W + bias when transpose). ``split`` is the CPU backend's
+    (one gemm on the calling thread); a device gemm is one call either way."""
     m, k = x.shape
     n = y.shape[1]
     _gemm(0, 0 if transpose else 1, m, n, k, _f(x), k, _f(weight), n if transpose else k,
@@ -633,7 +634,7 @@ def inner_product_forward(x, weight, bias, y, transpose):
         _lib.call("convnet_bias_add", _f(y), _f(bias), m, n, None)
 
 
-def inner_product_backward_data(dy, weight, dx, transpose):
+def inner_product_backward_data(dy, weight, dx, transpose, split=True):
     """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose)."""
     m, n = dy.shape
     k = dx.shape[1]
@@ -641,7 +642,7 @@ def inner_product_backward_data(dy, weight, dx, transpose):
           0.0, _f(dx), k)
 
 
-def inner_product_backward_weight(x, dy, dweight, transpose):
+def inner_product_backward_weight(x, dy, dweight, transpose, split=True):
     """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose."""
     m, k = x.shape
     n = dy.shape[1]

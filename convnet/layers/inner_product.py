@@ -5,7 +5,7 @@ import numbers
 import numpy as np
 
 from convnet import fillers
-from convnet.errors import ConfigError, DataError, ShapeError, fail
+from convnet.errors import ConfigError, DataError, ShapeError, StateError, fail
 from convnet.layers.base import Layer, check_number, shape_str
 
 
@@ -96,6 +96,65 @@ class InnerProduct(Layer):
         bias = self.params[1].data if self.bias_term else None
         self.backend.inner_product_forward(x, self.params[0].data, bias, y, self.transpose)
         return [y.reshape(self.top_shapes[0])]
+
+    def forward_streamed(self, bottom):
+        """``forward(bottom)`` with the top's rows left to the caller: returns (top, rows)
+        once the bottom is checked and the layer set up, where ``rows(lo, hi)`` writes rows
+        lo:hi of the (M, num_output) view of the top, as one gemm on the calling thread
+        (CPU; any thread, blocks of disjoint rows). The caller runs ``rows`` over every row
+        before it reads the top or calls backward (convnet.rnn's CellRunner computes an input
+        projection this way, step block by step block, beside the time loop)."""
+        self._forwarded = False
+        self._check_count(1)
+        x = self._convert_bottom(0, self._check_numeric(bottom, "bottom", 0))
+        self.setup(x.shape)
+        self._sync_threads()
+        x = x.reshape(self._mk)
+        self._x = x
+        be = self.backend
+        y = be.empty((self._mk[0], self.num_output), self.dtype)
+        weight = self.params[0].data
+        bias = self.params[1].data if self.bias_term else None
+        transpose = self.transpose
+
+        def rows(lo, hi):
+            be.inner_product_forward(x[lo:hi], weight, bias, y[lo:hi], transpose, split=False)
+        self._forwarded = True
+        return y.reshape(self.top_shapes[0]), rows
+
+    def backward_streamed(self, top_diff, propagate_down=True):
+        """``backward(top_diff)`` with the rows left to the caller: returns (bottom diff or
+        None, rows) where ``rows(lo, hi)`` reads rows lo:hi of the (M, num_output) view of
+        ``top_diff``, writes those rows of the bottom diff and ADDS their share of the param
+        diffs, as gemms on the calling thread (CPU). The caller runs ``rows`` once over every
+        row, one block at a time (the param diffs accumulate), in an order that does not
+        depend on the thread count; the bottom diff is complete after the last block."""
+        if not self._forwarded:
+            fail(self, "backward_streamed() called before forward()", StateError)
+        m, k = self._mk
+        if not (isinstance(top_diff, np.ndarray) and top_diff.dtype == self.dtype
+                and top_diff.flags.c_contiguous
+                and tuple(top_diff.shape) == tuple(self.top_shapes[0])):
+            fail(self, f"backward_streamed takes a C-contiguous {np.dtype(self.dtype).name} "
+                       f"top diff of shape {shape_str(self.top_shapes[0])}, got "
+                       f"{shape_str(getattr(top_diff, 'shape', ()))}", ShapeError)
+        dy = top_diff.reshape((m, self.num_output))
+        be = self.backend
+        dx = be.empty((m, k), self.dtype) if propagate_down else None
+        x, weight, transpose = self._x, self.params[0], self.transpose
+        bias = self.params[1] if self.bias_term else None
+
+        def rows(lo, hi):
+            d = dy[lo:hi]
+            if weight.lr_mult != 0:
+                be.inner_product_backward_weight(x[lo:hi], d, weight.diff, transpose,
+                                                 split=False)
+            if bias is not None and bias.lr_mult != 0:
+                be.inner_product_backward_bias(d, bias.diff)
+            if dx is not None:
+                be.inner_product_backward_data(d, weight.data, dx[lo:hi], transpose,
+                                               split=False)
+        return (dx.reshape(self.bottom_shapes[0]) if dx is not None else None), rows
 
     #: when True, backward computes the bottom diff only and leaves the param diffs to one
     #: later :meth:`accumulate_param_diffs` call (set by convnet.rnn's engine for its time loop)

@@ -123,6 +123,7 @@ class RecurrentNetwork:
         if not net._nodes:
             self._fail("the step net has no layers")
         versions = net._versions
+        self._node_io = [(tuple(node.bottoms), tuple(node.tops)) for node in net._nodes]
         net_inputs = {v.name: i for i, v in enumerate(versions) if v.producer is None}
         self._input_version = net_inputs
         for node in net._nodes:
@@ -258,8 +259,9 @@ class RecurrentNetwork:
         layer's compute hooks directly, skipping per-step validation that step 0 did."""
         if len(arrays) != len(shapes):
             return False
+        dtype = layer.dtype
         for a, s in zip(arrays, shapes):
-            if not (type(a) is np.ndarray and a.dtype == layer.dtype and a.shape == s
+            if not (type(a) is np.ndarray and a.shape == s and a.dtype == dtype
                     and a.flags.c_contiguous):
                 return False
         return True
@@ -281,12 +283,20 @@ class RecurrentNetwork:
         return list(got) if isinstance(got, tuple) else [got]
 
     def _run_forward(self, layers, values, only=None):
-        nodes = self.step_net._nodes
-        for i, (node, layer) in enumerate(zip(nodes, layers)):
+        ready = self._ready
+        for i, layer in enumerate(layers):
             if only is not None and not only[i]:
                 continue
-            outs = self._layer_forward(layer, [values[b] for b in node.bottoms])
-            for t, y in zip(node.tops, outs):
+            bottoms, tops = self._node_io[i]
+            arrays = [values[b] for b in bottoms]
+            # _layer_forward inlined: this runs once per layer and step
+            if layer.bottom_shapes is not None and ready(layer, arrays, layer.bottom_shapes):
+                layer._forwarded = False
+                outs = layer._forward(arrays)
+                layer._forwarded = True
+            else:
+                outs = self._layer_forward(layer, arrays)
+            for t, y in zip(tops, outs):
                 values[t] = y
 
     def _run_backward(self, layers, diffs, deferred=None):
@@ -377,15 +387,21 @@ class RecurrentNetwork:
         from convnet.backend import cpu
         return cpu.blas_threads(self.blas_threads)
 
-    def forward(self, inputs=None, initial=None, lengths=None):
-        """Run T steps; returns {output name: array} (see the class docstring)."""
+    def forward(self, inputs=None, initial=None, lengths=None, step_ready=None):
+        """Run T steps; returns {output name: array} (see the class docstring).
+
+        ``step_ready(t)``, when given, is called before step t reads its sequence inputs
+        (before the whole run with t = T - 1 in static mode): a producer still writing them
+        waits there until step t's slice is written (CellRunner's streamed projection)."""
         seqs, statics, init, T, active = self._check_forward_args(inputs, initial, lengths)
         with self._threads():
             if self.static:
+                if step_ready is not None:
+                    step_ready(T - 1)
                 return self._static_forward(seqs, statics, init, T, active)
-            return self._forward(seqs, statics, init, T, active)
+            return self._forward(seqs, statics, init, T, active, step_ready)
 
-    def _forward(self, seqs, statics, init, T, active):
+    def _forward(self, seqs, statics, init, T, active, step_ready=None):
         keep = not self.forward_only
         buffers = {}
         for s, x0 in init.items():
@@ -396,24 +412,31 @@ class RecurrentNetwork:
         workspaces = self._workspaces(T) if keep else None
         steps = []
         values_per_step = []
+        # what each step reads and writes, looked up once (the loop body runs T times)
+        state_in = [(v, buffers[s], v in self._copy_inputs) for s, v in self._state_in.items()]
+        state_out = [(s, v, buffers[s], buffers[s].shape[1:])
+                     for s, v in self._state_out.items()]
+        seq_in = [(v, seqs[ext]) for ext, v in self._seq_in.items()]
+        static_values = {v: statics[name] for name, v in self._static_in.items()}
         for t in range(T):
+            if step_ready is not None:
+                step_ready(t)
             layers = workspaces[t] if keep else proto
-            values = {}
-            for s, v in self._state_in.items():
-                values[v] = buffers[s][t] if v not in self._copy_inputs else buffers[s][t].copy()
-            for ext, v in self._seq_in.items():
-                values[v] = seqs[ext][t]
-            for name, v in self._static_in.items():
-                values[v] = statics[name]
+            values = dict(static_values)
+            for v, buf, copied in state_in:
+                values[v] = buf[t].copy() if copied else buf[t]
+            for v, seq in seq_in:
+                values[v] = seq[t]
             self._run_forward(layers, values)
-            for s, v in self._state_out.items():
+            for s, v, buf, shape in state_out:
                 nxt = values[v]
-                self._check_state_shape(s, nxt, buffers[s][t])
+                if getattr(nxt, "shape", None) != shape:
+                    self._check_state_shape(s, nxt, buf[t])
                 if active is None:
-                    buffers[s][t + 1] = nxt
+                    buf[t + 1] = nxt
                 else:
                     m = active[t].reshape((-1,) + (1,) * (nxt.ndim - 1))
-                    buffers[s][t + 1] = np.where(m, nxt, buffers[s][t])
+                    buf[t + 1] = np.where(m, nxt, buf[t])
             for b, v in self._step_out.items():
                 y = values[v]
                 if b not in outs_all:
@@ -478,16 +501,24 @@ class RecurrentNetwork:
                            f"{shape_str(np.shape(diffs[k]))}", ShapeError)
         return diffs
 
-    def backward(self, diffs=None):
+    def backward(self, diffs=None, step_done=None):
         """Backpropagate through time from {output name: diff}; returns the diffs of the
         inputs by name (sequence inputs and static inputs) and of the initial states as
-        ``<state>_init``. Param diffs accumulate in the step net's layers."""
+        ``<state>_init``. Param diffs accumulate in the step net's layers.
+
+        ``step_done(t, d_seq)``, when given, is called once step t's diffs are final (t =
+        T-1 ... 0; once with t = 0 in static mode), ``d_seq`` being {sequence input: its
+        (T, ...) diff, or None while no step gave it one}: a consumer can start on the
+        steps that are done (CellRunner streams its projection's backward this way)."""
         if self.static:
             with self._threads():
-                return self._static_backward(diffs)
-        return self._backward(diffs)
+                out = self._static_backward(diffs)
+            if step_done is not None:
+                step_done(0, {ext: out.get(ext) for ext in self._seq_in})
+            return out
+        return self._backward(diffs, step_done)
 
-    def _backward(self, diffs):
+    def _backward(self, diffs, step_done=None):
         if self.forward_only:
             self._fail("backward() on a forward_only network (nothing was kept)", StateError)
         if self._cache is None:
@@ -509,7 +540,8 @@ class RecurrentNetwork:
         try:
             with self._threads():
                 d_state, d_seq, d_static = self._backward_loop(
-                    diffs, steps, values_per_step, buffers, active, T, d_state, deferred)
+                    diffs, steps, values_per_step, buffers, active, T, d_state, deferred,
+                    step_done)
         finally:
             for layers in steps:
                 for i in deferred:
@@ -533,7 +565,7 @@ class RecurrentNetwork:
         return out
 
     def _backward_loop(self, diffs, steps, values_per_step, buffers, active, T, d_state,
-                       deferred):
+                       deferred, step_done=None):
         """The time loop of backward, t = T-1 ... 0: returns (d_state, d_seq, d_static) and
         fills the ``deferred`` buffers (see _deferred_buffers)."""
         dtype = next(iter(buffers.values())).dtype
@@ -600,6 +632,8 @@ class RecurrentNetwork:
                 d = step_diffs.get(v)
                 if d is not None and name not in self.no_grad:
                     d_static[name] = d.copy() if d_static[name] is None else d_static[name] + d
+            if step_done is not None:
+                step_done(t, d_seq)
         return d_state, d_seq, d_static
 
     def _deferred_buffers(self, steps, values0, buffers, seqs, T):
