@@ -1010,32 +1010,28 @@ def net_accumulate(dst, src):
 
 # ---- inner_product
 # InnerProduct views its bottom as (M, K) and its weight as (N, K) ((K, N) with transpose).
-# Small gemms (under _SPLIT_MACS multiply-adds, e.g. the benchmark LSTM's per-step gemm,
-# 64 x 256 by 256 x 1024) are NumPy's matmul: at one BLAS thread 0.40-0.52 ms against
-# 0.51-0.60 ms through the BLAS door (scipy's OpenBLAS); a small weight gradient too
-# (``dw += dy^T x`` while its temporary product stays under _DW_TEMP_BYTES; a larger one
-# accumulates through the door with beta = 1). Large gemms run as one gemm per OpenMP
-# thread, each on one BLAS thread (pyx/inner_product.pyx ``gemm_into_split``, the door,
-# beta = 1 for the weight gradient), as the convolutions run theirs, never on OpenBLAS's
-# own threads: after a multi-threaded gemm its idle threads keep spinning for about 0.1 s
-# (measured), taking a core from whatever runs next (a recurrent net's time loop, the other
-# BLAS library's pool: NumPy and scipy each load their own OpenBLAS). The blocks go to the
-# threads as each finishes one (dynamic), so a core shared with another process takes fewer.
-# Measured on the benchmark LSTM (T=50, N=64, 256 -> 256, 2 threads, medians of 9; its large
-# gemms are the hoisted input projection and the weight gradients, 3200 x 256 by
-# 256 x 1024), the 2-core VM shared with one busy process (load 1.1-1.2), torch.nn.LSTM
-# alongside: forward 118 ms and forward+backward 247 ms with those gemms on OpenBLAS's two
-# threads (torch 62 / 200 ms), 60 / 153 ms split here (torch 67 / 200 ms); splitting the
-# step gemm as well was slower (83 / 225 ms against 76 / 209 ms, load 1.8-2.0). Embed's
-# indices are validated here, before any row is read.
+# Every gemm goes through the BLAS door (pyx/inner_product.pyx, scipy's OpenBLAS). NumPy's
+# own OpenBLAS (0.3.31 here against scipy's 0.3.30) ran the benchmark LSTM's step gemm
+# (64 x 256 by 256 x 1024) in 0.45 ms against the door's 0.52 ms at one thread, but the
+# design keeps one door: a small gemm runs there on the calling thread; a large one (from
+# _SPLIT_MACS multiply-adds) as one gemm per OpenMP thread, each on one BLAS thread
+# (``gemm_into_split``, beta = 1 for the weight gradient), as the convolutions run theirs,
+# never on OpenBLAS's own threads: after a multi-threaded gemm its idle threads keep
+# spinning for about 0.1 s (measured), taking a core from whatever runs next (a recurrent
+# net's time loop). The blocks go to the threads as each finishes one (dynamic), so a core
+# shared with another process takes fewer. Measured on the benchmark LSTM (T=50, N=64,
+# 256 -> 256, 2 threads, medians of 9; its large gemms are the hoisted input projection and
+# the weight gradients, 3200 x 256 by 256 x 1024), the 2-core VM shared with one busy
+# process (load 1.1-1.2), torch.nn.LSTM alongside: forward 118 ms and forward+backward
+# 247 ms with those gemms on OpenBLAS's two threads (torch 62 / 200 ms), 60 / 153 ms split
+# here (torch 67 / 200 ms); splitting the step gemm as well was slower (83 / 225 ms against
+# 76 / 209 ms, load 1.8-2.0). Embed's indices are validated here, before any row is read.
 
 _INT_MAX = 2 ** 31 - 1
 #: the multiply-adds from which a gemm is split into _SPLIT_PARTS blocks over the OpenMP
 #: threads (64 M; the benchmark LSTM's step gemm, 16 M, stays whole)
 _SPLIT_MACS = 1 << 26
 _SPLIT_PARTS = 4
-#: the largest temporary product (bytes) a weight gradient makes through NumPy
-_DW_TEMP_BYTES = 4 << 20
 
 
 @functools.cache
@@ -1068,10 +1064,6 @@ def _gemm_into(a, b, c, trans_a, trans_b, beta):
         c[...] = prod
 
 
-def _large(m, n, k):
-    return m * n * k >= _SPLIT_MACS
-
-
 def inner_product_forward(x, weight, bias, y, transpose, split=True):
     """IN x (M, K), weight (N, K) or (K, N) when transpose, bias (N,) or None;
     OUT y (M, N) = x W^T + bias (x W + bias when transpose). ``split=False``: one gemm through
@@ -1080,10 +1072,8 @@ def inner_product_forward(x, weight, bias, y, transpose, split=True):
     blocks of C-contiguous arrays)."""
     if not split and _fits(x, weight, y):
         _door().gemm_into(x, weight, y, False, not transpose, 0.0)
-    elif _large(y.shape[0], y.shape[1], x.shape[1]):
-        _gemm_into(x, weight, y, False, not transpose, 0.0)
     else:
-        np.matmul(x, weight if transpose else weight.T, out=y)
+        _gemm_into(x, weight, y, False, not transpose, 0.0)
     if bias is not None:
         y += bias
 
@@ -1093,10 +1083,8 @@ def inner_product_backward_data(dy, weight, dx, transpose, split=True):
     one gemm on the calling thread (as for inner_product_forward)."""
     if not split and _fits(dy, weight, dx):
         _door().gemm_into(dy, weight, dx, False, transpose, 0.0)
-    elif _large(dx.shape[0], dx.shape[1], dy.shape[1]):
-        _gemm_into(dy, weight, dx, False, transpose, 0.0)
     else:
-        np.matmul(dy, weight.T if transpose else weight, out=dx)
+        _gemm_into(dy, weight, dx, False, transpose, 0.0)
 
 
 def inner_product_backward_weight(x, dy, dweight, transpose, split=True):
@@ -1105,11 +1093,8 @@ def inner_product_backward_weight(x, dy, dweight, transpose, split=True):
     a, b = (x, dy) if transpose else (dy, x)
     if not split and _fits(a, b, dweight):
         _door().gemm_into(a, b, dweight, True, False, 1.0)
-    elif dweight.nbytes > _DW_TEMP_BYTES or _large(dweight.shape[0], dweight.shape[1],
-                                                   a.shape[0]):
-        _gemm_into(a, b, dweight, True, False, 1.0)
     else:
-        dweight += np.matmul(a.T, b)
+        _gemm_into(a, b, dweight, True, False, 1.0)
 
 
 def inner_product_backward_bias(dy, dbias):

@@ -105,10 +105,16 @@ class _CaffeRecurrent(Layer):
     def _project(self, x, xs):
         t, n, d_in, d_static = self._dims
         g = self.gates * self.num_output
+        be = self.backend
         w, b = self.params[0].data, self.params[1].data
-        xp = (x.reshape(t * n, d_in) @ w.T + b).reshape(t, n, g)
+        xp = be.empty((t * n, g), self.dtype)
+        be.inner_product_forward(x.reshape(t * n, d_in), w, b, xp, False)
+        xp = xp.reshape(t, n, g)
         if xs is not None:
-            xp += (xs.reshape(n, d_static) @ self._param("W_x_static").data.T)[None]
+            static = be.empty((n, g), self.dtype)
+            be.inner_product_forward(xs.reshape(n, d_static), self._param("W_x_static").data,
+                                     None, static, False)
+            xp += static[None]
         return xp
 
     def _forward(self, bottoms):
@@ -136,24 +142,29 @@ class _CaffeRecurrent(Layer):
         for i, name in enumerate(self.hidden[:k]):
             diffs[f"{name}_last"] = top_diffs[1 + i].reshape(n, self.num_output)
         g = self._rnn.backward(diffs)
-        dxp = g["x"].reshape(t * n, -1)
+        be = self.backend
+        dxp = np.ascontiguousarray(g["x"]).reshape(t * n, -1)
         w, b = self.params[0], self.params[1]
         x2 = self._x.reshape(t * n, d_in)
         if w.lr_mult != 0:
-            w.diff += dxp.T @ x2
+            be.inner_product_backward_weight(x2, dxp, w.diff, False)
         if b.lr_mult != 0:
-            b.diff += dxp.sum(axis=0)
+            be.inner_product_backward_bias(dxp, b.diff)
         out = [None] * len(self.bottom_shapes)
         if propagate_down[0]:
-            out[0] = (dxp @ w.data).reshape(self.bottom_shapes[0])
+            dx = be.empty((t * n, d_in), self.dtype)
+            be.inner_product_backward_data(dxp, w.data, dx, False)
+            out[0] = dx.reshape(self.bottom_shapes[0])
         if self._has_static:
             ws = self._param("W_x_static")
-            dsum = g["x"].sum(axis=0)
+            dsum = np.ascontiguousarray(g["x"].sum(axis=0))
             xs2 = self._xs.reshape(n, d_static)
             if ws.lr_mult != 0:
-                ws.diff += dsum.T @ xs2
+                be.inner_product_backward_weight(xs2, dsum, ws.diff, False)
             if propagate_down[2]:
-                out[2] = (dsum @ ws.data).reshape(self.bottom_shapes[2])
+                dxs = be.empty((n, d_static), self.dtype)
+                be.inner_product_backward_data(dsum, ws.data, dxs, False)
+                out[2] = dxs.reshape(self.bottom_shapes[2])
         for i, name in enumerate(self.hidden[:k]):
             j = len(self.bottom_shapes) - k + i
             if propagate_down[j]:
