@@ -96,30 +96,21 @@ cdef inline void _im2col(const floating* x, floating* col, Py_ssize_t c0, Py_ssi
                     g.ph, g.pw, g.dh, g.dw, g.OH, g.OW)
 
 
-cdef inline void _add_bias(floating* y, const floating* bias, Py_ssize_t channels,
-                           Py_ssize_t ld, Py_ssize_t length) noexcept nogil:
-    # y[m, :length] += bias[m] for m < channels, rows ld apart
+cdef inline void _bias_rows(floating* y, const floating* bias, Py_ssize_t channels,
+                            Py_ssize_t ld, Py_ssize_t length, bint add) noexcept nogil:
+    # y[m, :length] += bias[m] (or = bias[m] without ``add``) for m < channels, rows ld apart
     cdef Py_ssize_t m, p
     cdef floating v
     cdef floating* row
     for m in range(channels):
         v = bias[m]
         row = y + m * ld
-        for p in range(length):
-            row[p] += v
-
-
-cdef inline void _fill_bias(floating* y, const floating* bias, Py_ssize_t channels,
-                            Py_ssize_t ld, Py_ssize_t length) noexcept nogil:
-    # y[m, :length] = bias[m] for m < channels, rows ld apart
-    cdef Py_ssize_t m, p
-    cdef floating v
-    cdef floating* row
-    for m in range(channels):
-        v = bias[m]
-        row = y + m * ld
-        for p in range(length):
-            row[p] = v
+        if add:
+            for p in range(length):
+                row[p] += v
+        else:
+            for p in range(length):
+                row[p] = v
 
 
 cdef void _forward_tile(const floating* x, const floating* w, const floating* bias,
@@ -141,7 +132,7 @@ cdef void _forward_tile(const floating* x, const floating* w, const floating* bi
         # the tile starts as the bias and the gemm adds onto it (beta = 1): OpenBLAS then
         # skips its beta pass (a memset of the tile for beta = 0) and no bias pass follows
         # (conv_first forward: 8 % of the profile each). Same sums: bias + x.w either way.
-        _fill_bias(y + m0 * ohw + oh0 * g.OW, bias + m0, m1 - m0, ohw, cols)
+        _bias_rows(y + m0 * ohw + oh0 * g.OW, bias + m0, m1 - m0, ohw, cols, False)
         beta = 1
     if g.group == 1:
         gemm(False, False, <int> (m1 - m0), <int> cols, <int> g.kg,
@@ -173,7 +164,7 @@ cdef void _backward_data_block(const floating* dy, const floating* w, const floa
         col2im_channels(col, dx, c0, c1, ohw, g.H, g.W, g.kh, g.kw, g.sh, g.sw,
                         g.ph, g.pw, g.dh, g.dw, g.OH, g.OW)
     if bias != NULL:
-        _add_bias(dx + c0 * hw, bias + c0, c1 - c0, hw, hw)
+        _bias_rows(dx + c0 * hw, bias + c0, c1 - c0, hw, hw, True)
 
 
 cdef void _backward_weight_block(const floating* x, const floating* dy, floating* dw,
