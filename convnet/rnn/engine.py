@@ -47,6 +47,7 @@ import copy
 
 import numpy as np
 
+from convnet.backend import host_cache
 from convnet.errors import ConfigError, ShapeError, StateError, fail
 from convnet.layers.base import Layer, shape_str
 
@@ -405,7 +406,7 @@ class RecurrentNetwork:
         keep = not self.forward_only
         buffers = {}
         for s, x0 in init.items():
-            buffers[s] = np.empty((T + 1,) + x0.shape, x0.dtype)
+            buffers[s] = host_cache.cache.empty((T + 1,) + x0.shape, x0.dtype)
             buffers[s][0] = x0
         outs_all = {}
         proto = [node.layer for node in self.step_net._nodes]
@@ -440,7 +441,7 @@ class RecurrentNetwork:
             for b, v in self._step_out.items():
                 y = values[v]
                 if b not in outs_all:
-                    outs_all[b] = np.zeros((T,) + tuple(y.shape), y.dtype)
+                    outs_all[b] = _zeros((T,) + tuple(y.shape), y.dtype)
                 outs_all[b][t] = y if active is None else np.where(
                     active[t].reshape((-1,) + (1,) * (y.ndim - 1)), y, 0)
             if keep:
@@ -626,7 +627,7 @@ class RecurrentNetwork:
                 d = step_diffs.get(v)
                 if d is not None and ext not in self.no_grad:
                     if d_seq[ext] is None:
-                        d_seq[ext] = np.zeros((T,) + tuple(d.shape), d.dtype)
+                        d_seq[ext] = _zeros((T,) + tuple(d.shape), d.dtype)
                     d_seq[ext][t] = d
             for name, v in self._static_in.items():
                 d = step_diffs.get(v)
@@ -654,11 +655,11 @@ class RecurrentNetwork:
             elif kind == "static":
                 xs = values0[nodes[i].bottoms[0]][None]
             else:
-                xs = np.empty((T,) + tuple(layer.bottom_shapes[0]), dt)
+                xs = host_cache.cache.empty((T,) + tuple(layer.bottom_shapes[0]), dt)
             if xs.dtype != dt or not xs.flags.c_contiguous:
                 xs = np.ascontiguousarray(xs, dt)
             out[i] = [xs, np.zeros((1,) + top, dt) if kind == "static" else
-                      np.empty((T,) + top, dt)]
+                      host_cache.cache.empty((T,) + top, dt)]
             for layers in steps:
                 layers[i].param_diffs_deferred = True
         return out
@@ -787,6 +788,14 @@ class RecurrentNetwork:
             d = net.diffs.get(f"{s}@0")
             out[f"{s}_init"] = d if d is not None else np.zeros(np.shape(feed[f"{s}@0"]))
         return out
+
+
+def _zeros(shape, dtype):
+    """Zeros from the caching allocator: the engine's T x ... buffers (13 MB for the benchmark
+    LSTM's gate diffs) would otherwise be fresh pages on every call, each one faulted in."""
+    out = host_cache.cache.empty(shape, dtype)
+    out.fill(0)
+    return out
 
 
 def _seed_bottom(net, layer):
