@@ -160,3 +160,40 @@ def test_backward_streamed_refuses_a_wrong_top_diff():
         layer.backward_streamed(np.zeros((2, 4, 4), np.float32))
     with pytest.raises(convnet.StateError, match="before forward"):
         InnerProduct(num_output=3).backward_streamed(np.zeros((2, 3), np.float32))
+
+
+def test_engine_calls_step_ready_before_each_step_and_step_done_after_it():
+    from convnet import Net
+    from convnet.layers import Eltwise, TanH
+    from convnet.rnn import RecurrentNetwork
+    net = Net("step")
+    net.add(InnerProduct(num_output=3, name="w", dtype=np.float64), bottom=["h_prev"],
+            top=["a"])
+    net.add(Eltwise("SUM", name="sum", dtype=np.float64), bottom=["a", "x_t"], top=["pre"])
+    net.add(TanH(name="act", dtype=np.float64), bottom=["pre"], top=["h"])
+    rnn = RecurrentNetwork(net, {"h": ("h_prev", "h")}, inputs={"x_t": "x"})
+    x = np.random.default_rng(0).standard_normal((4, 2, 3))
+    seen = []
+    rnn.forward({"x": x}, initial={"h": np.zeros((2, 3))},
+                step_ready=lambda t: seen.append(("ready", t)))
+    assert seen == [("ready", t) for t in range(4)]
+    done = []
+
+    def step_done(t, d_seq):
+        # step t's input diff is final when the engine says so
+        done.append((t, d_seq["x"][t].copy()))
+    g = rnn.backward({"h_all": np.ones((4, 2, 3))}, step_done=step_done)
+    assert [t for t, _ in done] == [3, 2, 1, 0]
+    for t, d in done:
+        np.testing.assert_array_equal(d, g["x"][t])
+
+
+def test_forward_streamed_checks_its_bottom_as_forward_does():
+    layer = InnerProduct(num_output=3, axis=2, dtype=np.float32)
+    with pytest.raises(convnet.DataError, match="real numbers"):
+        layer.forward_streamed(np.zeros((2, 4, 5), np.complex64))
+    x = np.random.default_rng(1).standard_normal((2, 4, 5)).astype(np.float32)
+    top, rows = layer.forward_streamed(x)
+    rows(0, 3)
+    rows(3, 8)
+    np.testing.assert_allclose(top, layer.forward(x), rtol=1e-6, atol=1e-6)
