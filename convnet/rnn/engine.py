@@ -627,8 +627,13 @@ class RecurrentNetwork:
                 d = step_diffs.get(v)
                 if d is not None and ext not in self.no_grad:
                     if d_seq[ext] is None:
-                        d_seq[ext] = _zeros((T,) + tuple(d.shape), d.dtype)
+                        # uninitialised: the later steps (done, without a diff) are zeroed
+                        # here, every earlier one is written as the loop reaches it
+                        d_seq[ext] = host_cache.cache.empty((T,) + tuple(d.shape), d.dtype)
+                        d_seq[ext][t + 1:] = 0
                     d_seq[ext][t] = d
+                elif d_seq[ext] is not None:
+                    d_seq[ext][t] = 0
             for name, v in self._static_in.items():
                 d = step_diffs.get(v)
                 if d is not None and name not in self.no_grad:
