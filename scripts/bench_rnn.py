@@ -70,12 +70,13 @@ def _kernels_only(runner, x):
     with stream:
         for t in range(T):
             stream.wait(t)
-            hh = np.empty((N, 4 * H), np.float32)
+            # allocated as the layers allocate (the backend's caching allocator)
+            hh = cpu.empty((N, 4 * H), np.float32)
             cpu.inner_product_forward(h, w_h, None, hh, False)
-            gates = np.empty_like(hh)
+            gates = cpu.empty((N, 4 * H), np.float32)
             cpu.structure_eltwise_sum([hh, proj[t]], [1.0, 1.0], gates)
-            act = np.empty_like(gates)
-            tanh_c, c2, h2 = (np.empty((N, H), np.float32) for _ in range(3))
+            act = cpu.empty((N, 4 * H), np.float32)
+            tanh_c, c2, h2 = (cpu.empty((N, H), np.float32) for _ in range(3))
             cpu.recurrent_lstm_unit_forward(c, gates, cont, 0.0, act, tanh_c, c2, h2)
             h, c = h2, c2
 
