@@ -374,9 +374,11 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
     cdef floating* hb
     cdef floating* acc
     cdef floating s
+    cdef floating beta
     with nogil:
-        for e in prange(classes * POINTS * size, schedule='static', num_threads=threads):
-            (&dU[0, 0, 0])[e] = 0
+        # each work item owns its (class, group, channel block) part of dU: its first gemm
+        # overwrites it (beta = 0: OpenBLAS zeroes, then adds, as beta = 1 on zeros did), so
+        # no zeroing loop (one thread start fewer) runs first
         for w in prange(work, schedule='static', num_threads=threads):
             q = w // (g.group * nb)
             gi = (w % (g.group * nb)) // nb
@@ -387,6 +389,7 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
             ph = D + POINTS * g.mg * max_tiles
             hb = ph + 2 * TILE * (g.tw_max + 1)
             acc = &dU[q, 0, 0]
+            beta = 0
             k = q
             while k < count:
                 it = _item(items, k, &g)
@@ -401,9 +404,16 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
                         gemm(False, True, <int> g.mg, <int> (c1 - c0), <int> T,
                              1, D + p * g.mg * T, <int> T,
                              V + p * (c1 - c0) * T, <int> T,
-                             1, acc + p * size + gi * g.mg * g.cg + (c0 - gi * g.cg),
+                             beta, acc + p * size + gi * g.mg * g.cg + (c0 - gi * g.cg),
                              <int> g.cg)
+                    beta = 1
                 k = k + classes
+            if beta == 0:
+                # no tile reached this part: it is zero
+                for p in range(POINTS):
+                    for r in range(g.mg):
+                        memset(acc + p * size + (gi * g.mg + r) * g.cg + (c0 - gi * g.cg), 0,
+                               (c1 - c0) * sizeof(floating))
         if classes > 1:
             for e in prange(POINTS * size, schedule='static', num_threads=threads):
                 s = (&dU[0, 0, 0])[e]
