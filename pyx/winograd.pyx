@@ -351,10 +351,10 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
                              Py_ssize_t pad_h, Py_ssize_t pad_w,
                              Py_ssize_t dil_h, Py_ssize_t dil_w,
                              Py_ssize_t group):
-    """dU[0] = the transformed weight gradient sum_tiles (A dY A^T)_p (B^T d B)_p^T per
-    point p (``winograd_filter_adjoint`` maps it back to 3x3). Work: a prange over
-    P x group x ceil(C/group / block) (class, group, channel block) items; class q sums the
-    tile items q, q + P, ... in order into dU[q]; dU[0] += dU[1] + ... in order at the end."""
+    """dU[q] = class q's part of the transformed weight gradient sum_tiles (A dY A^T)_p
+    (B^T d B)_p^T per point p: the tile items q, q + P, ... summed in order. Work: a prange
+    over P x group x ceil(C/group / block) (class, group, channel block) items.
+    ``winograd_filter_adjoint`` adds the classes (in order) and maps the sum back to 3x3."""
     cdef Geometry g = _geometry(x.shape[1], x.shape[2], x.shape[3], dy.shape[1], dy.shape[2],
                                 dy.shape[3], pad_h, pad_w, dil_h, dil_w, group)
     cdef Py_ssize_t count = items.shape[0]
@@ -373,7 +373,6 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
     cdef floating* ph
     cdef floating* hb
     cdef floating* acc
-    cdef floating s
     cdef floating beta
     with nogil:
         # each work item owns its (class, group, channel block) part of dU: its first gemm
@@ -414,12 +413,6 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
                     for r in range(g.mg):
                         memset(acc + p * size + (gi * g.mg + r) * g.cg + (c0 - gi * g.cg), 0,
                                (c1 - c0) * sizeof(floating))
-        if classes > 1:
-            for e in prange(POINTS * size, schedule='static', num_threads=threads):
-                s = (&dU[0, 0, 0])[e]
-                for r in range(1, classes):
-                    s = s + (&dU[r, 0, 0])[e]
-                (&dU[0, 0, 0])[e] = s
 
 
 # ---------------------------------------------------------------- filters
@@ -456,16 +449,22 @@ cdef void _filter_block(const floating* w, floating* U, Py_ssize_t e0, Py_ssize_
             U[p * pstride + e] = <floating> out[p * FILTER_BLOCK + e]
 
 
-cdef void _filter_adjoint_block(const floating* dU, Py_ssize_t pstride, floating* dw,
+cdef void _filter_adjoint_block(const floating* dU, Py_ssize_t pstride, Py_ssize_t classes,
+                                Py_ssize_t cstride, floating* dw,
                                 Py_ssize_t count) noexcept nogil:
-    # dw[9e:9e+9] += G^T dU_e G for the count <= FILTER_BLOCK filters dU_e = dU[p*pstride + e]
+    # dw[9e:9e+9] += G^T dU_e G for the count <= FILTER_BLOCK filters dU_e = the sum over
+    # the classes r (in order, in the arrays' precision) of dU[r*cstride + p*pstride + e]
     cdef double u[POINTS * FILTER_BLOCK]
     cdef double t[18 * FILTER_BLOCK]
     cdef double g[9 * FILTER_BLOCK]
-    cdef Py_ssize_t e, k, p
+    cdef Py_ssize_t e, k, p, r
+    cdef floating s
     for p in range(POINTS):
         for e in range(count):
-            u[p * FILTER_BLOCK + e] = dU[p * pstride + e]
+            s = dU[p * pstride + e]
+            for r in range(1, classes):
+                s = s + dU[r * cstride + p * pstride + e]
+            u[p * FILTER_BLOCK + e] = s
     wino_filters_adjoint_d(u, t, g, FILTER_BLOCK, count)
     for e in range(count):
         for k in range(9):
@@ -491,14 +490,16 @@ def winograd_filter(const floating[:, :, :, ::1] w,    # IN  (M, Cg, 3, 3)
                           filters, group, mg, cg, adjoint)
 
 
-def winograd_filter_adjoint(const floating[:, ::1] dU,       # IN    (36, M*Cg)
+def winograd_filter_adjoint(const floating[:, :, ::1] dU,    # IN    (P, 36, M*Cg)
                             floating[:, :, :, ::1] dw):      # INOUT (M, Cg, 3, 3)
-    """dw[m, c] += G^T dU[:, m, c] G (the adjoint of winograd_filter), in double precision."""
+    """dw[m, c] += G^T (dU[0] + ... + dU[P-1])[:, m, c] G (the adjoint of winograd_filter, on
+    the sum of winograd_backward_weight's P classes, added in order), in double precision."""
     cdef Py_ssize_t filters = dw.shape[0] * dw.shape[1]
     cdef Py_ssize_t e
     if filters == 0:
         return
     with nogil:
         for e in prange(0, filters, FILTER_BLOCK, schedule='static'):
-            _filter_adjoint_block(&dU[0, 0] + e, filters, &dw[0, 0, 0, 0] + 9 * e,
+            _filter_adjoint_block(&dU[0, 0, 0] + e, filters, dU.shape[0],
+                                  dU.shape[1] * dU.shape[2], &dw[0, 0, 0, 0] + 9 * e,
                                   min(FILTER_BLOCK, filters - e))

@@ -800,7 +800,7 @@ def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
     with blas_threads(1):
         wk.winograd_backward_weight(x, dy, du, items, scratch, max_tiles, block, pad[0],
                                     pad[1], dilation[0], dilation[1], group)
-    wk.winograd_filter_adjoint(du[0], dweight)
+    wk.winograd_filter_adjoint(du, dweight)
 
 
 # ---- conv: kn2row (pyx/kn2row.pyx), any kernel at stride 1, no im2col buffer
