@@ -1044,13 +1044,13 @@ def _fits(a, b, c):
     return 0 < min(a.size, b.size, c.size) and max(*a.shape, *b.shape) <= _INT_MAX
 
 
-def _gemm_into(a, b, c, trans_a, trans_b, beta):
+def _gemm_into(a, b, c, trans_a, trans_b, beta, split=True):
     """c = op(a) op(b) + beta c through the BLAS door (pyx/inner_product.pyx), split over
-    the OpenMP threads from _SPLIT_MACS multiply-adds; NumPy when a size is 0 or does not fit
-    the C int BLAS takes."""
+    the OpenMP threads from _SPLIT_MACS multiply-adds (never with ``split=False``: one gemm
+    on the calling thread); NumPy when a size is 0 or does not fit the C int BLAS takes."""
     if _fits(a, b, c):
         k = a.shape[0] if trans_a else a.shape[1]
-        if c.size * k >= _SPLIT_MACS:
+        if split and c.size * k >= _SPLIT_MACS:
             with blas_threads(1):
                 _door().gemm_into_split(a, b, c, trans_a, trans_b, beta, _SPLIT_PARTS,
                                         get_num_threads())
@@ -1070,10 +1070,7 @@ def inner_product_forward(x, weight, bias, y, transpose, split=True):
     the door on the calling thread, never spread over the OpenMP threads (for a caller that
     runs it beside other work, e.g. convnet.rnn's streamed projection; x and y may be row
     blocks of C-contiguous arrays)."""
-    if not split and _fits(x, weight, y):
-        _door().gemm_into(x, weight, y, False, not transpose, 0.0)
-    else:
-        _gemm_into(x, weight, y, False, not transpose, 0.0)
+    _gemm_into(x, weight, y, False, not transpose, 0.0, split)
     if bias is not None:
         y += bias
 
@@ -1081,20 +1078,14 @@ def inner_product_forward(x, weight, bias, y, transpose, split=True):
 def inner_product_backward_data(dy, weight, dx, transpose, split=True):
     """IN dy (M, N), weight; OUT dx (M, K) = dy W (dy W^T when transpose). ``split=False``:
     one gemm on the calling thread (as for inner_product_forward)."""
-    if not split and _fits(dy, weight, dx):
-        _door().gemm_into(dy, weight, dx, False, transpose, 0.0)
-    else:
-        _gemm_into(dy, weight, dx, False, transpose, 0.0)
+    _gemm_into(dy, weight, dx, False, transpose, 0.0, split)
 
 
 def inner_product_backward_weight(x, dy, dweight, transpose, split=True):
     """INOUT dweight += dy^T x ((N, K)), or x^T dy ((K, N)) when transpose. ``split=False``:
     one gemm (beta = 1) on the calling thread."""
     a, b = (x, dy) if transpose else (dy, x)
-    if not split and _fits(a, b, dweight):
-        _door().gemm_into(a, b, dweight, True, False, 1.0)
-    else:
-        _gemm_into(a, b, dweight, True, False, 1.0)
+    _gemm_into(a, b, dweight, True, False, 1.0, split)
 
 
 def inner_product_backward_bias(dy, dbias):

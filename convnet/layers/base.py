@@ -373,9 +373,9 @@ class Layer:
                        f"{np.dtype(dt).name}", DataError)
         return x
 
-    def forward(self, *bottoms):
-        """Compute the top(s): one array, a tuple for several tops, a float for a loss.
-        A forward that fails leaves no cache behind: backward then raises StateError."""
+    def _prepared_bottoms(self, bottoms):
+        """What forward does before computing: the bottoms checked and converted (a list),
+        the layer set up for their shapes, its thread count synced; the old cache is gone."""
         self._forwarded = False
         self._check_count(len(bottoms))
         # the kind check covers every bottom but the declared label / mask ones (the class
@@ -386,6 +386,12 @@ class Layer:
                    for i, x in enumerate(bottoms)]
         self.setup(*(b.shape for b in bottoms))
         self._sync_threads()
+        return bottoms
+
+    def forward(self, *bottoms):
+        """Compute the top(s): one array, a tuple for several tops, a float for a loss.
+        A forward that fails leaves no cache behind: backward then raises StateError."""
+        bottoms = self._prepared_bottoms(bottoms)
         try:
             tops = self._forward(bottoms)
         except MemoryError:

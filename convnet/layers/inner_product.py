@@ -104,12 +104,7 @@ class InnerProduct(Layer):
         (CPU; any thread, blocks of disjoint rows). The caller runs ``rows`` over every row
         before it reads the top or calls backward (convnet.rnn's CellRunner computes an input
         projection this way, step block by step block, beside the time loop)."""
-        self._forwarded = False
-        self._check_count(1)
-        x = self._convert_bottom(0, self._check_numeric(bottom, "bottom", 0))
-        self.setup(x.shape)
-        self._sync_threads()
-        x = x.reshape(self._mk)
+        x = self._prepared_bottoms([bottom])[0].reshape(self._mk)
         self._x = x
         be = self.backend
         y = be.empty((self._mk[0], self.num_output), self.dtype)

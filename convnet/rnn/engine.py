@@ -47,7 +47,7 @@ import copy
 
 import numpy as np
 
-from convnet.backend import host_cache
+from convnet import backend as _backend
 from convnet.errors import ConfigError, ShapeError, StateError, fail
 from convnet.layers.base import Layer, shape_str
 
@@ -385,8 +385,7 @@ class RecurrentNetwork:
         """BLAS held to ``blas_threads`` inside the time loop (see the class docstring)."""
         if self.blas_threads is None:
             return contextlib.nullcontext()
-        from convnet.backend import cpu
-        return cpu.blas_threads(self.blas_threads)
+        return _host().blas_threads(self.blas_threads)
 
     def forward(self, inputs=None, initial=None, lengths=None, step_ready=None):
         """Run T steps; returns {output name: array} (see the class docstring).
@@ -406,7 +405,7 @@ class RecurrentNetwork:
         keep = not self.forward_only
         buffers = {}
         for s, x0 in init.items():
-            buffers[s] = host_cache.cache.empty((T + 1,) + x0.shape, x0.dtype)
+            buffers[s] = _host().empty((T + 1,) + x0.shape, x0.dtype)
             buffers[s][0] = x0
         outs_all = {}
         proto = [node.layer for node in self.step_net._nodes]
@@ -441,7 +440,7 @@ class RecurrentNetwork:
             for b, v in self._step_out.items():
                 y = values[v]
                 if b not in outs_all:
-                    outs_all[b] = _zeros((T,) + tuple(y.shape), y.dtype)
+                    outs_all[b] = _host().zeros((T,) + tuple(y.shape), y.dtype)
                 outs_all[b][t] = y if active is None else np.where(
                     active[t].reshape((-1,) + (1,) * (y.ndim - 1)), y, 0)
             if keep:
@@ -629,7 +628,7 @@ class RecurrentNetwork:
                     if d_seq[ext] is None:
                         # uninitialised: the later steps (done, without a diff) are zeroed
                         # here, every earlier one is written as the loop reaches it
-                        d_seq[ext] = host_cache.cache.empty((T,) + tuple(d.shape), d.dtype)
+                        d_seq[ext] = _host().empty((T,) + tuple(d.shape), d.dtype)
                         d_seq[ext][t + 1:] = 0
                     d_seq[ext][t] = d
                 elif d_seq[ext] is not None:
@@ -660,11 +659,11 @@ class RecurrentNetwork:
             elif kind == "static":
                 xs = values0[nodes[i].bottoms[0]][None]
             else:
-                xs = host_cache.cache.empty((T,) + tuple(layer.bottom_shapes[0]), dt)
+                xs = _host().empty((T,) + tuple(layer.bottom_shapes[0]), dt)
             if xs.dtype != dt or not xs.flags.c_contiguous:
                 xs = np.ascontiguousarray(xs, dt)
             out[i] = [xs, np.zeros((1,) + top, dt) if kind == "static" else
-                      host_cache.cache.empty((T,) + top, dt)]
+                      _host().empty((T,) + top, dt)]
             for layers in steps:
                 layers[i].param_diffs_deferred = True
         return out
@@ -795,12 +794,10 @@ class RecurrentNetwork:
         return out
 
 
-def _zeros(shape, dtype):
-    """Zeros from the caching allocator: the engine's T x ... buffers (13 MB for the benchmark
-    LSTM's gate diffs) would otherwise be fresh pages on every call, each one faulted in."""
-    out = host_cache.cache.empty(shape, dtype)
-    out.fill(0)
-    return out
+def _host():
+    """The CPU backend, whose caching allocator holds the engine's T x ... buffers (13 MB for
+    the benchmark LSTM's gate diffs: fresh pages on every call from NumPy's)."""
+    return _backend.get("cpu")
 
 
 def _seed_bottom(net, layer):

@@ -170,91 +170,21 @@ def _step_blocks(T, N):
     return blocks
 
 
-class _StreamedProjection:
-    """The hoisted input projection x W^T + b of all T steps, computed in step blocks
-    (_step_blocks) while the time loop runs: on a worker thread when there are two or more
-    threads (the time loop's small gemms hold one core; the projection's gemms then run on
-    the other instead of before the loop), else block by block up front. The engine calls
-    :meth:`wait` before each step; ``with`` joins the worker and holds BLAS to one thread
-    meanwhile (both the loop's gemms and the worker's run on one core each).
+class _BlockWorker:
+    """Row blocks run in the order given, on one worker thread when there are two or more
+    threads (beside the caller's time loop), else at once on the caller's thread: the same
+    blocks in the same order either way, so the sums do not depend on the thread count.
+    ``with`` holds BLAS to one thread (the loop's gemms and the worker's run on one core
+    each) and joins the worker; the first error a block raises is raised on the caller's
+    thread (:meth:`check`) and the blocks after it are skipped."""
 
-    Measured (scripts/bench_rnn.py, T=50, N=64, 256 -> 256, 2 threads): the projection, 13
-    ms of a 57 ms forward when it ran before the loop, leaves only its first block (one
-    step, 0.3 ms) ahead of the loop."""
-
-    def __init__(self, layer, x):
+    def __init__(self):
         from convnet.backend import cpu
         self._cpu = cpu
-        T, N = x.shape[0], x.shape[1]
-        self.top, self._rows = layer.forward_streamed(x)
-        self._blocks = _step_blocks(T, N)
-        self._n = N
-        self._done = [threading.Event() for _ in self._blocks]
-        self._block_of = np.repeat(np.arange(len(self._blocks)),
-                                   [b - a for a, b in self._blocks]).tolist()
-        self._error = None
-        self._thread = None
-        self._threads = None
-
-    def _run(self):
-        try:
-            for (t0, t1), done in zip(self._blocks, self._done):
-                self._rows(t0 * self._n, t1 * self._n)
-                done.set()
-        except BaseException as exc:        # re-raised on the caller's thread by wait()
-            self._error = exc
-            for done in self._done:
-                done.set()
-
-    def __enter__(self):
-        self._threads = self._cpu.blas_threads(1)
-        self._threads.__enter__()
-        if self._cpu.get_num_threads() >= 2:
-            self._thread = threading.Thread(target=self._run, name="convnet-projection",
-                                            daemon=True)
-            self._thread.start()
-        else:
-            self._run()
-        return self
-
-    def wait(self, t):
-        """Return once steps 0 .. t are written (raise what the worker raised)."""
-        self._done[self._block_of[min(t, len(self._block_of) - 1)]].wait()
-        if self._error is not None:
-            raise self._error
-
-    def __exit__(self, *exc):
-        try:
-            if self._thread is not None:
-                self._thread.join()
-        finally:
-            self._threads.__exit__(None, None, None)
-        if self._error is not None and exc[0] is None:
-            raise self._error
-        return False
-
-
-class _StreamedProjectionBackward:
-    """The backward of the hoisted projection (its input's diff and its param diffs) in
-    the forward's step blocks, last block first, each started as soon as the time loop of
-    backward has finished its steps: on a worker thread at two or more threads (beside the
-    loop and the recurrent weight's gradient), else on the caller's thread in the same
-    order, so the sums are the same at any thread count. ``with`` holds BLAS to one thread
-    and joins the worker; :meth:`finish` returns the input's diff."""
-
-    def __init__(self, layer, T, N):
-        from convnet.backend import cpu
-        self._cpu = cpu
-        self._layer = layer
-        self._blocks = list(reversed(_step_blocks(T, N)))
-        self._n = N
-        self._next = 0
-        self._rows = None
-        self._bottom_diff = None
         self._queue = None
         self._thread = None
-        self._error = None
         self._threads = None
+        self.error = None
 
     def __enter__(self):
         self._threads = self._cpu.blas_threads(1)
@@ -266,16 +196,109 @@ class _StreamedProjectionBackward:
             self._thread.start()
         return self
 
+    def _run(self, rows, lo, hi, done):
+        if self.error is None:
+            try:
+                rows(lo, hi)
+            except BaseException as exc:        # re-raised on the caller's thread
+                self.error = exc
+        if done is not None:
+            done.set()
+
     def _work(self):
         while True:
-            block = self._queue.get()
-            if block is None:
+            job = self._queue.get()
+            if job is None:
                 return
-            if self._error is None:
-                try:
-                    self._rows(*block)
-                except BaseException as exc:    # re-raised on the caller's thread
-                    self._error = exc
+            self._run(*job)
+
+    def submit(self, rows, lo, hi, done=None):
+        """Run rows(lo, hi) after the blocks submitted before; set the Event ``done`` then
+        (also when it failed or was skipped)."""
+        if self._queue is not None:
+            self._queue.put((rows, lo, hi, done))
+        else:
+            self._run(rows, lo, hi, done)
+            self.check()
+
+    def check(self):
+        if self.error is not None:
+            raise self.error
+
+    def join(self):
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def __exit__(self, *exc):
+        try:
+            self.join()
+        finally:
+            self._threads.__exit__(None, None, None)
+        return False
+
+
+class _StreamedProjection:
+    """The hoisted input projection x W^T + b of all T steps, computed in step blocks
+    (_step_blocks) by a _BlockWorker while the time loop runs (the time loop's small gemms
+    hold one core; the projection's gemms then run on the other instead of before the loop).
+    The engine calls :meth:`wait` before each step; ``with`` runs the worker.
+
+    Measured (scripts/bench_rnn.py, T=50, N=64, 256 -> 256, 2 threads): the projection, 13
+    ms of a 57 ms forward when it ran before the loop, leaves only its first block (one
+    step, 0.3 ms) ahead of the loop."""
+
+    def __init__(self, layer, x):
+        T, N = x.shape[0], x.shape[1]
+        self.top, self._rows = layer.forward_streamed(x)
+        self._blocks = _step_blocks(T, N)
+        self._n = N
+        self._done = [threading.Event() for _ in self._blocks]
+        self._block_of = np.repeat(np.arange(len(self._blocks)),
+                                   [b - a for a, b in self._blocks]).tolist()
+        self._worker = _BlockWorker()
+
+    def __enter__(self):
+        self._worker.__enter__()
+        try:
+            for (t0, t1), done in zip(self._blocks, self._done):
+                self._worker.submit(self._rows, t0 * self._n, t1 * self._n, done)
+        except BaseException:
+            self._worker.__exit__(None, None, None)
+            raise
+        return self
+
+    def wait(self, t):
+        """Return once steps 0 .. t are written (raise what a block raised)."""
+        self._done[self._block_of[min(t, len(self._block_of) - 1)]].wait()
+        self._worker.check()
+
+    def __exit__(self, *exc):
+        self._worker.__exit__(*exc)
+        if exc[0] is None:
+            self._worker.check()
+        return False
+
+
+class _StreamedProjectionBackward:
+    """The backward of the hoisted projection (its input's diff and its param diffs) in
+    the forward's step blocks, last block first, each given to a _BlockWorker as soon as
+    the time loop of backward has finished its steps. ``with`` runs the worker;
+    :meth:`finish` returns the input's diff."""
+
+    def __init__(self, layer, T, N):
+        self._layer = layer
+        self._blocks = list(reversed(_step_blocks(T, N)))
+        self._n = N
+        self._next = 0
+        self._rows = None
+        self._bottom_diff = None
+        self._worker = _BlockWorker()
+
+    def __enter__(self):
+        self._worker.__enter__()
+        return self
 
     def _start(self, top_diff):
         self._bottom_diff, self._rows = self._layer.backward_streamed(top_diff)
@@ -285,11 +308,7 @@ class _StreamedProjectionBackward:
         while self._next < len(self._blocks) and self._blocks[self._next][0] >= until:
             t0, t1 = self._blocks[self._next]
             self._next += 1
-            block = (t0 * self._n, t1 * self._n)
-            if self._queue is not None:
-                self._queue.put(block)
-            else:
-                self._rows(*block)
+            self._worker.submit(self._rows, t0 * self._n, t1 * self._n)
 
     def step_done(self, t, d_seq):
         d = d_seq.get("x")
@@ -303,22 +322,12 @@ class _StreamedProjectionBackward:
         if self._rows is None:
             self._start(top_diff)
         self._submit(0)
-        self._join()
-        if self._error is not None:
-            raise self._error
+        self._worker.join()
+        self._worker.check()
         return self._bottom_diff
 
-    def _join(self):
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
     def __exit__(self, *exc):
-        try:
-            self._join()
-        finally:
-            self._threads.__exit__(None, None, None)
+        self._worker.__exit__(*exc)
         return False
 
 
