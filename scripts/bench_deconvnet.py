@@ -113,7 +113,8 @@ class TorchDeconvNet:
         """The scores; with ``masks`` (one per pooling stage, as Pooling's masks) the
         unpooling uses those argmax choices instead of its own, and ``near_ties`` (a list)
         then receives, per stage, the windows where the two disagree and whether each is a
-        near tie (its two largest values within NEAR_TIE of the larger)."""
+        near tie (its two largest values within NEAR_TIE of the larger, or of the pooled
+        input's RMS)."""
         F = self.F
         x = data
         own, sizes = [], []
@@ -147,9 +148,11 @@ def _inputs(batch, seed=1):
     return data, label
 
 
-#: two values of a pooling window this close (relative to the larger) are a near tie: the
-#: argmax float32 rounding may give either (one flipped window moves a whole value in the
-#: unpooling, so the scores are compared under convnet's argmax choices)
+#: two values of a pooling window this close (relative to the larger, or to the pooled
+#: input's RMS when both are smaller: float32 rounding in the convolutions before grows with
+#: the activations' scale, not with one small value) are a near tie: the argmax may give
+#: either (one flipped window moves a whole value in the unpooling, so the scores are
+#: compared under convnet's argmax choices)
 NEAR_TIE = 1e-5
 
 
@@ -162,7 +165,9 @@ def _disagreements(pooled_input, theirs, ours, torch):
     n, c = differ[:, 0], differ[:, 1]
     a = plane[n, c, theirs[differ[:, 0], differ[:, 1], differ[:, 2], differ[:, 3]]]
     b = plane[n, c, ours[differ[:, 0], differ[:, 1], differ[:, 2], differ[:, 3]]]
-    ties = int(((a - b).abs() <= NEAR_TIE * torch.maximum(a.abs(), b.abs())).sum())
+    rms = pooled_input.square().mean().sqrt()
+    scale = torch.maximum(torch.maximum(a.abs(), b.abs()), rms)
+    ties = int(((a - b).abs() <= NEAR_TIE * scale).sum())
     return len(differ), ties
 
 
@@ -194,7 +199,8 @@ def build_infer(ctx):
         side["th_fwd"] = infer
         side["check"] = (f"scores agree to {error:.1e} of the largest under convnet's pooling "
                          f"choices; {flipped} pooling window(s) chose differently from "
-                         f"PyTorch, all near ties (within {NEAR_TIE:g})")
+                         f"PyTorch, all near ties (within {NEAR_TIE:g} of the larger value "
+                         f"or of the layer's RMS)")
     side["algorithms"] = _algorithms(net)
     return side
 

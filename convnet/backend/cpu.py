@@ -587,6 +587,9 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
     if algorithm == "kn2row":
         _kn2row_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace)
         return
+    if algorithm == "direct":
+        _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace)
+        return
     n, out, m = x.shape[0], y.shape[2:], y.shape[1]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
     items = n * -(-out[0] // rows)
@@ -619,6 +622,9 @@ def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, grou
     if algorithm == "kn2row":
         _kn2row_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace)
         return
+    if algorithm == "direct":
+        _direct_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace)
+        return
     n, channels, out = dx.shape[0], dx.shape[1] // group, dy.shape[2:]
     block = _conv_block(n, channels, group, out, kernel, dx.itemsize)
     threads = _conv_threads(n * group * -(-channels // block))
@@ -642,6 +648,9 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
         return
     if algorithm == "kn2row":
         _kn2row_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace)
+        return
+    if algorithm == "direct":
+        _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace)
         return
     n, channels, out = x.shape[0], x.shape[1] // group, dy.shape[2:]
     block = _conv_block(1, channels, group, out, kernel, x.itemsize)
@@ -862,6 +871,95 @@ def _kn2row_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
                                                  kernel[1], pad[0], pad[1], dilation[0],
                                                  dilation[1], group)
     dweight += dtaps.transpose(1, 2, 0).reshape(dweight.shape)
+
+
+# ---- conv: direct loops (pyx/direct.pyx), any kernel at stride 1, few channels
+
+#: bytes of dy and x rows in one band of the direct weight gradient (a part of the L2 cache)
+DIRECT_BAND_BYTES = 96 * 1024
+
+
+@functools.cache
+def _direct_kernels():
+    from convnet._cpu import direct
+    return direct
+
+
+def _direct_filters(weight, group, adjoint):
+    """weight (M, C/group, kh, kw) packed for direct_forward: (group * blocks, Ci*kh*kw,
+    BLOCK), the output channels of each group in blocks of BLOCK (zero filters past the
+    last). ``adjoint``: the filters of the backward-data pass (rotated by 180 degrees, input
+    and output channels swapped)."""
+    block = _direct_kernels().BLOCK
+    m, cg, kh, kw = weight.shape
+    w = weight.reshape(group, m // group, cg, kh, kw)
+    if adjoint:
+        w = w[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
+    outs, ins = w.shape[1], w.shape[2]
+    blocks = -(-outs // block)
+    packed = np.zeros((group, blocks * block, ins, kh, kw), weight.dtype)
+    packed[:, :outs] = w
+    packed = packed.reshape(group, blocks, block, ins * kh * kw).transpose(0, 1, 3, 2)
+    return np.ascontiguousarray(packed).reshape(group * blocks, ins * kh * kw, block)
+
+
+def _direct_bias(bias, channels, group, dtype):
+    """bias (channels,) or None as direct_forward's (group * blocks, BLOCK)."""
+    block = _direct_kernels().BLOCK
+    per = channels // group
+    blocks = -(-per // block)
+    out = np.zeros((group, blocks * block), dtype)
+    if bias is not None:
+        out[:, :per] = bias.reshape(group, per)
+    return out.reshape(group * blocks, block)
+
+
+def _direct_padded(x, out, kernel, pad, dilation, workspace, key="col"):
+    """pad_images' copy of x (N, HP, C, WP) for an output of size ``out``: pads ``pad`` (any
+    sign) top and left, rows rounded up for the vector loops."""
+    dk = _direct_kernels()
+    hp = out[0] + dilation[0] * (kernel[0] - 1)
+    wp = dk.row_width(out[1], kernel[1], dilation[1])
+    n, c = x.shape[:2]
+    xp = _conv_scratch(workspace, key, n * hp, c * wp, x.dtype).reshape(n, hp, c, wp)
+    dk.pad_images(x, xp, pad[0], pad[1], _conv_threads(n * c))
+    return xp
+
+
+def _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace,
+                    adjoint=False):
+    n, m, ho, wo = y.shape
+    xp = _direct_padded(x, (ho, wo), kernel, pad, dilation, workspace)
+    w = _direct_filters(weight, group, adjoint)
+    b = _direct_bias(bias, m, group, x.dtype)
+    rows = n * w.shape[0] * ho
+    _direct_kernels().direct_forward(xp, w, b, y, kernel[0], kernel[1], dilation[0],
+                                     dilation[1], group, _conv_threads(rows))
+
+
+def _direct_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace):
+    # a stride-1 transposed convolution is a correlation with the rotated filters
+    adjoint_pad = tuple(dilation[a] * (kernel[a] - 1) - pad[a] for a in range(2))
+    _direct_forward(dy, weight, bias, dx, kernel, adjoint_pad, dilation, group, workspace,
+                    adjoint=True)
+
+
+def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace):
+    dk = _direct_kernels()
+    n, m, ho, wo = dy.shape
+    if n == 0:
+        return
+    xp = _direct_padded(x, (ho, wo), kernel, pad, dilation, workspace)
+    cg = x.shape[1] // group
+    blocks = -(-(m // group) // dk.WEIGHT_BLOCK)
+    items = group * blocks * cg * kernel[0] * -(-kernel[1] // dk.TAPS)
+    acc = _conv_scratch(workspace, "partial", items,
+                        dk.accumulator_size(x.dtype == np.float64), x.dtype)
+    # output rows per band: the band's dy (all M channels) and x rows fit DIRECT_BAND_BYTES
+    row_bytes = (m * wo + x.shape[1] * xp.shape[3]) * x.itemsize
+    band = max(DIRECT_BAND_BYTES // row_bytes, 1)
+    dk.direct_backward_weight(xp, dy, acc, dweight, dilation[0], dilation[1], group, band,
+                              _conv_threads(items))
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

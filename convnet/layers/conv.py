@@ -49,8 +49,11 @@ class _ConvolutionBase(Layer):
                          weight_filler=weight_filler, bias_filler=bias_filler,
                          algorithm=algorithm)
         self._x = None
-        #: the algorithm setup chose for the current bottom shape and device (None before)
+        #: the algorithm setup chose for the current bottom shape and device (None before):
+        #: one name, or "forward/backward-data/backward-weight" when the passes differ
         self.algorithm_used = None
+        #: the same as a conv_algorithms.Plan: the algorithm of each pass in convolution roles
+        self.algorithm_plan = None
         super().__init__(name=name, dtype=dtype, param=param)
 
     def _check_params(self):
@@ -134,19 +137,22 @@ class _ConvolutionBase(Layer):
                                 self.kernel_size[axis], self.stride[axis], self.pad[axis],
                                 self.dilation[axis])
 
-    def _choose_algorithm(self, shape):
-        self.algorithm_used = conv_algorithms.choose(self, shape, self.device)
+    def _choose_algorithm(self, shape, device=None):
+        self.algorithm_plan = conv_algorithms.choose(self, shape, device or self.device)
+        self.algorithm_used = conv_algorithms.describe(self, self.algorithm_plan)
 
     def _move_state(self, device):
         super()._move_state(device)
         self._x = None
         if self.bottom_shapes:
-            self.algorithm_used = conv_algorithms.choose(self, self.bottom_shapes[0], device)
+            self._choose_algorithm(self.bottom_shapes[0], device)
 
-    def _geometry(self):
+    def _geometry(self, conv_pass):
+        """The backend's conv arguments for one pass, in convolution roles ("forward",
+        "backward_data", "backward_weight": a Deconvolution's forward is "backward_data")."""
         return dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
                     dilation=self.dilation, group=self.group,
-                    workspace=_workspace(self.device), algorithm=self.algorithm_used)
+                    workspace=_workspace(self.device), algorithm=getattr(self.algorithm_plan, conv_pass))
 
     def _learns(self, index):
         return len(self.params) > index and self.params[index].lr_mult != 0
@@ -168,9 +174,11 @@ class Convolution(_ConvolutionBase):
     stride, pad and dilation take an int or an (h, w) pair. ``param=[dict(lr_mult=...), ...]``
     sets the weight's and bias's multipliers; lr_mult 0 skips that gradient entirely.
     ``algorithm`` ("auto"): "im2col", "winograd" for 3x3 kernels at stride 1 (any pad and
-    dilation), or "kn2row" (any kernel at stride 1, no im2col buffer); "auto" picks by the
-    rule in :mod:`convnet.layers.conv_algorithms`, and ``algorithm_used`` says what setup
-    chose.
+    dilation), "direct" (any kernel at stride 1: register-blocked loops, for few channels) or
+    "kn2row" (any kernel at stride 1, no im2col buffer); "auto" picks for each pass (forward,
+    backward-data, backward-weight) by the rule in :mod:`convnet.layers.conv_algorithms`, and
+    ``algorithm_used`` says what setup chose: one name, or the three joined by "/" when the
+    passes differ (e.g. "direct/im2col/direct").
 
     >>> conv = Convolution(num_output=8, kernel_size=3, pad=1)
     >>> conv.forward(np.zeros((2, 3, 5, 7), np.float32)).shape
@@ -198,7 +206,7 @@ class Convolution(_ConvolutionBase):
         x = bottoms[0]
         y = self.backend.empty(self.top_shapes[0], self.dtype)
         bias = self.params[1].data if self.bias_term else None
-        self.backend.conv_forward(x, self.params[0].data, bias, y, **self._geometry())
+        self.backend.conv_forward(x, self.params[0].data, bias, y, **self._geometry("forward"))
         self._x = x
         return [y]
 
@@ -207,13 +215,15 @@ class Convolution(_ConvolutionBase):
         dy = top_diffs[0]
         be = self.backend
         if self._learns(0):
-            be.conv_backward_weight(self._x, dy, self.params[0].diff, **self._geometry())
+            be.conv_backward_weight(self._x, dy, self.params[0].diff,
+                                    **self._geometry("backward_weight"))
         if self.bias_term and self._learns(1):
             be.conv_backward_bias(dy, self.params[1].diff)
         dx = None
         if propagate_down[0]:
             dx = be.empty(self.bottom_shapes[0], self.dtype)
-            be.conv_backward_data(dy, self.params[0].data, None, dx, **self._geometry())
+            be.conv_backward_data(dy, self.params[0].data, None, dx,
+                                  **self._geometry("backward_data"))
         return [dx]
 
 
@@ -235,9 +245,10 @@ class Deconvolution(_ConvolutionBase):
     group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0), plus
     output_padding (0). For FCN's fixed upsampling use ``weight_filler="bilinear"``,
     ``group=C`` and ``param=[dict(lr_mult=0)]``. ``algorithm`` ("auto"): "im2col",
-    "winograd" (3x3, stride 1), "kn2row" (stride 1) or "subpixel" (stride > 1, dilation 1:
-    the forward as
-    stride**2 stride-1 convolutions, no col2im scatter); see
+    "winograd" (3x3, stride 1), "direct" (stride 1), "kn2row" (stride 1) or "subpixel"
+    (stride > 1, dilation 1: the forward as stride**2 stride-1 convolutions, no col2im
+    scatter); "auto" picks for each pass, and ``algorithm_used`` names them as for
+    Convolution (the layer's own passes: its forward is the convolution's backward-data); see
     :mod:`convnet.layers.conv_algorithms`.
 
     >>> up = Deconvolution(num_output=4, kernel_size=4, stride=2, pad=1)
@@ -323,7 +334,8 @@ class Deconvolution(_ConvolutionBase):
         x = bottoms[0]
         y = self.backend.empty(self.top_shapes[0], self.dtype)
         bias = self.params[1].data if self.bias_term else None
-        self.backend.conv_backward_data(x, self.params[0].data, bias, y, **self._geometry())
+        self.backend.conv_backward_data(x, self.params[0].data, bias, y,
+                                        **self._geometry("backward_data"))
         self._x = x
         return [y]
 
@@ -333,13 +345,16 @@ class Deconvolution(_ConvolutionBase):
         be = self.backend
         # conv roles: the conv "input" is this layer's top, its "output" our bottom
         dx = be.empty(self.bottom_shapes[0], self.dtype) if propagate_down[0] else None
-        if self._learns(0) and dx is not None:
+        shared = self.algorithm_plan.forward == self.algorithm_plan.backward_weight
+        if self._learns(0) and dx is not None and shared:
             be.conv_forward_backward_weight(dy, self.params[0].data, dx, self._x,
-                                            self.params[0].diff, **self._geometry())
-        elif self._learns(0):
-            be.conv_backward_weight(dy, self._x, self.params[0].diff, **self._geometry())
-        elif dx is not None:
-            be.conv_forward(dy, self.params[0].data, None, dx, **self._geometry())
+                                            self.params[0].diff, **self._geometry("forward"))
+        else:
+            if self._learns(0):
+                be.conv_backward_weight(dy, self._x, self.params[0].diff,
+                                        **self._geometry("backward_weight"))
+            if dx is not None:
+                be.conv_forward(dy, self.params[0].data, None, dx, **self._geometry("forward"))
         if self.bias_term and self._learns(1):
             be.conv_backward_bias(dy, self.params[1].diff)
         return [dx]

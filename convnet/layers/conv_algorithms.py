@@ -1,9 +1,11 @@
 """Which algorithm a Convolution or Deconvolution runs: one ordered list that decides.
 
 Each entry says when it applies (``None``, or the reason it does not) and when ``auto``
-prefers it; the first preferred entry that applies wins, ``im2col`` always applies. A layer
-asks once per setup (:func:`choose`); forcing a name that does not apply to the layer's shape
-is a ConfigError that says why.
+prefers it for a pass (forward, backward-data, backward-weight, in convolution roles); for
+each pass the first preferred entry that applies wins, ``im2col`` always applies. A layer
+asks once per setup (:func:`choose`, a :class:`Plan` of three names); forcing a name runs it
+in every pass, and forcing one that does not apply to the layer's shape is a ConfigError that
+says why.
 
 The algorithms (kernels in ``pyx/``, dispatch in ``convnet.backend.cpu``):
 
@@ -12,6 +14,10 @@ The algorithms (kernels in ``pyx/``, dispatch in ``convnet.backend.cpu``):
   sub-lattices (pyx/winograd.pyx): forward, backward-data (the same forward with the filters
   rotated) and backward-weight; 36 GEMMs per work item instead of 144 multiplications per
   output. For a Deconvolution at stride 1 the roles swap as for im2col.
+- ``direct``: any kernel at stride 1, no GEMM (pyx/direct.pyx): register-blocked loops (6
+  output channels x 16 columns of accumulators) over a zero-padded copy of the input whose
+  rows interleave the channels; backward-data is the same loop with the filters rotated,
+  backward-weight keeps 4 channels x 3 taps of accumulators.
 - ``kn2row``: any kernel at stride 1 without an im2col buffer (pyx/kn2row.pyx): the input
   padded once, kh*kw GEMMs accumulating into the output computed over the padded width.
 - ``subpixel``: Deconvolution with stride > 1 and dilation 1: its forward (a transposed
@@ -61,6 +67,29 @@ s = 2) and their results are interleaved by a strided NumPy copy; together they 
 than col2im's scatter here, so ``auto`` keeps im2col and sub-pixel is a choice.
 (The backward differences come from the same im2col kernels timed apart.)
 
+The direct loops against Winograd and im2col, each pass apart (convnet.backend.cpu with
+``algorithm=`` forced), 3x3 pad 1, 2 threads, wall ms (median of 9), forward /
+backward-data / backward-weight, direct vs Winograd vs im2col:
+
+- N=16, 16->16, 64x64:    2.69/3.99/5.09 vs 3.93/4.15/5.95 vs 9.85/6.80/10.29
+- N=8, 3->32, 128x128:    2.37/6.89/4.06 vs 4.93/11.28/8.65 vs 4.86/6.10/6.36
+- N=16, 3->16, 64x64:     0.76/1.43/1.22 vs 2.34/4.41/5.05 vs 2.03/1.91/2.49
+- N=16, 16->32, 32x32:    1.67/1.72/2.62 vs 2.61/2.82/2.15 vs 2.79/2.29/3.06
+- N=16, 32->16, 32x32:    1.64/1.44/1.94 vs 2.36/2.34/2.62 vs 5.19/2.93/4.05
+- N=16, 32->64, 16x16:    2.41/2.76/3.75 vs 1.94/2.39/2.24 vs 2.53/2.10/2.29
+- N=16, 64->32, 16x16:    2.04/1.63/4.20 vs 2.22/1.96/2.37 vs 3.06/2.58/3.14
+- N=16, 64->64, 8x8:      1.55/1.59/3.46 vs 2.41/1.59/1.79 vs 1.51/1.49/1.55
+- N=8, 64->64, 64x64:     20.5/21.8/41.7 vs 12.4/12.8/10.8 vs 30.7/28.2/29.8
+- N=16, 16->5, 64x64:     1.35/1.12/4.09 vs 3.40/2.36/7.73 vs 6.76/4.15/6.49
+- N=8, 32->3, 128x128:    6.79/3.43/6.85 vs 11.9/6.24/10.9 vs 27.9/17.8/26.2
+
+so ``auto`` picks the direct loops for 3x3 filters with at most ``DIRECT_MAX_CHANNELS``
+channels per group on both sides (from 64 on either side the GEMMs of Winograd and im2col
+win): in the forward; in the backward-data when it writes at least ``DIRECT_MIN_OUTPUTS``
+channels (3 leave its register block half empty); in the backward-weight on outputs at least
+``DIRECT_MIN_WEIGHT_WIDTH`` columns wide (its loop runs along the rows). The three passes of
+a layer may differ (``algorithm_used`` then names all three).
+
 kn2row against im2col, same machine and units (PyTorch forward / backward beside):
 
 - N=8, 32->32, 64x64, 5x5:   40.3/40.1/42.2 vs 45.3/38.8/52.2   (PyTorch 18.7, 72.2)
@@ -73,7 +102,21 @@ K = C*kh*kw ones by about what im2col's copy costs, so on this machine ``auto`` 
 kn2row; it stays a choice (``algorithm="kn2row"``) that needs no k*k-times buffer.
 """
 
+from collections import namedtuple
+
 from convnet.errors import ConfigError, fail
+
+#: the passes of a convolution, each with its own algorithm (a Deconvolution's forward is
+#: the convolution's backward-data, its backward-data the convolution's forward)
+PASSES = ("forward", "backward_data", "backward_weight")
+
+
+class Plan(namedtuple("Plan", PASSES)):
+    """The algorithm of each pass of a layer, in convolution roles."""
+
+    @classmethod
+    def single(cls, name):
+        return cls(name, name, name)
 
 #: the fewest channels per group (input and output) for which ``auto`` picks Winograd
 WINOGRAD_MIN_CHANNELS = 8
@@ -85,7 +128,17 @@ WINOGRAD_MIN_PIXELS_WIDE = 400
 #: channels per group (input and output) from which a layer counts as wide
 WINOGRAD_WIDE_CHANNELS = 384
 
-NAMES = ("auto", "im2col", "winograd", "kn2row", "subpixel")
+#: the most channels per group (input and output) for which ``auto`` picks the direct
+#: loops: from 64 channels on either side the GEMMs of Winograd and im2col run faster
+DIRECT_MAX_CHANNELS = 32
+#: the fewest output channels of a backward-data pass for direct: 3 channels keep only 3 of
+#: its 6-channel register block busy (im2col's gemm + col2im was faster)
+DIRECT_MIN_OUTPUTS = 4
+#: the narrowest output (columns) for which ``auto`` picks the direct weight gradient: its
+#: loop runs along the rows, and rows of 16 or 32 leave too few vectors per row
+DIRECT_MIN_WEIGHT_WIDTH = 48
+
+NAMES = ("auto", "im2col", "winograd", "direct", "kn2row", "subpixel")
 
 
 def _im2col(layer, shape):
@@ -120,11 +173,36 @@ def _kn2row(layer, shape):
     return None
 
 
-def _never(layer, shape):
+def _direct(layer, shape):
+    if tuple(layer.stride) != (1, 1):
+        return f"it needs stride 1, got stride {_pair(layer.stride)}"
+    return None
+
+
+def _direct_preferred(layer, shape, conv_pass):
+    if tuple(layer.kernel_size) != (3, 3):
+        return False            # measured on 3x3 filters only
+    conv_in, conv_out = int(shape[1]), int(layer.num_output)
+    width = int(shape[3])
+    if layer.type_name == "Deconvolution":   # conv roles: its top is the conv input
+        conv_in, conv_out = conv_out, conv_in
+    else:                                    # stride 1: the conv output's width
+        width = width + 2 * layer.pad[1] - 2 * layer.dilation[1]
+    conv_in, conv_out = conv_in // layer.group, conv_out // layer.group
+    if max(conv_in, conv_out) > DIRECT_MAX_CHANNELS:
+        return False
+    if conv_pass == "backward_data":         # a conv of conv_out channels into conv_in
+        return conv_in >= DIRECT_MIN_OUTPUTS
+    if conv_pass == "backward_weight":
+        return width >= DIRECT_MIN_WEIGHT_WIDTH
+    return True
+
+
+def _never(layer, shape, conv_pass):
     return False
 
 
-def _winograd_preferred(layer, shape):
+def _winograd_preferred(layer, shape, conv_pass):
     channels = min(shape[1], layer.num_output) // layer.group
     if channels < WINOGRAD_MIN_CHANNELS:
         return False
@@ -148,12 +226,13 @@ def _subpixel(layer, shape):
     return None
 
 
-def _always(layer, shape):
+def _always(layer, shape, conv_pass):
     return True
 
 
 #: (name, why it does not apply or None, whether auto prefers it), in the order auto tries
 ALGORITHMS = (
+    ("direct", _direct, _direct_preferred),
     ("winograd", _winograd, _winograd_preferred),
     ("subpixel", _subpixel, _never),
     ("kn2row", _kn2row, _never),
@@ -174,22 +253,35 @@ def check_name(value, owner):
 
 
 def choose(layer, shape, device):
-    """The algorithm ``layer`` (a Convolution or Deconvolution with validated parameters)
-    runs for bottom ``shape`` on ``device``: its ``algorithm`` parameter when forced (a
-    ConfigError naming the reason when it does not apply), else the first entry of
-    ALGORITHMS that applies and that auto prefers. The CUDA backend runs im2col only."""
+    """The :class:`Plan` ``layer`` (a Convolution or Deconvolution with validated
+    parameters) runs for bottom ``shape`` on ``device``: its ``algorithm`` parameter for
+    every pass when forced (a ConfigError naming the reason when it does not apply), else for
+    each pass the first entry of ALGORITHMS that applies and that auto prefers for that pass.
+    The CUDA backend runs im2col only."""
     requested = layer.algorithm
     if device != "cpu":
         if requested not in ("auto", "im2col"):
             fail(layer, f"algorithm {requested!r} runs on the CPU only; on {device} use "
                         f"'auto' or 'im2col'", ConfigError)
-        return "im2col"
-    for name, reason, preferred in ALGORITHMS:
-        if requested == name:
-            why = reason(layer, shape)
-            if why is not None:
-                fail(layer, f"algorithm {name!r} does not apply: {why}", ConfigError)
-            return name
-        if requested == "auto" and reason(layer, shape) is None and preferred(layer, shape):
-            return name
-    return "im2col"
+        return Plan.single("im2col")
+    if requested != "auto":
+        for name, reason, _ in ALGORITHMS:
+            if requested == name:
+                why = reason(layer, shape)
+                if why is not None:
+                    fail(layer, f"algorithm {name!r} does not apply: {why}", ConfigError)
+        return Plan.single(requested)
+    applicable = [(name, preferred) for name, reason, preferred in ALGORITHMS
+                  if reason(layer, shape) is None]
+    return Plan(*(next(name for name, preferred in applicable
+                       if preferred(layer, shape, conv_pass)) for conv_pass in PASSES))
+
+
+def describe(layer, plan):
+    """``algorithm_used``: the plan's one name, or the layer's forward, backward-data and
+    backward-weight algorithms joined by "/" (a Deconvolution's forward is the
+    convolution's backward-data)."""
+    passes = (plan.forward, plan.backward_data, plan.backward_weight)
+    if layer.type_name == "Deconvolution":
+        passes = (plan.backward_data, plan.forward, plan.backward_weight)
+    return passes[0] if len(set(passes)) == 1 else "/".join(passes)

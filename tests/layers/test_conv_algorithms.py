@@ -1,4 +1,5 @@
-"""Every convolution algorithm (im2col, Winograd, sub-pixel) against the naive float64 loops,
+"""Every convolution algorithm (im2col, Winograd, direct, kn2row, sub-pixel) against the naive
+float64 loops,
 finite differences and PyTorch, on random configurations of the shapes it applies to; the
 auto rule; forced algorithms that do not apply; accuracy on large shapes."""
 
@@ -54,17 +55,19 @@ def _subpixel_config(seed):
             return cfg
 
 
-def _kn2row_config(seed):
-    """Any kernel at stride 1: 1xk, kx1, even and odd sizes, pads, dilation, groups."""
-    r = np.random.default_rng(5000 + seed)
+def _stride1_config(seed, channels, width):
+    """Any kernel at stride 1: 1xk, kx1, even and odd sizes, pads, dilation, groups; up to
+    ``channels`` input and output channels per group, rows up to ``width`` wide."""
+    r = np.random.default_rng(seed)
     while True:
         group = int(r.choice([1, 1, 2, 3]))
-        cfg = dict(n=int(r.integers(1, 4)), c=group * int(r.integers(1, 4)),
-                   m=group * int(r.integers(1, 4)), group=group,
+        cfg = dict(n=int(r.integers(1, 4)), c=group * int(r.integers(1, channels[0])),
+                   m=group * int(r.integers(1, channels[1])), group=group,
                    kernel=(int(r.integers(1, 6)), int(r.integers(1, 6))), stride=(1, 1),
                    pad=(int(r.integers(0, 4)), int(r.integers(0, 3))),
                    dilation=(int(r.integers(1, 3)), int(r.integers(1, 4))),
-                   size=(int(r.integers(1, 15)), int(r.integers(1, 12))), output_padding=(0, 0))
+                   size=(int(r.integers(1, 15)), int(r.integers(1, width))),
+                   output_padding=(0, 0))
         out = [shapes.conv_out(cfg["size"][a], cfg["kernel"][a], 1, cfg["pad"][a],
                                cfg["dilation"][a]) for a in range(2)]
         dout = [shapes.deconv_out(cfg["size"][a], cfg["kernel"][a], 1, cfg["pad"][a],
@@ -73,13 +76,25 @@ def _kn2row_config(seed):
             return cfg
 
 
+def _kn2row_config(seed):
+    return _stride1_config(5000 + seed, (4, 4), 12)
+
+
+def _direct_config(seed):
+    """Channel counts around the register blocks (6 and 4 output channels) and rows around
+    the vector steps (8 to 32 columns)."""
+    return _stride1_config(6000 + seed, (9, 14), 40)
+
+
 WINOGRAD = [_winograd_config(i) for i in range(N_CONFIGS)]
+DIRECT = [_direct_config(i) for i in range(N_CONFIGS)]
 KN2ROW = [_kn2row_config(i) for i in range(N_CONFIGS)]
 SUBPIXEL = [_subpixel_config(i) for i in range(N_CONFIGS)]
 #: (layer type, algorithm, configuration)
 CASES = ([("conv", "winograd", c) for c in WINOGRAD] + [("deconv", "winograd", c) for c in WINOGRAD]
          + [("deconv", "subpixel", c) for c in SUBPIXEL]
          + [("conv", "kn2row", c) for c in KN2ROW] + [("deconv", "kn2row", c) for c in KN2ROW]
+         + [("conv", "direct", c) for c in DIRECT] + [("deconv", "direct", c) for c in DIRECT]
          + [("conv", "im2col", c) for c in WINOGRAD[:6]]
          + [("deconv", "im2col", c) for c in SUBPIXEL[:6]])
 IDS = [f"{kind}-{alg}-{i}" for i, (kind, alg, _) in enumerate(CASES)]
@@ -178,8 +193,13 @@ def test_matches_torch(kind, algorithm, cfg, dtype, rng):
                                                       size=(23, 41), group=1)),
                           ("deconv", "subpixel", dict(SUBPIXEL[2], n=3, c=6, m=5,
                                                       size=(17, 13))),
-                          ("conv", "kn2row", dict(KN2ROW[1], n=3, c=6, m=4, size=(19, 23)))],
-                         ids=["conv-winograd", "deconv-winograd", "deconv-subpixel", "kn2row"])
+                          ("conv", "kn2row", dict(KN2ROW[1], n=3, c=6, m=4, size=(19, 23))),
+                          ("conv", "direct", dict(DIRECT[2], n=3, c=7, m=11, size=(21, 37),
+                                                  group=1)),
+                          ("deconv", "direct", dict(DIRECT[5], n=2, c=9, m=5, size=(17, 26),
+                                                    group=1))],
+                         ids=["conv-winograd", "deconv-winograd", "deconv-subpixel", "kn2row",
+                              "conv-direct", "deconv-direct"])
 def test_one_and_two_threads_are_bit_identical(kind, algorithm, cfg, rng):
     x = _input(cfg, rng).astype(np.float32)
     results = []
@@ -203,7 +223,7 @@ def _relative_error(actual, expected):
     return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
 
 
-@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "kn2row"])
+@pytest.mark.parametrize("algorithm", ["im2col", "winograd", "kn2row", "direct"])
 @pytest.mark.parametrize("n,c,m,size,pad,dilation", [
     (1, 512, 512, (10, 9), 1, 1),        # 512 channels (VGG's conv4/conv5)
     (1, 3, 8, (224, 224), 1, 1),         # a 224x224 input
@@ -253,36 +273,70 @@ def _auto(layer, shape):
     return layer.algorithm_used
 
 
+def _plan(layer, shape):
+    layer.setup(shape)
+    return tuple(layer.algorithm_plan)
+
+
+#: channels above the direct loops' range, where the Winograd / im2col rule decides alone
+WIDE = 2 * conv_algorithms.DIRECT_MAX_CHANNELS
+
+
 def test_auto_picks_winograd_for_wide_3x3_stride_1_and_im2col_otherwise():
-    assert _auto(Convolution(16, 3, pad=1), (2, 16, 32, 32)) == "winograd"     # 2048 pixels
+    assert _auto(Convolution(WIDE, 3, pad=1), (2, WIDE, 32, 32)) == "winograd"
+    assert _auto(Convolution(WIDE, 3, stride=2), (2, WIDE, 32, 32)) == "im2col"
+    assert _auto(Convolution(WIDE, 5, pad=2), (2, WIDE, 32, 32)) == "im2col"
+    # too few channels on one side for Winograd (and too many on the other for direct)
     narrow = (2, conv_algorithms.WINOGRAD_MIN_CHANNELS - 1, 32, 32)
-    assert _auto(Convolution(32, 3, pad=1), narrow) == "im2col"
+    assert _auto(Convolution(WIDE, 3, pad=1), narrow) == "im2col"
     assert _auto(Convolution(conv_algorithms.WINOGRAD_MIN_CHANNELS - 1, 3, pad=1),
-                 (2, 16, 32, 32)) == "im2col"
-    assert _auto(Convolution(16, 3, stride=2), (2, 16, 32, 32)) == "im2col"
-    assert _auto(Convolution(16, 5, pad=2), (2, 16, 32, 32)) == "im2col"
+                 (2, WIDE, 32, 32)) == "im2col"
 
 
 def test_auto_keeps_im2col_where_the_filter_transforms_outweigh_the_gemm_savings():
     minimum = conv_algorithms.WINOGRAD_MIN_PIXELS
     wide = conv_algorithms.WINOGRAD_WIDE_CHANNELS
     # the conv output's pixels count: pad 1 keeps 32x32, pad 0 makes it 30x30
-    assert _auto(Convolution(16, 3, pad=1), (1, 16, 32, 32)) == (
+    assert _auto(Convolution(WIDE, 3, pad=1), (1, WIDE, 32, 32)) == (
         "winograd" if 32 * 32 >= minimum else "im2col")
-    assert _auto(Convolution(16, 3), (1, 16, 32, 32)) == (
+    assert _auto(Convolution(WIDE, 3), (1, WIDE, 32, 32)) == (
         "winograd" if 30 * 30 >= minimum else "im2col")
-    assert _auto(Convolution(16, 3, pad=1), (1, 16, 16, 16)) == "im2col"
-    assert _auto(Convolution(16, 3, pad=2, dilation=2), (4, 16, 16, 16)) == "winograd"
+    assert _auto(Convolution(WIDE, 3, pad=1), (1, WIDE, 16, 16)) == "im2col"
+    assert _auto(Convolution(WIDE, 3, pad=2, dilation=2), (4, WIDE, 16, 16)) == "winograd"
     # wide layers repay the transforms from fewer pixels (VGG's 512-channel 14x14 does not)
     assert _auto(Convolution(wide, 3, pad=1), (1, wide, 20, 20)) == "winograd"
     assert _auto(Convolution(wide, 3, pad=1), (1, wide, 14, 14)) == "im2col"
     assert _auto(Convolution(wide - 1, 3, pad=1), (1, wide, 20, 20)) == "im2col"
     # a Deconvolution's conv output is its bottom
-    assert _auto(Deconvolution(16, 3, pad=1), (1, 16, 32, 32)) == "winograd"
-    assert _auto(Deconvolution(16, 3, pad=1), (1, 16, 16, 16)) == "im2col"
+    assert _auto(Deconvolution(WIDE, 3, pad=1), (1, WIDE, 32, 32)) == "winograd"
+    assert _auto(Deconvolution(WIDE, 3, pad=1), (1, WIDE, 16, 16)) == "im2col"
     # grouped: the channels per group count
-    assert _auto(Convolution(32, 3, pad=1, group=4), (2, 32, 32, 32)) == "winograd"
-    assert _auto(Convolution(32, 3, pad=1, group=8), (2, 32, 32, 32)) == "im2col"
+    assert _auto(Convolution(4 * WIDE, 3, pad=1, group=4), (2, 4 * WIDE, 32, 32)) == "winograd"
+
+
+def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
+    top = conv_algorithms.DIRECT_MAX_CHANNELS
+    # the default segmentation network's 16-channel 64x64 layer: direct in every pass
+    assert _auto(Convolution(16, 3, pad=1), (16, 16, 64, 64)) == "direct"
+    assert _auto(Convolution(top, 3, pad=1), (2, top, 64, 64)) == "direct"
+    # an RGB input: a backward-data into 3 channels keeps im2col
+    assert _plan(Convolution(32, 3, pad=1), (8, 3, 128, 128)) == ("direct", "im2col", "direct")
+    # narrow outputs: the weight gradient takes Winograd (or im2col) instead
+    narrow = conv_algorithms.DIRECT_MIN_WEIGHT_WIDTH - 16
+    assert _plan(Convolution(16, 3, pad=1), (16, 16, narrow, narrow)) == (
+        "direct", "direct", "winograd")
+    # more channels than the loops' range, on either side
+    assert _auto(Convolution(2 * top, 3, pad=1), (2, top, 64, 64)) == "winograd"
+    assert _auto(Convolution(top, 3, pad=1), (2, 2 * top, 64, 64)) == "winograd"
+    # grouped: the channels per group count
+    assert _auto(Convolution(4 * top, 3, pad=1, group=4), (2, 4 * top, 64, 64)) == "direct"
+    # measured on 3x3 filters only; stride 2 does not apply
+    assert _auto(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == "im2col"
+    assert _auto(Convolution(16, 3, stride=2, pad=1), (2, 16, 64, 64)) == "im2col"
+    # a Deconvolution: its forward is the convolution's backward-data (into its top)
+    assert _plan(Deconvolution(3, 3, pad=1), (8, 32, 128, 128)) == (
+        "direct", "im2col", "direct")
+    assert _auto(Deconvolution(3, 3, pad=1), (8, 32, 128, 128)) == "im2col/direct/direct"
 
 
 def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
@@ -292,8 +346,8 @@ def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
     forced = Deconvolution(8, 4, stride=2, pad=1, algorithm="subpixel")
     forced.setup((1, 8, 5, 5))
     assert forced.algorithm_used == "subpixel"
-    three = Deconvolution(8, 3, pad=1)
-    three.setup((1, 8, 32, 32))
+    three = Deconvolution(WIDE, 3, pad=1)
+    three.setup((1, WIDE, 32, 32))
     assert three.algorithm_used == "winograd"
 
 
@@ -306,6 +360,8 @@ def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
     (lambda a: Deconvolution(4, 3, algorithm=a), "subpixel", "it needs stride > 1"),
     (lambda a: Convolution(4, 3, stride=(1, 2), algorithm=a), "kn2row",
      r"it needs stride 1, got stride \(1, 2\)"),
+    (lambda a: Deconvolution(4, 3, stride=2, algorithm=a), "direct",
+     "it needs stride 1, got stride 2"),
     (lambda a: Deconvolution(4, 4, stride=2, dilation=(1, 2), algorithm=a), "subpixel",
      r"it needs dilation 1, got dilation \(1, 2\)"),
 ])
@@ -316,13 +372,36 @@ def test_a_forced_algorithm_that_does_not_apply_is_a_config_error(layer, algorit
 
 def test_unknown_algorithm_is_named():
     with pytest.raises(ConfigError, match="algorithm must be one of 'auto', 'im2col', "
-                                          "'winograd', 'kn2row', 'subpixel', got 'fft'"):
+                                          "'winograd', 'direct', 'kn2row', 'subpixel', "
+                                          "got 'fft'"):
         Convolution(4, 3, algorithm="fft")
 
 
-def test_winograd_on_an_empty_batch_gives_empty_outputs():
-    conv = Convolution(16, 3, pad=1, algorithm="winograd")
+@pytest.mark.parametrize("algorithm", ["winograd", "direct"])
+def test_an_empty_batch_gives_empty_outputs(algorithm):
+    conv = Convolution(16, 3, pad=1, algorithm=algorithm)
     y = conv.forward(np.zeros((0, 16, 9, 9), np.float32))
     assert y.shape == (0, 16, 9, 9)
     dx = conv.backward(y)
     assert dx.shape == (0, 16, 9, 9) and np.all(conv.weight.diff == 0)
+
+
+@pytest.mark.parametrize("kind", ["conv", "deconv"])
+def test_auto_plans_with_different_passes_match_the_naive_loops(kind, rng):
+    """A plan that mixes algorithms (direct forward, im2col backward-data) gives the naive
+    results in every pass; a Deconvolution's backward then runs its two passes apart."""
+    cfg = dict(n=2, c=3, m=32, group=1, kernel=(3, 3), stride=(1, 1), pad=(1, 1),
+               dilation=(1, 1), size=(9, 50), output_padding=(0, 0))
+    if kind == "deconv":
+        cfg.update(c=32, m=3)
+    layer = _make(kind, "auto", cfg, np.float64)
+    x = _input(cfg, rng)
+    y = layer.forward(x)
+    assert len(set(layer.algorithm_plan)) == 2
+    np.testing.assert_allclose(y, _reference(kind, layer, x, cfg), rtol=1e-10, atol=1e-11)
+    dy = rng.standard_normal(y.shape)
+    dx_ref, dw_ref, db_ref = _reference_grads(kind, layer, x, dy, cfg)
+    dx = layer.backward(dy)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weight.diff, dw_ref, rtol=1e-10, atol=1e-11)
+    np.testing.assert_allclose(layer.bias.diff, db_ref, rtol=1e-10, atol=1e-11)
