@@ -914,27 +914,19 @@ def _direct_bias(bias, channels, group, dtype):
     return out.reshape(group * blocks, block)
 
 
-def _direct_padded(x, out, kernel, pad, dilation, workspace, key="col"):
-    """pad_images' copy of x (N, HP, C, WP) for an output of size ``out``: pads ``pad`` (any
-    sign) top and left, rows rounded up for the vector loops."""
-    dk = _direct_kernels()
-    hp = out[0] + dilation[0] * (kernel[0] - 1)
-    wp = dk.row_width(out[1], kernel[1], dilation[1])
-    n, c = x.shape[:2]
-    xp = _conv_scratch(workspace, key, n * hp, c * wp, x.dtype).reshape(n, hp, c, wp)
-    dk.pad_images(x, xp, pad[0], pad[1], _conv_threads(n * c))
-    return xp
-
-
 def _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace,
                     adjoint=False):
+    dk = _direct_kernels()
     n, m, ho, wo = y.shape
-    xp = _direct_padded(x, (ho, wo), kernel, pad, dilation, workspace)
     w = _direct_filters(weight, group, adjoint)
     b = _direct_bias(bias, m, group, x.dtype)
-    rows = n * w.shape[0] * ho
-    _direct_kernels().direct_forward(xp, w, b, y, kernel[0], kernel[1], dilation[0],
-                                     dilation[1], group, _conv_threads(rows))
+    wp = dk.row_width(wo, kernel[1], dilation[1])
+    threads = _conv_threads(n * group * -(-ho // dk.TASK_ROWS))
+    bands = _conv_scratch(workspace, "col", threads,
+                          dk.band_size(dk.TASK_ROWS, x.shape[1] // group, kernel[0], dilation[0],
+                                       wp), x.dtype)
+    dk.direct_forward(x, w, b, y, bands, kernel[0], kernel[1], dilation[0], dilation[1],
+                      pad[0], pad[1], wp, group, threads)
 
 
 def _direct_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace):
@@ -949,17 +941,19 @@ def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
     n, m, ho, wo = dy.shape
     if n == 0:
         return
-    xp = _direct_padded(x, (ho, wo), kernel, pad, dilation, workspace)
-    cg = x.shape[1] // group
+    c = x.shape[1]
+    wp = dk.row_width(wo, kernel[1], dilation[1])
     blocks = -(-(m // group) // dk.WEIGHT_BLOCK)
-    items = group * blocks * cg * kernel[0] * -(-kernel[1] // dk.TAPS)
+    items = group * blocks * (c // group) * kernel[0] * -(-kernel[1] // dk.TAPS)
+    threads = _conv_threads(items)
     acc = _conv_scratch(workspace, "partial", items,
                         dk.accumulator_size(x.dtype == np.float64), x.dtype)
     # output rows per band: the band's dy (all M channels) and x rows fit DIRECT_BAND_BYTES
-    row_bytes = (m * wo + x.shape[1] * xp.shape[3]) * x.itemsize
-    band = max(DIRECT_BAND_BYTES // row_bytes, 1)
-    dk.direct_backward_weight(xp, dy, acc, dweight, dilation[0], dilation[1], group, band,
-                              _conv_threads(items))
+    band = max(DIRECT_BAND_BYTES // ((m * wo + c * wp) * x.itemsize), 1)
+    bands = _conv_scratch(workspace, "col", threads,
+                          dk.band_size(min(band, ho), c, kernel[0], dilation[0], wp), x.dtype)
+    dk.direct_backward_weight(x, dy, acc, bands, dweight, dilation[0], dilation[1], pad[0],
+                              pad[1], wp, group, band, threads)
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

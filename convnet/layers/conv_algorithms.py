@@ -71,24 +71,28 @@ The direct loops against Winograd and im2col, each pass apart (convnet.backend.c
 ``algorithm=`` forced), 3x3 pad 1, 2 threads, wall ms (median of 9), forward /
 backward-data / backward-weight, direct vs Winograd vs im2col:
 
-- N=16, 16->16, 64x64:    2.69/3.99/5.09 vs 3.93/4.15/5.95 vs 9.85/6.80/10.29
-- N=8, 3->32, 128x128:    2.37/6.89/4.06 vs 4.93/11.28/8.65 vs 4.86/6.10/6.36
-- N=16, 3->16, 64x64:     0.76/1.43/1.22 vs 2.34/4.41/5.05 vs 2.03/1.91/2.49
-- N=16, 16->32, 32x32:    1.67/1.72/2.62 vs 2.61/2.82/2.15 vs 2.79/2.29/3.06
-- N=16, 32->16, 32x32:    1.64/1.44/1.94 vs 2.36/2.34/2.62 vs 5.19/2.93/4.05
-- N=16, 32->64, 16x16:    2.41/2.76/3.75 vs 1.94/2.39/2.24 vs 2.53/2.10/2.29
-- N=16, 64->32, 16x16:    2.04/1.63/4.20 vs 2.22/1.96/2.37 vs 3.06/2.58/3.14
-- N=16, 64->64, 8x8:      1.55/1.59/3.46 vs 2.41/1.59/1.79 vs 1.51/1.49/1.55
-- N=8, 64->64, 64x64:     20.5/21.8/41.7 vs 12.4/12.8/10.8 vs 30.7/28.2/29.8
-- N=16, 16->5, 64x64:     1.35/1.12/4.09 vs 3.40/2.36/7.73 vs 6.76/4.15/6.49
-- N=8, 32->3, 128x128:    6.79/3.43/6.85 vs 11.9/6.24/10.9 vs 27.9/17.8/26.2
+- N=16, 16->16, 64x64:    2.56/2.57/3.84 vs 4.36/4.01/4.10 vs 7.19/5.33/7.66
+- N=8, 3->32, 128x128:    2.35/4.82/2.63 vs 5.49/11.2/8.48 vs 4.60/4.75/5.47
+- N=16, 3->16, 64x64:     0.77/1.09/1.06 vs 2.29/3.87/2.53 vs 2.00/1.72/1.98
+- N=16, 16->32, 32x32:    1.34/2.08/2.45 vs 2.13/2.48/2.05 vs 2.57/2.25/3.24
+- N=16, 32->16, 32x32:    1.38/1.33/2.57 vs 2.80/2.54/3.03 vs 4.23/3.18/4.14
+- N=16, 32->64, 16x16:    1.32/1.70/3.89 vs 1.79/2.01/2.03 vs 2.17/2.01/2.36
+- N=16, 64->32, 16x16:    1.57/1.20/3.92 vs 2.02/1.75/2.35 vs 3.16/2.58/3.12
+- N=16, 64->64, 8x8:      1.35/1.45/3.46 vs 1.56/1.56/1.72 vs 1.50/1.38/1.55
+- N=8, 64->64, 64x64:     18.6/18.2/40.4 vs 12.9/12.7/13.3 vs 30.6/27.2/24.8
+- N=8, 128->128, 32x32:   16.1/16.2/63.1 vs 11.0/10.6/12.2 vs 22.8/20.4/21.4
+- N=16, 16->5, 64x64:     1.50/1.31/2.99 vs 3.20/2.02/3.71 vs 6.99/5.60/7.06
+- N=8, 32->3, 128x128:    4.67/2.95/7.33 vs 11.0/5.32/10.4 vs 30.1/17.4/27.6
 
 so ``auto`` picks the direct loops for 3x3 filters with at most ``DIRECT_MAX_CHANNELS``
-channels per group on both sides (from 64 on either side the GEMMs of Winograd and im2col
-win): in the forward; in the backward-data when it writes at least ``DIRECT_MIN_OUTPUTS``
-channels (3 leave its register block half empty); in the backward-weight on outputs at least
-``DIRECT_MIN_WEIGHT_WIDTH`` columns wide (its loop runs along the rows). The three passes of
-a layer may differ (``algorithm_used`` then names all three).
+channels per group on both sides (``DIRECT_MAX_CHANNELS_SMALL`` in the forward and
+backward-data of outputs of at most ``DIRECT_SMALL_OUTPUT`` pixels per image): in the
+forward; in the backward-data when it writes at least ``DIRECT_MIN_OUTPUTS`` channels (3
+leave its register block half empty); in the backward-weight on outputs at least
+``DIRECT_MIN_WEIGHT_WIDTH`` columns wide (its loop runs along the rows; 16- and 32-column
+rows leave too few vectors). Beyond that the GEMMs of Winograd and im2col win: they do 4x
+fewer multiplications (Winograd) or run at sgemm's rate. The three passes of a layer may
+differ (``algorithm_used`` then names all three).
 
 kn2row against im2col, same machine and units (PyTorch forward / backward beside):
 
@@ -129,7 +133,12 @@ WINOGRAD_MIN_PIXELS_WIDE = 400
 WINOGRAD_WIDE_CHANNELS = 384
 
 #: the most channels per group (input and output) for which ``auto`` picks the direct
-#: loops: from 64 channels on either side the GEMMs of Winograd and im2col run faster
+#: loops: from 64 channels on either side the GEMMs of Winograd and im2col run faster, except
+#: in the forward and backward-data of small images (at most DIRECT_SMALL_OUTPUT output
+#: pixels per image), where up to DIRECT_MAX_CHANNELS_SMALL the transforms of Winograd cost
+#: more than the loops
+DIRECT_MAX_CHANNELS_SMALL = 64
+DIRECT_SMALL_OUTPUT = 16 * 16
 DIRECT_MAX_CHANNELS = 32
 #: the fewest output channels of a backward-data pass for direct: 3 channels keep only 3 of
 #: its 6-channel register block busy (im2col's gemm + col2im was faster)
@@ -183,19 +192,19 @@ def _direct_preferred(layer, shape, conv_pass):
     if tuple(layer.kernel_size) != (3, 3):
         return False            # measured on 3x3 filters only
     conv_in, conv_out = int(shape[1]), int(layer.num_output)
-    width = int(shape[3])
+    out = [int(shape[2]), int(shape[3])]
     if layer.type_name == "Deconvolution":   # conv roles: its top is the conv input
         conv_in, conv_out = conv_out, conv_in
-    else:                                    # stride 1: the conv output's width
-        width = width + 2 * layer.pad[1] - 2 * layer.dilation[1]
-    conv_in, conv_out = conv_in // layer.group, conv_out // layer.group
-    if max(conv_in, conv_out) > DIRECT_MAX_CHANNELS:
-        return False
-    if conv_pass == "backward_data":         # a conv of conv_out channels into conv_in
-        return conv_in >= DIRECT_MIN_OUTPUTS
+    else:                                    # stride 1: the conv output
+        out = [out[a] + 2 * layer.pad[a] - 2 * layer.dilation[a] for a in range(2)]
+    channels = max(conv_in, conv_out) // layer.group
     if conv_pass == "backward_weight":
-        return width >= DIRECT_MIN_WEIGHT_WIDTH
-    return True
+        return channels <= DIRECT_MAX_CHANNELS and out[1] >= DIRECT_MIN_WEIGHT_WIDTH
+    small = out[0] * out[1] <= DIRECT_SMALL_OUTPUT
+    if channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
+        return False
+    # a backward-data is a conv of conv_out channels into conv_in
+    return conv_pass == "forward" or conv_in // layer.group >= DIRECT_MIN_OUTPUTS
 
 
 def _never(layer, shape, conv_pass):

@@ -279,7 +279,7 @@ def _plan(layer, shape):
 
 
 #: channels above the direct loops' range, where the Winograd / im2col rule decides alone
-WIDE = 2 * conv_algorithms.DIRECT_MAX_CHANNELS
+WIDE = 2 * conv_algorithms.DIRECT_MAX_CHANNELS_SMALL
 
 
 def test_auto_picks_winograd_for_wide_3x3_stride_1_and_im2col_otherwise():
@@ -328,6 +328,13 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     # more channels than the loops' range, on either side
     assert _auto(Convolution(2 * top, 3, pad=1), (2, top, 64, 64)) == "winograd"
     assert _auto(Convolution(top, 3, pad=1), (2, 2 * top, 64, 64)) == "winograd"
+    # small images take the loops' forward and backward-data up to DIRECT_MAX_CHANNELS_SMALL
+    small = conv_algorithms.DIRECT_MAX_CHANNELS_SMALL
+    side = int(conv_algorithms.DIRECT_SMALL_OUTPUT ** 0.5)
+    assert _plan(Convolution(small, 3, pad=1), (16, small, side, side)) == (
+        "direct", "direct", "winograd")
+    assert _auto(Convolution(small, 3, pad=1), (16, small, 2 * side, 2 * side)) == "winograd"
+    assert _auto(Convolution(2 * small, 3, pad=1), (16, 2 * small, side, side)) == "winograd"
     # grouped: the channels per group count
     assert _auto(Convolution(4 * top, 3, pad=1, group=4), (2, 4 * top, 64, 64)) == "direct"
     # measured on 3x3 filters only; stride 2 does not apply
