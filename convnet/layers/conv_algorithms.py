@@ -182,9 +182,25 @@ def _kn2row(layer, shape):
     return None
 
 
+#: the most values of the direct loops' band of zero-padded input rows (one per thread)
+DIRECT_MAX_BAND = 2 ** 31
+#: output rows of the direct forward's task (pyx/direct.pyx ROW_CHUNK), for the band's size
+_DIRECT_TASK_ROWS = 8
+
+
 def _direct(layer, shape):
     if tuple(layer.stride) != (1, 1):
         return f"it needs stride 1, got stride {_pair(layer.stride)}"
+    # a band holds a task's input rows of every channel, rows as wide as the widest side
+    # (its passes read both: the layer's bottom and top) plus the kernel and a vector step
+    channels = max(int(shape[1]), int(layer.num_output))
+    kh, kw = layer.kernel_size
+    dh, dw = layer.dilation
+    width = int(shape[3]) + 2 * layer.pad[1] + dw * (kw - 1) + 32
+    band = (_DIRECT_TASK_ROWS + dh * (kh - 1)) * channels * width
+    if band > DIRECT_MAX_BAND:
+        return (f"its band of zero-padded input rows would hold {band} values, more than "
+                f"{DIRECT_MAX_BAND} (2**31)")
     return None
 
 

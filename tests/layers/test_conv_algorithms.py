@@ -369,6 +369,8 @@ def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
      r"it needs stride 1, got stride \(1, 2\)"),
     (lambda a: Deconvolution(4, 3, stride=2, algorithm=a), "direct",
      "it needs stride 1, got stride 2"),
+    (lambda a: Convolution(4, 3, pad=2 ** 20, dilation=2 ** 20, algorithm=a), "direct",
+     r"its band of zero-padded input rows would hold \d+ values, more than 2147483648"),
     (lambda a: Deconvolution(4, 4, stride=2, dilation=(1, 2), algorithm=a), "subpixel",
      r"it needs dilation 1, got dilation \(1, 2\)"),
 ])
@@ -412,3 +414,8 @@ def test_auto_plans_with_different_passes_match_the_naive_loops(kind, rng):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(layer.weight.diff, dw_ref, rtol=1e-10, atol=1e-11)
     np.testing.assert_allclose(layer.bias.diff, db_ref, rtol=1e-10, atol=1e-11)
+
+
+def test_the_direct_rule_sizes_bands_as_the_kernels_do():
+    from convnet._cpu import direct
+    assert conv_algorithms._DIRECT_TASK_ROWS == direct.TASK_ROWS
