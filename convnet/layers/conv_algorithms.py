@@ -84,15 +84,27 @@ backward-data / backward-weight, direct vs Winograd vs im2col:
 - N=16, 16->5, 64x64:     1.50/1.31/2.99 vs 3.20/2.02/3.71 vs 6.99/5.60/7.06
 - N=8, 32->3, 128x128:    4.67/2.95/7.33 vs 11.0/5.32/10.4 vs 30.1/17.4/27.6
 
-so ``auto`` picks the direct loops for 3x3 filters with at most ``DIRECT_MAX_CHANNELS``
-channels per group on both sides (``DIRECT_MAX_CHANNELS_SMALL`` in the forward and
-backward-data of outputs of at most ``DIRECT_SMALL_OUTPUT`` pixels per image): in the
-forward; in the backward-data when it writes at least ``DIRECT_MIN_OUTPUTS`` channels (3
-leave its register block half empty); in the backward-weight on outputs at least
-``DIRECT_MIN_WEIGHT_WIDTH`` columns wide (its loop runs along the rows; 16- and 32-column
-rows leave too few vectors). Beyond that the GEMMs of Winograd and im2col win: they do 4x
-fewer multiplications (Winograd) or run at sgemm's rate. The three passes of a layer may
-differ (``algorithm_used`` then names all three).
+Other kernels, direct vs im2col, same units (Winograd does not apply):
+
+- N=16, 16->16, 64x64, 5x5:   6.07/7.20/12.6 vs 21.3/15.8/26.7
+- N=16, 32->32, 32x32, 5x5:   8.13/7.71/18.7 vs 14.3/11.3/15.6
+- N=8, 16->16, 64x64, 7x7:    6.81/6.96/14.3 vs 23.9/16.7/18.8
+- N=8, 32->32, 64x64, 1x5:    3.02/3.18/6.52 vs 5.72/4.90/6.97
+- N=8, 16->16, 64x64, 2x2:    1.07/0.78/3.84 vs 1.87/1.50/2.77
+- N=8, 64->64, 32x32, 5x5:    12.3/16.9/42.2 vs 20.9/17.3/20.0
+- N=16, 16->5, 64x64, 1x1:    1.08/0.92/1.54 vs 0.93/0.60/1.05
+
+so ``auto`` picks the direct loops, for any filter but 1x1, with at most
+``DIRECT_MAX_CHANNELS`` channels per group on both sides (for 3x3 filters
+``DIRECT_MAX_CHANNELS_SMALL`` in the forward and backward-data of outputs of at most
+``DIRECT_SMALL_OUTPUT`` pixels per image): in the forward; in the backward-data when it
+writes at least ``DIRECT_MIN_OUTPUTS`` channels (3 leave its register block half empty); in
+the backward-weight of 3x3 filters on outputs at least ``DIRECT_MIN_WEIGHT_WIDTH`` columns
+wide (its loop runs along the rows, 16- and 32-column rows leave too few vectors, and other
+widths of filter fill its 3-tap register block less well). Beyond that the GEMMs of
+Winograd and im2col win: they do 4x fewer multiplications (Winograd) or run at sgemm's rate;
+a 1x1 filter is a GEMM of the image itself. The three passes of a layer may differ
+(``algorithm_used`` then names all three).
 
 kn2row against im2col, same machine and units (PyTorch forward / backward beside):
 
@@ -205,8 +217,9 @@ def _direct(layer, shape):
 
 
 def _direct_preferred(layer, shape, conv_pass):
-    if tuple(layer.kernel_size) != (3, 3):
-        return False            # measured on 3x3 filters only
+    three = tuple(layer.kernel_size) == (3, 3)
+    if layer.kernel_size[0] * layer.kernel_size[1] == 1:
+        return False            # a 1x1 is one GEMM of the image itself, no im2col copy
     conv_in, conv_out = int(shape[1]), int(layer.num_output)
     out = [int(shape[2]), int(shape[3])]
     if layer.type_name == "Deconvolution":   # conv roles: its top is the conv input
@@ -214,9 +227,9 @@ def _direct_preferred(layer, shape, conv_pass):
     else:                                    # stride 1: the conv output
         out = [out[a] + 2 * layer.pad[a] - 2 * layer.dilation[a] for a in range(2)]
     channels = max(conv_in, conv_out) // layer.group
-    if conv_pass == "backward_weight":
-        return channels <= DIRECT_MAX_CHANNELS and out[1] >= DIRECT_MIN_WEIGHT_WIDTH
-    small = out[0] * out[1] <= DIRECT_SMALL_OUTPUT
+    if conv_pass == "backward_weight":      # its 3-tap register block: 3x3 filters only
+        return three and channels <= DIRECT_MAX_CHANNELS and out[1] >= DIRECT_MIN_WEIGHT_WIDTH
+    small = three and out[0] * out[1] <= DIRECT_SMALL_OUTPUT
     if channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
         return False
     # a backward-data is a conv of conv_out channels into conv_in

@@ -337,9 +337,14 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     assert _auto(Convolution(2 * small, 3, pad=1), (16, 2 * small, side, side)) == "winograd"
     # grouped: the channels per group count
     assert _auto(Convolution(4 * top, 3, pad=1, group=4), (2, 4 * top, 64, 64)) == "direct"
-    # measured on 3x3 filters only; stride 2 does not apply
-    assert _auto(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == "im2col"
+    # other filters: the forward and backward-data (the weight gradient's register block
+    # holds 3 taps); a 1x1 is one GEMM; stride 2 does not apply
+    assert _plan(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == ("direct", "direct", "im2col")
+    assert _plan(Convolution(16, (1, 5), pad=(0, 2)), (2, 16, 64, 64)) == (
+        "direct", "direct", "im2col")
+    assert _auto(Convolution(16, 1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(16, 3, stride=2, pad=1), (2, 16, 64, 64)) == "im2col"
+    assert _auto(Convolution(WIDE, 5, pad=2), (2, WIDE, 16, 16)) == "im2col"
     # a Deconvolution: its forward is the convolution's backward-data (into its top)
     assert _plan(Deconvolution(3, 3, pad=1), (8, 32, 128, 128)) == (
         "direct", "im2col", "direct")
