@@ -54,17 +54,6 @@ cdef extern from "direct_rows.h" nogil:
     double direct_lane_sum_d(const double* acc)
 
 
-#: output channels per register block of the forward (the packed filters' last axis)
-BLOCK = DIRECT_KB
-#: output channels per item of the weight gradient
-WEIGHT_BLOCK = DIRECT_WKB
-def row_width(Py_ssize_t wo, Py_ssize_t kw, Py_ssize_t dw):
-    """Columns of a padded row for an output ``wo`` wide: the forward's steps (16, 24 or 32
-    floats; doubles take half as many) may run past ``wo`` to the next step."""
-    cdef Py_ssize_t step, width = wo
-    for step in (16, 24, 32):
-        width = max(width, (wo + step - 1) // step * step)
-    return width + (kw - 1) * dw
 cdef enum:
     WEIGHT_TAPS = 3     # taps of the weight gradient's register block (direct_rows.h)
     # output rows per task of the forward's dynamic schedule: a thread that wakes late (a
@@ -72,10 +61,24 @@ cdef enum:
     # and a task's band of input rows (16 channels: 42 KB) stays in the L2 cache
     ROW_CHUNK = 8
 
+
+#: output channels per register block of the forward (the packed filters' last axis)
+BLOCK = DIRECT_KB
+#: output channels per item of the weight gradient
+WEIGHT_BLOCK = DIRECT_WKB
 #: taps of the weight gradient's register block
 TAPS = WEIGHT_TAPS
 #: output rows per task of the forward
 TASK_ROWS = ROW_CHUNK
+
+
+def row_width(Py_ssize_t wo, Py_ssize_t kw, Py_ssize_t dw):
+    """Columns of a padded row for an output ``wo`` wide: the forward's steps (16, 24 or 32
+    floats; doubles take half as many) may run past ``wo`` to the next step."""
+    cdef Py_ssize_t step, width = wo
+    for step in (16, 24, 32):
+        width = max(width, (wo + step - 1) // step * step)
+    return width + (kw - 1) * dw
 
 
 def accumulator_size(dtype_is_double):
@@ -193,7 +196,7 @@ cdef inline WeightItem _weight_item(Py_ssize_t it, Py_ssize_t kh, Py_ssize_t kw,
 def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W)
                            const floating[:, :, :, ::1] dy,   # IN    (N, M, HO, WO)
                            floating[:, ::1] acc,              # SCRATCH (items, accumulator_size)
-                           floating[:, ::1] bands,            # SCRATCH (threads, weight_band_size)
+                           floating[:, ::1] bands,            # SCRATCH (threads, band_size)
                            floating[:, :, :, ::1] dweight,    # INOUT (M, Cg, kh, kw) +=
                            int dh, int dw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp,
                            int group, Py_ssize_t band, int threads):
