@@ -6,17 +6,16 @@
  * aliasing trouble); GCC turns them into single vector moves and `a += w * x` into FMAs.
  *
  * Layouts (one image, one group):
- * - padded input ``x``: planes of ``plane`` values, rows ``stride`` apart, already shifted by
- *   the pad (row r, column j of the padding-extended image at x[r * stride + j]); every row
- *   holds at least round_up(wo, the forward's step) + (kw - 1) * dw readable values (the steps:
- *   6, 4 or 3 channels x 2, 3 or 4 vectors; direct.row_width), zero where the
- *   image has none, so the loops need no bounds tests;
+ * - padded input ``x``: a band of zero-padded rows whose channels lie side by side
+ *   (x[row][c][col]: ``plane`` = the row width apart per channel, ``stride`` = channels x the
+ *   row width apart per row), so the rows one output row reads lie together in memory (with
+ *   separate planes the forward waited on the caches: 39 GFLOP/s against 61 on one core of
+ *   the 2-core AMD EPYC at 16 channels, 64x64); x points at the first row and column an
+ *   output reads, and every row holds at least round_up(wo, the forward's step) +
+ *   (kw - 1) * dw values (direct.row_width), zero where the image has none, so the loops
+ *   need no bounds tests;
  * - packed filters ``w``: for each block of DIRECT_KB output channels, [c][ky][kx][j] with
  *   j < DIRECT_KB (channels past the layer's are zero filters);
- * - the padded input interleaves the channels of a row (x[row][c][col]: plane = the row
- *   width, stride = channels * the row width), so the rows one output row reads lie together
- *   in memory: with separate planes the forward waited on the caches, 39 GFLOP/s against 61
- *   on one core of the 2-core AMD EPYC at 16 channels, 64x64;
  * - output rows of the block's channels ``yplane`` apart.
  */
 #ifndef CONVNET_DIRECT_ROWS_H

@@ -52,7 +52,7 @@ class _ConvolutionBase(Layer):
         #: the algorithm setup chose for the current bottom shape and device (None before):
         #: one name, or "forward/backward-data/backward-weight" when the passes differ
         self.algorithm_used = None
-        #: the same as a conv_algorithms.Plan: the algorithm of each pass in convolution roles
+        #: the algorithm of each pass in convolution roles (a conv_algorithms.Plan)
         self.algorithm_plan = None
         super().__init__(name=name, dtype=dtype, param=param)
 
@@ -152,7 +152,8 @@ class _ConvolutionBase(Layer):
         "backward_data", "backward_weight": a Deconvolution's forward is "backward_data")."""
         return dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
                     dilation=self.dilation, group=self.group,
-                    workspace=_workspace(self.device), algorithm=getattr(self.algorithm_plan, conv_pass))
+                    workspace=_workspace(self.device),
+                    algorithm=getattr(self.algorithm_plan, conv_pass))
 
     def _learns(self, index):
         return len(self.params) > index and self.params[index].lr_mult != 0

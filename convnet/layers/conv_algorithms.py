@@ -225,7 +225,8 @@ def _direct_preferred(layer, shape, conv_pass):
     if layer.type_name == "Deconvolution":   # conv roles: its top is the conv input
         conv_in, conv_out = conv_out, conv_in
     else:                                    # stride 1: the conv output
-        out = [out[a] + 2 * layer.pad[a] - 2 * layer.dilation[a] for a in range(2)]
+        out = [out[a] + 2 * layer.pad[a] - layer.dilation[a] * (layer.kernel_size[a] - 1)
+               for a in range(2)]
     channels = max(conv_in, conv_out) // layer.group
     if conv_pass == "backward_weight":      # its 3-tap register block: 3x3 filters only
         return three and channels <= DIRECT_MAX_CHANNELS and out[1] >= DIRECT_MIN_WEIGHT_WIDTH
