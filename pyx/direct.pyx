@@ -5,7 +5,7 @@ sgemm's rate and their buffers (9x the input, or 36 transform points) cost more 
 traffic than the arithmetic: a 16-channel 3x3 layer does 144 multiply-adds per output, which
 a register-blocked loop runs straight from zero-padded input rows. The loops
 (pyx/direct_rows.h) keep up to 6 output channels x two vectors of columns in registers; the
-weight gradient keeps 4 channels x 3 taps.
+weight gradient keeps vectors of output channels x taps (2 x 6: 16 channels x 6 taps).
 
 - ``direct_forward``: y = conv(x) + bias. Each task (ROW_CHUNK output rows of one image and
   group) first copies its input rows, zero-padded (pads of any sign: a negative one crops)
@@ -13,14 +13,20 @@ weight gradient keeps 4 channels x 3 taps.
   which stays in the L2 cache. The backward-data pass of a stride-1 convolution is this same
   forward with the filters rotated by 180 degrees, their in/out channels swapped and
   pad' = dilation * (k - 1) - pad (convnet.backend.cpu).
-- ``direct_backward_weight``: dW += sum over images, rows and columns of dy * x, in bands of
-  output rows whose input rows each thread copies the same way.
+- ``direct_backward_weight``: dW += sum over images and pixels of dy * x, in bands of
+  output rows whose input rows each thread copies the same way, with the band's dy copied
+  channels last: a pixel's dy is a vector over output channels, each tap's input one
+  broadcast, so the loop runs over the band's pixels whatever the row width (the loop along
+  rows that it replaced ran at 45-60 GFLOP/s on one core of the AMD EPYC at 16 channels,
+  64x64, and worse on narrower rows; this one at 70-90, also at 16x16 and 8x8).
 
 Work: the forward's tasks run in a dynamic schedule, each output row written by one thread;
-the weight gradient gives each thread a fixed range of items (group, channel block, input
-channel, ky, block of 3 kx) and sums every item over the images in order, then over its
-vector lanes in order: both results are bit-identical for any thread count.
+the weight gradient gives each thread a fixed range of items (group, block of output
+channels, block of taps) and sums every item over the images and bands in order: both
+results are bit-identical for any thread count.
 """
+
+import numpy as np
 
 from cython cimport floating
 from cython.parallel cimport prange
@@ -32,9 +38,7 @@ from _openmp cimport omp_get_thread_num
 cdef extern from "direct_rows.h" nogil:
     enum:
         DIRECT_KB
-        DIRECT_WKB
-        DIRECT_ACC_F
-        DIRECT_ACC_D
+        DIRECT_WREGS
         DIRECT_LANES_F
         DIRECT_LANES_D
     void direct_forward_row_f(const float* x, Py_ssize_t plane, Py_ssize_t stride,
@@ -44,30 +48,30 @@ cdef extern from "direct_rows.h" nogil:
                               const double* w, const double* bias, double* y,
                               Py_ssize_t yplane, int kb, int channels, int kh, int kw, int dh,
                               int dw, int wo)
-    void direct_weight_image_f(const float* x, Py_ssize_t stride, const float* dy,
-                               Py_ssize_t dyplane, int kb, int taps, int dw, int ho, int wo,
-                               float* acc)
-    void direct_weight_image_d(const double* x, Py_ssize_t stride, const double* dy,
-                               Py_ssize_t dyplane, int kb, int taps, int dw, int ho, int wo,
-                               double* acc)
-    float direct_lane_sum_f(const float* acc)
-    double direct_lane_sum_d(const double* acc)
-
+    void direct_weight_band_f(const float* x, Py_ssize_t stride, const Py_ssize_t* off,
+                              const float* dyt, Py_ssize_t mp, int nv, int rows, int wo,
+                              float* acc)
+    void direct_weight_band_d(const double* x, Py_ssize_t stride, const Py_ssize_t* off,
+                              const double* dyt, Py_ssize_t mp, int nv, int rows, int wo,
+                              double* acc)
+    void direct_transpose_f(const float* src, Py_ssize_t P, int channels, int padded,
+                            int count, float* dst, Py_ssize_t mp)
+    void direct_transpose_d(const double* src, Py_ssize_t P, int channels, int padded,
+                            int count, double* dst, Py_ssize_t mp)
 
 cdef enum:
-    WEIGHT_TAPS = 3     # taps of the weight gradient's register block (direct_rows.h)
     # output rows per task of the forward's dynamic schedule: a thread that wakes late (a
     # passive OpenMP wait on a VM can take a millisecond) finds the rest of the work shared,
     # and a task's band of input rows (16 channels: 42 KB) stays in the L2 cache
     ROW_CHUNK = 8
+    # image classes of the weight gradient (n % classes, each summed in order, then the
+    # classes in order): each thread copies only its class's bands, and the sums do not
+    # depend on the thread count
+    WEIGHT_CLASSES = 2
 
 
 #: output channels per register block of the forward (the packed filters' last axis)
 BLOCK = DIRECT_KB
-#: output channels per item of the weight gradient
-WEIGHT_BLOCK = DIRECT_WKB
-#: taps of the weight gradient's register block
-TAPS = WEIGHT_TAPS
 #: output rows per task of the forward
 TASK_ROWS = ROW_CHUNK
 
@@ -81,9 +85,16 @@ def row_width(Py_ssize_t wo, Py_ssize_t kw, Py_ssize_t dw):
     return width + (kw - 1) * dw
 
 
-def accumulator_size(dtype_is_double):
-    """Values of one weight-gradient item's accumulators."""
-    return DIRECT_ACC_D if dtype_is_double else DIRECT_ACC_F
+def weight_blocking(Py_ssize_t mg, bint dtype_is_double):
+    """The weight gradient's register block for ``mg`` output channels per group: (vectors
+    of output channels per item, taps per item, the group's channels padded to whole items,
+    lanes per vector). 1 x 12, 2 x 6 or 3 x 4 vectors x taps; 3 only where
+    it wastes less padding than 2."""
+    cdef Py_ssize_t lanes = DIRECT_LANES_D if dtype_is_double else DIRECT_LANES_F
+    cdef Py_ssize_t vectors = max((mg + lanes - 1) // lanes, 1)
+    cdef int nv = 1 if vectors == 1 else (3 if vectors % 3 == 0 and vectors % 2 else 2)
+    cdef Py_ssize_t padded = (vectors + nv - 1) // nv * nv * lanes
+    return nv, DIRECT_WREGS // nv, padded, lanes
 
 
 cdef void _fill_band(const floating* x,      # IN  (C, H, W) one image
@@ -164,95 +175,135 @@ def direct_forward(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                                              HO * WO, kb, <int> cg, kh, kw, dh, dw, <int> WO)
 
 
-cdef struct WeightItem:
-    Py_ssize_t c, ci               # input channel in the layer, and in its group
-    Py_ssize_t ky, k0, kx0         # row tap, first output channel, first column tap
-    int kb, taps                   # output channels and taps of the item
-
-
-cdef inline WeightItem _weight_item(Py_ssize_t it, Py_ssize_t kh, Py_ssize_t kw,
-                                    Py_ssize_t cg, Py_ssize_t mg,
-                                    Py_ssize_t blocks) noexcept nogil:
-    # items run (group, channel block, input channel, ky, block of WEIGHT_TAPS kx)
-    cdef WeightItem item
-    cdef Py_ssize_t tap_blocks = (kw + WEIGHT_TAPS - 1) // WEIGHT_TAPS
-    cdef Py_ssize_t tb = it % tap_blocks
-    cdef Py_ssize_t t = it // tap_blocks
-    cdef Py_ssize_t b, g
-    item.ky = t % kh
-    t = t // kh
-    item.ci = t % cg
-    t = t // cg
-    b = t % blocks
-    g = t // blocks
-    item.c = item.ci + g * cg
-    item.k0 = g * mg + b * DIRECT_WKB
-    item.kx0 = tb * WEIGHT_TAPS
-    item.kb = <int> min(<Py_ssize_t> DIRECT_WKB, mg - b * DIRECT_WKB)
-    item.taps = <int> min(<Py_ssize_t> WEIGHT_TAPS, kw - item.kx0)
-    return item
+cdef void _fill_dy_band(const floating* dy,   # IN  (M, P) one image
+                        Py_ssize_t P, Py_ssize_t p0, Py_ssize_t count, Py_ssize_t group,
+                        Py_ssize_t mg, Py_ssize_t mgp,
+                        floating* dyt) noexcept nogil:  # OUT (count, group * mgp)
+    # dyt[p, g * mgp + m] = dy[g * mg + m, p0 + p] for m < mg, else 0: channels last, so
+    # the weight gradient's vectors run over output channels
+    cdef Py_ssize_t g
+    for g in range(group):
+        if floating is float:
+            direct_transpose_f(dy + g * mg * P + p0, P, <int> mg, <int> mgp, <int> count,
+                               dyt + g * mgp, group * mgp)
+        else:
+            direct_transpose_d(dy + g * mg * P + p0, P, <int> mg, <int> mgp, <int> count,
+                               dyt + g * mgp, group * mgp)
 
 
 def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W)
                            const floating[:, :, :, ::1] dy,   # IN    (N, M, HO, WO)
-                           floating[:, ::1] acc,              # SCRATCH (items, accumulator_size)
+                           const Py_ssize_t[:, ::1] offsets,  # IN    (group, tap blocks * taps)
+                           floating[:, ::1] acc,              # SCRATCH (classes * items, >= nv * taps * lanes)
                            floating[:, ::1] bands,            # SCRATCH (threads, band_size)
+                           floating[:, ::1] dy_bands,         # SCRATCH (threads, band * WO * group * mgp)
                            floating[:, :, :, ::1] dweight,    # INOUT (M, Cg, kh, kw) +=
-                           int dh, int dw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp,
-                           int group, Py_ssize_t band, int threads):
+                           int dh, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp, int group,
+                           Py_ssize_t band, int nv, Py_ssize_t mgp, int threads):
     """dweight[m, c, ky, kx] += sum_{n, oy, ox} dy[n, m, oy, ox] x[n, c, oy + ky*dh - ph,
-    ox + kx*dw - pw] (zero outside x). Each item (group, channel block, c, ky, block of TAPS
-    kx) sums the images in order, in bands of ``band`` output rows: a thread copies a band's
-    input rows, zero-padded and ``wp`` wide, into its scratch and runs all its items over
-    them before the next band, so the band's dy and x stay in the caches; ``threads`` fixed
-    ranges of items run in parallel."""
+    ox + kx*dw - pw] (zero outside x). An item is (group, block of ``nv`` vectors of output
+    channels, block of taps (c, ky, kx) in dweight's order); ``offsets[g, t]`` is where tap t
+    of group g reads in a band, relative to the output pixel (weight_offsets). In bands of
+    ``band`` output rows, a thread copies the band's input rows (zero-padded, ``wp`` wide)
+    and its dy (channels last, each group's ``mgp`` channels zero-padded) into its scratch,
+    then runs its items over them. The images split into weight_classes(N) classes
+    (n % classes) and the items into ranges, run in parallel; each item sums its class's
+    images and bands in order, and dweight adds the classes in order: the result is the
+    same for any thread count."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t M = dy.shape[1], HO = dy.shape[2], WO = dy.shape[3]
-    cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
     cdef Py_ssize_t cg = C // group, mg = M // group
-    cdef Py_ssize_t blocks = (mg + DIRECT_WKB - 1) // DIRECT_WKB
-    cdef Py_ssize_t tap_blocks = (kw + WEIGHT_TAPS - 1) // WEIGHT_TAPS
-    cdef Py_ssize_t items = group * blocks * cg * kh * tap_blocks
+    cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
     cdef Py_ssize_t lanes = DIRECT_LANES_D if floating is double else DIRECT_LANES_F
-    cdef Py_ssize_t part, lo, hi, n, bi, y0, rows, it, j, tap
+    cdef Py_ssize_t tb = DIRECT_WREGS // nv
+    cdef Py_ssize_t taps = cg * kh * kw
+    cdef Py_ssize_t tap_blocks = (taps + tb - 1) // tb
+    cdef Py_ssize_t mblocks = mgp // (nv * lanes)
+    cdef Py_ssize_t items = group * mblocks * tap_blocks
+    cdef Py_ssize_t mp = group * mgp
+    cdef Py_ssize_t classes = weight_classes(N)
+    cdef Py_ssize_t chunks = max(threads // classes, 1)
+    cdef Py_ssize_t task, cls, chunk, lo, hi, n, bi, y0, rows, it, t, tap, g, mb, v, lane, m
+    cdef Py_ssize_t ci, r, i
     cdef floating* rowband
-    cdef const floating* xr
-    cdef WeightItem item
+    cdef floating* dyt
     if N == 0 or items == 0 or HO * WO == 0:
         return
+    if offsets.shape[0] != group or offsets.shape[1] < tap_blocks * tb:
+        raise ValueError("direct_backward_weight: offsets do not match the taps")
+    if acc.shape[0] < classes * items or acc.shape[1] < DIRECT_WREGS * lanes:
+        raise ValueError("direct_backward_weight: acc is too small")
     band = max(band, 1)
-    memset(&acc[0, 0], 0, items * acc.shape[1] * sizeof(floating))
+    memset(&acc[0, 0], 0, classes * items * acc.shape[1] * sizeof(floating))
     with nogil:
-        for part in prange(threads, schedule='static', chunksize=1, num_threads=threads):
-            lo = part * items // threads
-            hi = (part + 1) * items // threads
+        for task in prange(classes * chunks, schedule='static', chunksize=1,
+                           num_threads=threads):
+            cls = task // chunks
+            chunk = task % chunks
+            lo = chunk * items // chunks
+            hi = (chunk + 1) * items // chunks
             rowband = &bands[omp_get_thread_num(), 0]
-            for n in range(N):
+            dyt = &dy_bands[omp_get_thread_num(), 0]
+            for i in range((N - cls + classes - 1) // classes):
+              n = cls + i * classes
               for bi in range((HO + band - 1) // band):
                 y0 = bi * band
                 rows = min(band, HO - y0)
                 _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - ph, pw, rows + (kh - 1) * dh, wp,
                            rowband)
+                _fill_dy_band(&dy[n, 0, 0, 0], HO * WO, y0 * WO, rows * WO, group, mg, mgp,
+                              dyt)
                 for it in range(lo, hi):
-                    item = _weight_item(it, kh, kw, cg, mg, blocks)
-                    xr = rowband + (item.ky * dh * C + item.c) * wp + item.kx0 * dw
+                    t = it // tap_blocks
+                    g = t // mblocks
+                    mb = t % mblocks
                     if floating is float:
-                        direct_weight_image_f(xr, C * wp, &dy[n, item.k0, y0, 0], HO * WO,
-                                              item.kb, item.taps, dw, <int> rows, <int> WO,
-                                              &acc[it, 0])
+                        direct_weight_band_f(rowband, C * wp,
+                                             &offsets[g, (it % tap_blocks) * tb],
+                                             dyt + g * mgp + mb * nv * lanes, mp, nv,
+                                             <int> rows, <int> WO, &acc[cls * items + it, 0])
                     else:
-                        direct_weight_image_d(xr, C * wp, &dy[n, item.k0, y0, 0], HO * WO,
-                                              item.kb, item.taps, dw, <int> rows, <int> WO,
-                                              &acc[it, 0])
+                        direct_weight_band_d(rowband, C * wp,
+                                             &offsets[g, (it % tap_blocks) * tb],
+                                             dyt + g * mgp + mb * nv * lanes, mp, nv,
+                                             <int> rows, <int> WO, &acc[cls * items + it, 0])
+    # accumulator (r, v) of an item holds output channels v * lanes + 0..lanes-1 of its tap r
     for it in range(items):
-        item = _weight_item(it, kh, kw, cg, mg, blocks)
-        for j in range(item.kb):
-            for tap in range(item.taps):
-                if floating is float:
-                    dweight[item.k0 + j, item.ci, item.ky,
-                            item.kx0 + tap] += direct_lane_sum_f(
-                        &acc[it, (j * WEIGHT_TAPS + tap) * lanes])
-                else:
-                    dweight[item.k0 + j, item.ci, item.ky,
-                            item.kx0 + tap] += direct_lane_sum_d(
-                        &acc[it, (j * WEIGHT_TAPS + tap) * lanes])
+        t = it // tap_blocks
+        g = t // mblocks
+        mb = t % mblocks
+        for r in range(tb):
+            tap = (it % tap_blocks) * tb + r
+            if tap >= taps:
+                break
+            ci = tap // (kh * kw)
+            for v in range(nv):
+                for lane in range(lanes):
+                    m = (mb * nv + v) * lanes + lane
+                    if m < mg:
+                        for cls in range(classes):
+                            dweight[g * mg + m, ci, (tap // kw) % kh, tap % kw] += \
+                                acc[cls * items + it, (r * nv + v) * lanes + lane]
+
+
+def weight_classes(Py_ssize_t n):
+    """Image classes of the weight gradient for a batch of ``n``: WEIGHT_CLASSES when it
+    splits the batch evenly, else 1 (an uneven split would leave one thread the larger
+    share)."""
+    return WEIGHT_CLASSES if n % WEIGHT_CLASSES == 0 else 1
+
+
+def weight_offsets(Py_ssize_t C, Py_ssize_t group, Py_ssize_t kh, Py_ssize_t kw,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t wp, Py_ssize_t taps_per_item):
+    """offsets[g, t]: where tap t = (c, ky, kx) of group g (dweight's order) reads in a band
+    of direct_backward_weight, relative to the output pixel; the last block's missing taps
+    read the pixel itself (their sums are dropped)."""
+    cg = C // group
+    taps = cg * kh * kw
+    blocks = (taps + taps_per_item - 1) // taps_per_item
+    out = np.zeros((group, blocks * taps_per_item), np.intp)
+    t = np.arange(taps)
+    ci, ky, kx = t // (kh * kw), (t // kw) % kh, t % kw
+    for g in range(group):
+        out[g, :taps] = ky * dh * C * wp + (g * cg + ci) * wp + kx * dw
+    return out

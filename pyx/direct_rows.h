@@ -16,13 +16,18 @@
  *   need no bounds tests;
  * - packed filters ``w``: for each block of DIRECT_KB output channels, [c][ky][kx][j] with
  *   j < DIRECT_KB (channels past the layer's are zero filters);
- * - output rows of the block's channels ``yplane`` apart.
+ * - output rows of the block's channels ``yplane`` apart;
+ * - the weight gradient's band of dy ``dyt``: [pixel][channel], each group's output channels
+ *   zero-padded to whole register blocks, ``mp`` values per pixel.
  */
 #ifndef CONVNET_DIRECT_ROWS_H
 #define CONVNET_DIRECT_ROWS_H
 
 #include <stddef.h>
 #include <string.h>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 /* Python builds extensions with -fwrapv, which keeps GCC from folding the index arithmetic of
  * these loops (a third slower on the forward); nothing here relies on wrapping */
@@ -31,11 +36,11 @@
 #endif
 
 /* output channels per register block of the forward (at most; 6 x 2 vectors, 4 x 3 or 3 x 4:
- * 12 accumulators, which reuse each input load 3 to 6 times) and of the weight gradient
- * (4 channels x 3 taps); the forward's most vectors per step */
+ * 12 accumulators, which reuse each input load 3 to 6 times); the forward's most vectors per
+ * step; the weight gradient's accumulators (vectors of output channels x taps) */
 #define DIRECT_KB 6
 #define DIRECT_NV 4
-#define DIRECT_WKB 4
+#define DIRECT_WREGS 12
 
 /* keeps a loaded vector in a register: GCC otherwise folds the load into each of the FMAs
  * that use it (three loads instead of one: the weight gradient's loop then waits on the load
@@ -136,85 +141,141 @@ static void direct_forward_row_##S(const T* x, ptrdiff_t plane, ptrdiff_t stride
     }                                                                                        \
 }                                                                                            \
                                                                                              \
-/* acc[j][t] += sum_{oy, ox} dy_j[oy][ox] x[oy * stride + t * dw + ox] over one image, for   \
- * the DIRECT_WKB channels j of a block (dy_j = dy + j * dyplane; rows wo apart; channels      \
- * past kb read as zero) and taps t < TAPS (x points at the item's tap (ky, kx0)); the wo     \
- * columns run in vectors, the last partial one through zero-filled copies */                \
+/* acc[t][v] += sum over the band's pixels (oy < rows, ox < wo) of x[oy * stride + ox +      \
+ * off[t]] * dyt[oy * wo + ox][v] for the taps t < tb and vectors v < nv of output channels   \
+ * of one item: the lanes are output channels (dyt: the band's dy with channels last, mp      \
+ * apart per pixel), a tap's input is one broadcast, so the loop runs over pixels whatever    \
+ * the output width (no partial vectors). The band's sums start from zero and are then added  \
+ * to acc_out (blocked summation: shorter chains of float32 adds). */                         \
 static inline __attribute__((always_inline)) void                                          \
-direct_weight_image_impl_##S(const T* x, ptrdiff_t stride, const T* dy, ptrdiff_t dyplane,   \
-                             int kb, int taps, int dw, int ho, int wo, T* acc_out) {         \
+direct_weight_band_impl_##S(const T* x, ptrdiff_t stride, const ptrdiff_t* off,              \
+                            const T* dyt, ptrdiff_t mp, int nv, int tb, int rows, int wo,    \
+                            T* acc_out) {                                                    \
     enum { V = (int) (sizeof(VT) / sizeof(T)) };                                             \
-    VT acc[DIRECT_WKB][3];                                                                    \
-    memcpy(acc, acc_out, sizeof acc);                                                        \
-    int full = wo - wo % V;                                                                  \
-    for (int oy = 0; oy < ho; oy++) {                                                        \
+    VT acc[DIRECT_WREGS];                                                                    \
+    ptrdiff_t o[DIRECT_WREGS];                                                               \
+    for (int i = 0; i < nv * tb; i++)                                                        \
+        acc[i] = (VT){0};                                                                    \
+    for (int t = 0; t < tb; t++)                                                             \
+        o[t] = off[t];                                                                       \
+    for (int oy = 0; oy < rows; oy++) {                                                      \
         const T* xr = x + oy * stride;                                                       \
-        const T* d = dy + (ptrdiff_t) oy * wo;                                               \
-        for (int ox = 0; ox <= wo - V; ox += V) {                                            \
-            /* the taps' inputs stay in registers, one channel's dy at a time beside them     \
-             * (12 accumulators + 3 + 1: all of AVX2's 16 registers, no reloads) */            \
-            VT in[3];                                                                        \
-            for (int t = 0; t < 3; t++) {                                                    \
-                in[t] = t < taps ? direct_load_##S(xr + t * dw + ox) : (VT){0};              \
-                DIRECT_IN_REGISTER(in[t]);                                                   \
+        const T* d = dyt + (ptrdiff_t) oy * wo * mp;                                         \
+        for (int ox = 0; ox < wo; ox++, xr++, d += mp) {                                     \
+            VT g[3];                                                                         \
+            for (int v = 0; v < nv; v++) {                                                   \
+                g[v] = direct_load_##S(d + v * V);                                           \
+                DIRECT_IN_REGISTER(g[v]);                                                    \
             }                                                                                \
-            for (int j = 0; j < DIRECT_WKB; j++) {                                           \
-                VT g = j < kb ? direct_load_##S(d + j * dyplane + ox) : (VT){0};             \
-                DIRECT_IN_REGISTER(g);                                                       \
-                for (int t = 0; t < 3; t++)                                                  \
-                    acc[j][t] += g * in[t];                                                  \
+            for (int t = 0; t < tb; t++) {                                                   \
+                VT s = direct_splat_##S(xr[o[t]]);                                           \
+                DIRECT_IN_REGISTER(s);                                                       \
+                for (int v = 0; v < nv; v++)                                                 \
+                    acc[t * nv + v] += s * g[v];                                             \
             }                                                                                \
-        }                                                                                    \
-        if (full < wo) {                                                                     \
-            int rest = wo - full;                                                            \
-            T buf[V];                                                                        \
-            VT g[DIRECT_WKB], in[3];                                                          \
-            for (int j = 0; j < DIRECT_WKB; j++) {                                            \
-                memset(buf, 0, sizeof buf);                                                  \
-                if (j < kb)                                                                  \
-                    memcpy(buf, d + j * dyplane + full, rest * sizeof(T));                   \
-                g[j] = direct_load_##S(buf);                                                 \
-            }                                                                                \
-            for (int t = 0; t < 3; t++) {                                                    \
-                memset(buf, 0, sizeof buf);                                                  \
-                if (t < taps)                                                                \
-                    memcpy(buf, xr + t * dw + full, rest * sizeof(T));                       \
-                in[t] = direct_load_##S(buf);                                                \
-            }                                                                                \
-            for (int j = 0; j < DIRECT_WKB; j++)                                              \
-                for (int t = 0; t < 3; t++)                                                  \
-                    acc[j][t] += g[j] * in[t];                                               \
         }                                                                                    \
     }                                                                                        \
-    memcpy(acc_out, acc, sizeof acc);                                                        \
-}                                                                                            \
-/* a full block (DIRECT_WKB channels, 3 taps) compiles without the tests on kb and taps */    \
-static void direct_weight_image_##S(const T* x, ptrdiff_t stride, const T* dy,               \
-                                    ptrdiff_t dyplane, int kb, int taps, int dw, int ho,     \
-                                    int wo, T* acc) {                                        \
-    if (kb == DIRECT_WKB && taps == 3)                                                        \
-        direct_weight_image_impl_##S(x, stride, dy, dyplane, DIRECT_WKB, 3, dw, ho, wo, acc); \
-    else                                                                                     \
-        direct_weight_image_impl_##S(x, stride, dy, dyplane, kb, taps, dw, ho, wo, acc);     \
+    for (int i = 0; i < nv * tb; i++)                                                        \
+        direct_store_##S(acc_out + i * V, direct_load_##S(acc_out + i * V) + acc[i]);        \
 }                                                                                            \
                                                                                              \
-/* the lanes of one accumulator of direct_weight_image, added in lane order */               \
-static inline T direct_lane_sum_##S(const T* acc) {                                          \
-    enum { V = (int) (sizeof(VT) / sizeof(T)) };                                             \
-    T s = 0;                                                                                 \
-    for (int i = 0; i < V; i++)                                                              \
-        s += acc[i];                                                                         \
-    return s;                                                                                \
+/* one band of one weight-gradient item in registers of nv = 1, 2 or 3 vectors of output     \
+ * channels x 12, 6 or 4 taps (12 accumulators; 4 x 3 ran at half the rate on the AMD EPYC) */\
+static void direct_weight_band_##S(const T* x, ptrdiff_t stride, const ptrdiff_t* off,       \
+                                   const T* dyt, ptrdiff_t mp, int nv, int rows, int wo,     \
+                                   T* acc) {                                                 \
+    if (nv == 1)                                                                             \
+        direct_weight_band_impl_##S(x, stride, off, dyt, mp, 1, DIRECT_WREGS, rows, wo, acc);\
+    else if (nv == 2)                                                                        \
+        direct_weight_band_impl_##S(x, stride, off, dyt, mp, 2, DIRECT_WREGS / 2, rows, wo,  \
+                                    acc);                                                    \
+    else                                                                                     \
+        direct_weight_band_impl_##S(x, stride, off, dyt, mp, 3, DIRECT_WREGS / 3, rows, wo,  \
+                                    acc);                                                    \
 }
 
 CONVNET_DIRECT_ROWS(float, direct_vf, f)
 CONVNET_DIRECT_ROWS(double, direct_vd, d)
 
-/* values of one accumulator of direct_weight_image (8 floats or 4 doubles) */
+/* dst[p * mp + m] = src[m * P + p] for m < channels, p < count, and 0 for channels <= m <
+ * padded: one group's dy band, channels last, for the weight gradient. With AVX in 8 x 8
+ * (4 x 4) blocks through registers: a scalar transpose took 3-4 cycles a value, more than
+ * the weight gradient's arithmetic on a 3-channel input. */
+static void direct_transpose_f(const float* src, ptrdiff_t P, int channels, int padded,
+                               int count, float* dst, ptrdiff_t mp) {
+    int m = 0;
+#if defined(__AVX__)
+    /* a block of 8 channels at a time over all the pixels: 8 read streams (all the channels
+     * at once outran the prefetchers: the transpose waited on memory) */
+    for (; m + 8 <= channels; m += 8) {
+        int p = 0;
+        for (; p + 8 <= count; p += 8) {
+            __m256 r[8], t[8];
+            for (int i = 0; i < 8; i++)
+                r[i] = _mm256_loadu_ps(src + (ptrdiff_t) (m + i) * P + p);
+            for (int i = 0; i < 8; i += 2) {
+                t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+                t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+            }
+            for (int i = 0; i < 8; i += 4) {
+                r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+                r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+                r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+                r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+            }
+            /* r[0..3] hold pixels (0, 4), (1, 5), (2, 6), (3, 7) of rows 0-3, r[4..7] of 4-7 */
+            for (int i = 0; i < 4; i++) {
+                _mm256_storeu_ps(dst + (ptrdiff_t) (p + i) * mp + m,
+                                 _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+                _mm256_storeu_ps(dst + (ptrdiff_t) (p + i + 4) * mp + m,
+                                 _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+            }
+        }
+        for (; p < count; p++)
+            for (int i = 0; i < 8; i++)
+                dst[(ptrdiff_t) p * mp + m + i] = src[(ptrdiff_t) (m + i) * P + p];
+    }
+#endif
+    for (; m < padded; m++)
+        for (int p = 0; p < count; p++)
+            dst[(ptrdiff_t) p * mp + m] = m < channels ? src[(ptrdiff_t) m * P + p] : 0;
+}
+
+static void direct_transpose_d(const double* src, ptrdiff_t P, int channels, int padded,
+                               int count, double* dst, ptrdiff_t mp) {
+    int m = 0;
+#if defined(__AVX__)
+    for (; m + 4 <= channels; m += 4) {
+        int p = 0;
+        for (; p + 4 <= count; p += 4) {
+            __m256d r[4], t[4];
+            for (int i = 0; i < 4; i++)
+                r[i] = _mm256_loadu_pd(src + (ptrdiff_t) (m + i) * P + p);
+            t[0] = _mm256_unpacklo_pd(r[0], r[1]);     /* (0,0) (1,0) (0,2) (1,2) */
+            t[1] = _mm256_unpackhi_pd(r[0], r[1]);     /* (0,1) (1,1) (0,3) (1,3) */
+            t[2] = _mm256_unpacklo_pd(r[2], r[3]);
+            t[3] = _mm256_unpackhi_pd(r[2], r[3]);
+            _mm256_storeu_pd(dst + (ptrdiff_t) p * mp + m,
+                             _mm256_permute2f128_pd(t[0], t[2], 0x20));
+            _mm256_storeu_pd(dst + (ptrdiff_t) (p + 1) * mp + m,
+                             _mm256_permute2f128_pd(t[1], t[3], 0x20));
+            _mm256_storeu_pd(dst + (ptrdiff_t) (p + 2) * mp + m,
+                             _mm256_permute2f128_pd(t[0], t[2], 0x31));
+            _mm256_storeu_pd(dst + (ptrdiff_t) (p + 3) * mp + m,
+                             _mm256_permute2f128_pd(t[1], t[3], 0x31));
+        }
+        for (; p < count; p++)
+            for (int i = 0; i < 4; i++)
+                dst[(ptrdiff_t) p * mp + m + i] = src[(ptrdiff_t) (m + i) * P + p];
+    }
+#endif
+    for (; m < padded; m++)
+        for (int p = 0; p < count; p++)
+            dst[(ptrdiff_t) p * mp + m] = m < channels ? src[(ptrdiff_t) m * P + p] : 0;
+}
+
+/* lanes of a vector (8 floats or 4 doubles) */
 #define DIRECT_LANES_F 8
 #define DIRECT_LANES_D 4
-/* values per item of direct_weight_image's accumulators: DIRECT_WKB x 3 taps x lanes */
-#define DIRECT_ACC_F (DIRECT_WKB * 3 * 8)
-#define DIRECT_ACC_D (DIRECT_WKB * 3 * 4)
 
 #endif

@@ -942,18 +942,21 @@ def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
     if n == 0:
         return
     c = x.shape[1]
+    nv, taps, mgp, lanes = dk.weight_blocking(m // group, x.dtype == np.float64)
     wp = dk.row_width(wo, kernel[1], dilation[1])
-    blocks = -(-(m // group) // dk.WEIGHT_BLOCK)
-    items = group * blocks * (c // group) * kernel[0] * -(-kernel[1] // dk.TAPS)
-    threads = _conv_threads(items)
-    acc = _conv_scratch(workspace, "partial", items,
-                        dk.accumulator_size(x.dtype == np.float64), x.dtype)
-    # output rows per band: the band's dy (all M channels) and x rows fit DIRECT_BAND_BYTES
-    band = max(DIRECT_BAND_BYTES // ((m * wo + c * wp) * x.itemsize), 1)
+    offsets = dk.weight_offsets(c, group, kernel[0], kernel[1], dilation[0], dilation[1], wp,
+                                taps)
+    items = group * mgp // (nv * lanes) * (offsets.shape[1] // taps)
+    classes = dk.weight_classes(n)
+    threads = _conv_threads(classes * items)
+    acc = _conv_scratch(workspace, "partial", classes * items, nv * taps * lanes, x.dtype)
+    # output rows per band: the band's dy (channels last) and x rows fit DIRECT_BAND_BYTES
+    band = min(max(DIRECT_BAND_BYTES // ((group * mgp * wo + c * wp) * x.itemsize), 1), ho)
     bands = _conv_scratch(workspace, "col", threads,
-                          dk.band_size(min(band, ho), c, kernel[0], dilation[0], wp), x.dtype)
-    dk.direct_backward_weight(x, dy, acc, bands, dweight, dilation[0], dilation[1], pad[0],
-                              pad[1], wp, group, band, threads)
+                          dk.band_size(band, c, kernel[0], dilation[0], wp), x.dtype)
+    dy_bands = _conv_scratch(workspace, "dy_band", threads, band * wo * group * mgp, x.dtype)
+    dk.direct_backward_weight(x, dy, offsets, acc, bands, dy_bands, dweight, dilation[0],
+                              pad[0], pad[1], wp, group, band, nv, mgp, threads)
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

@@ -155,9 +155,6 @@ DIRECT_MAX_CHANNELS = 32
 #: the fewest output channels of a backward-data pass for direct: 3 channels keep only 3 of
 #: its 6-channel register block busy (im2col's gemm + col2im was faster)
 DIRECT_MIN_OUTPUTS = 4
-#: the narrowest output (columns) for which ``auto`` picks the direct weight gradient: its
-#: loop runs along the rows, and rows of 16 or 32 leave too few vectors per row
-DIRECT_MIN_WEIGHT_WIDTH = 48
 
 NAMES = ("auto", "im2col", "winograd", "direct", "kn2row", "subpixel")
 
@@ -228,13 +225,11 @@ def _direct_preferred(layer, shape, conv_pass):
         out = [out[a] + 2 * layer.pad[a] - layer.dilation[a] * (layer.kernel_size[a] - 1)
                for a in range(2)]
     channels = max(conv_in, conv_out) // layer.group
-    if conv_pass == "backward_weight":      # its 3-tap register block: 3x3 filters only
-        return three and channels <= DIRECT_MAX_CHANNELS and out[1] >= DIRECT_MIN_WEIGHT_WIDTH
     small = three and out[0] * out[1] <= DIRECT_SMALL_OUTPUT
     if channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
         return False
     # a backward-data is a conv of conv_out channels into conv_in
-    return conv_pass == "forward" or conv_in // layer.group >= DIRECT_MIN_OUTPUTS
+    return conv_pass != "backward_data" or conv_in // layer.group >= DIRECT_MIN_OUTPUTS
 
 
 def _never(layer, shape, conv_pass):

@@ -186,6 +186,24 @@ def test_matches_torch(kind, algorithm, cfg, dtype, rng):
     assert_close(layer.weight.diff, tw.grad.numpy(), dtype, scale=scale * 10)
 
 
+@pytest.mark.parametrize("m,group", [(3, 1), (16, 1), (24, 1), (40, 1), (10, 2), (48, 3)])
+def test_direct_weight_gradient_register_blocks(m, group, dtype, rng):
+    """Output channels per group that fill 1, 2 or 3 vectors of the weight gradient's register
+    block, and counts that leave its last item or vector part empty (zero-padded channels,
+    taps past the last): every weight against the float64 loops."""
+    cfg = dict(n=2, c=group * 5, m=m, group=group, kernel=(3, 2), stride=(1, 1), pad=(1, 0),
+               dilation=(2, 1), size=(9, 13), output_padding=(0, 0))
+    layer = _make("conv", "direct", cfg, dtype)
+    x = _input(cfg, rng)
+    y = layer.forward(x.astype(dtype))
+    dy = rng.standard_normal(y.shape)
+    layer.backward(dy.astype(dtype))
+    _, dw_ref, _ = _reference_grads("conv", layer, x, dy, cfg)
+    assert_close(layer.weight.diff, dw_ref, dtype, scale=10.0)
+    if dtype == np.float64:
+        np.testing.assert_allclose(layer.weight.diff, dw_ref, rtol=1e-10, atol=1e-11)
+
+
 @pytest.mark.parametrize("kind,algorithm,cfg",
                          [("conv", "winograd", dict(WINOGRAD[3], n=3, c=12, m=10,
                                                     size=(37, 29), group=1)),
@@ -321,27 +339,22 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     assert _auto(Convolution(top, 3, pad=1), (2, top, 64, 64)) == "direct"
     # an RGB input: a backward-data into 3 channels keeps im2col
     assert _plan(Convolution(32, 3, pad=1), (8, 3, 128, 128)) == ("direct", "im2col", "direct")
-    # narrow outputs: the weight gradient takes Winograd (or im2col) instead
-    narrow = conv_algorithms.DIRECT_MIN_WEIGHT_WIDTH - 16
-    assert _plan(Convolution(16, 3, pad=1), (16, 16, narrow, narrow)) == (
-        "direct", "direct", "winograd")
+    # narrow outputs too: the weight gradient's loop runs over pixels, not along rows
+    assert _auto(Convolution(16, 3, pad=1), (16, 16, 8, 8)) == "direct"
     # more channels than the loops' range, on either side
     assert _auto(Convolution(2 * top, 3, pad=1), (2, top, 64, 64)) == "winograd"
     assert _auto(Convolution(top, 3, pad=1), (2, 2 * top, 64, 64)) == "winograd"
     # small images take the loops' forward and backward-data up to DIRECT_MAX_CHANNELS_SMALL
     small = conv_algorithms.DIRECT_MAX_CHANNELS_SMALL
     side = int(conv_algorithms.DIRECT_SMALL_OUTPUT ** 0.5)
-    assert _plan(Convolution(small, 3, pad=1), (16, small, side, side)) == (
-        "direct", "direct", "winograd")
+    assert _auto(Convolution(small, 3, pad=1), (16, small, side, side)) == "direct"
     assert _auto(Convolution(small, 3, pad=1), (16, small, 2 * side, 2 * side)) == "winograd"
     assert _auto(Convolution(2 * small, 3, pad=1), (16, 2 * small, side, side)) == "winograd"
     # grouped: the channels per group count
     assert _auto(Convolution(4 * top, 3, pad=1, group=4), (2, 4 * top, 64, 64)) == "direct"
-    # other filters: the forward and backward-data (the weight gradient's register block
-    # holds 3 taps); a 1x1 is one GEMM; stride 2 does not apply
-    assert _plan(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == ("direct", "direct", "im2col")
-    assert _plan(Convolution(16, (1, 5), pad=(0, 2)), (2, 16, 64, 64)) == (
-        "direct", "direct", "im2col")
+    # other filters, every pass; a 1x1 is one GEMM; stride 2 does not apply
+    assert _auto(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == "direct"
+    assert _auto(Convolution(16, (1, 5), pad=(0, 2)), (2, 16, 64, 64)) == "direct"
     assert _auto(Convolution(16, 1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(16, 3, stride=2, pad=1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(WIDE, 5, pad=2), (2, WIDE, 16, 16)) == "im2col"
