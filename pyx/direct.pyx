@@ -64,6 +64,10 @@ cdef enum:
     # passive OpenMP wait on a VM can take a millisecond) finds the rest of the work shared,
     # and a task's band of input rows (16 channels: 42 KB) stays in the L2 cache
     ROW_CHUNK = 8
+    # pixels of the pointwise (1x1) forward's vector steps: 16, 24 and 32 all divide it, so
+    # the loops read no column past a multiple of it; and pixels per task
+    POINT_STEP = 96
+    POINT_CHUNK = 8 * 96
     # image classes of the weight gradient (n % classes, each summed in order, then the
     # classes in order): each thread copies only its class's bands, and the sums do not
     # depend on the thread count
@@ -125,6 +129,19 @@ def band_size(Py_ssize_t rows, Py_ssize_t channels, Py_ssize_t kh, Py_ssize_t dh
     return (rows + (kh - 1) * dh) * channels * wp
 
 
+cdef inline void _forward_row(const floating* x, Py_ssize_t plane, Py_ssize_t stride,
+                              const floating* w, const floating* bias, floating* y,
+                              Py_ssize_t yplane, int kb, int channels, int kh, int kw, int dh,
+                              int dw, int wo) noexcept nogil:
+    # one output row of a block of kb channels (direct_rows.h), in the array's precision
+    if floating is float:
+        direct_forward_row_f(x, plane, stride, w, bias, y, yplane, kb, channels, kh, kw, dh, dw,
+                             wo)
+    else:
+        direct_forward_row_d(x, plane, stride, w, bias, y, yplane, kb, channels, kh, kw, dh, dw,
+                             wo)
+
+
 def direct_forward(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                    const floating[:, :, ::1] w,       # IN  packed (group * blocks, Cg*kh*kw, BLOCK)
                    const floating[:, ::1] bias,       # IN  (group * blocks, BLOCK)
@@ -163,16 +180,67 @@ def direct_forward(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
                 k0 = g * mg + b * DIRECT_KB
                 kb = <int> min(<Py_ssize_t> DIRECT_KB, mg - b * DIRECT_KB)
                 for oy in range(oy0, oy0 + count):
-                    if floating is float:
-                        direct_forward_row_f(band + (oy - oy0) * cg * wp, wp, cg * wp,
-                                             &w[g * blocks + b, 0, 0],
-                                             &bias[g * blocks + b, 0], &y[n, k0, oy, 0],
-                                             HO * WO, kb, <int> cg, kh, kw, dh, dw, <int> WO)
-                    else:
-                        direct_forward_row_d(band + (oy - oy0) * cg * wp, wp, cg * wp,
-                                             &w[g * blocks + b, 0, 0],
-                                             &bias[g * blocks + b, 0], &y[n, k0, oy, 0],
-                                             HO * WO, kb, <int> cg, kh, kw, dh, dw, <int> WO)
+                    _forward_row(band + (oy - oy0) * cg * wp, wp, cg * wp,
+                                 &w[g * blocks + b, 0, 0], &bias[g * blocks + b, 0],
+                                 &y[n, k0, oy, 0], HO * WO, kb, <int> cg, kh, kw, dh, dw,
+                                 <int> WO)
+
+
+def direct_pointwise_forward(const floating[:, :, ::1] x,    # IN  (N, C, P)
+                             const floating[:, :, ::1] w,    # IN  packed (group * blocks, Cg, BLOCK)
+                             const floating[:, ::1] bias,    # IN  (group * blocks, BLOCK)
+                             floating[:, :, ::1] y,          # OUT (N, M, P)
+                             floating[:, ::1] tails,         # SCRATCH (threads, Cg * POINT_STEP)
+                             int group, int threads):
+    """A 1x1 convolution without padding, straight from x: y[n, m, p] = bias[m] +
+    sum_c W[m, c] x[n, c, p]. Each image's pixels are one row; tasks of POINT_CHUNK pixels
+    of one image and group in a dynamic schedule. The channels are POINT_STEP-aligned runs
+    of x itself (no band copy: a 1x1 reads each input once); only a plane's last run of
+    fewer than POINT_STEP pixels goes through a zero-padded copy, so no loop reads past x."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], P = x.shape[2], M = y.shape[1]
+    cdef Py_ssize_t cg = C // group, mg = M // group
+    cdef Py_ssize_t blocks = (mg + DIRECT_KB - 1) // DIRECT_KB
+    cdef Py_ssize_t chunks = (P + POINT_CHUNK - 1) // POINT_CHUNK
+    cdef Py_ssize_t tasks = N * group * chunks
+    cdef Py_ssize_t task, t, g, n, p0, count, main, c, b, k0
+    cdef floating* tail
+    cdef int kb
+    if tasks == 0 or cg == 0:
+        return
+    if tails.shape[1] < cg * POINT_STEP:
+        raise ValueError("direct_pointwise_forward: tails is too small")
+    with nogil:
+        for task in prange(tasks, schedule='dynamic', num_threads=threads):
+            p0 = (task % chunks) * POINT_CHUNK
+            t = task // chunks
+            g = t % group
+            n = t // group
+            count = min(<Py_ssize_t> POINT_CHUNK, P - p0)
+            main = count - count % POINT_STEP
+            tail = &tails[omp_get_thread_num(), 0]
+            if main < count:
+                for c in range(cg):
+                    memcpy(tail + c * POINT_STEP, &x[n, g * cg + c, p0 + main],
+                           (count - main) * sizeof(floating))
+                    memset(tail + c * POINT_STEP + count - main, 0,
+                           (POINT_STEP - count + main) * sizeof(floating))
+            for b in range(blocks):
+                k0 = g * mg + b * DIRECT_KB
+                kb = <int> min(<Py_ssize_t> DIRECT_KB, mg - b * DIRECT_KB)
+                if main > 0:
+                    _forward_row(&x[n, g * cg, p0], P, 0, &w[g * blocks + b, 0, 0],
+                                 &bias[g * blocks + b, 0], &y[n, k0, p0], P, kb, <int> cg,
+                                 1, 1, 1, 1, <int> main)
+                if main < count:
+                    _forward_row(tail, POINT_STEP, 0, &w[g * blocks + b, 0, 0],
+                                 &bias[g * blocks + b, 0], &y[n, k0, p0 + main], P, kb,
+                                 <int> cg, 1, 1, 1, 1, <int> (count - main))
+
+
+#: pixels of the pointwise forward's zero-padded tail per channel (its scratch's width)
+POINT_TAIL = POINT_STEP
+#: pixels per task of the pointwise forward
+POINT_TASK = POINT_CHUNK
 
 
 cdef void _fill_dy_band(const floating* dy,   # IN  (M, P) one image
@@ -199,14 +267,16 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
                            floating[:, ::1] dy_bands,         # SCRATCH (threads, band * WO * group * mgp)
                            floating[:, :, :, ::1] dweight,    # INOUT (M, Cg, kh, kw) +=
                            int dh, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp, int group,
-                           Py_ssize_t band, int nv, Py_ssize_t mgp, int threads):
+                           Py_ssize_t band, int nv, Py_ssize_t mgp, bint in_place,
+                           int threads):
     """dweight[m, c, ky, kx] += sum_{n, oy, ox} dy[n, m, oy, ox] x[n, c, oy + ky*dh - ph,
     ox + kx*dw - pw] (zero outside x). An item is (group, block of ``nv`` vectors of output
     channels, block of taps (c, ky, kx) in dweight's order); ``offsets[g, t]`` is where tap t
     of group g reads in a band, relative to the output pixel (weight_offsets). In bands of
     ``band`` output rows, a thread copies the band's input rows (zero-padded, ``wp`` wide)
     and its dy (channels last, each group's ``mgp`` channels zero-padded) into its scratch,
-    then runs its items over them. The images split into weight_classes(N) classes
+    then runs its items over them; ``in_place`` (no padding: every tap reads inside x)
+    reads x itself instead of a band (``offsets`` then in x's own layout). The images split into weight_classes(N) classes
     (n % classes) and the items into ranges, run in parallel; each item sums its class's
     images and bands in order, and dweight adds the classes in order: the result is the
     same for any thread count."""
@@ -225,7 +295,8 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
     cdef Py_ssize_t chunks = max(threads // classes, 1)
     cdef Py_ssize_t task, cls, chunk, lo, hi, n, bi, y0, rows, it, t, tap, g, mb, v, lane, m
     cdef Py_ssize_t ci, r, i
-    cdef floating* rowband
+    cdef Py_ssize_t xstride = W if in_place else C * wp
+    cdef const floating* rowband
     cdef floating* dyt
     if N == 0 or items == 0 or HO * WO == 0:
         return
@@ -242,15 +313,18 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
             chunk = task % chunks
             lo = chunk * items // chunks
             hi = (chunk + 1) * items // chunks
-            rowband = &bands[omp_get_thread_num(), 0]
             dyt = &dy_bands[omp_get_thread_num(), 0]
             for i in range((N - cls + classes - 1) // classes):
               n = cls + i * classes
               for bi in range((HO + band - 1) // band):
                 y0 = bi * band
                 rows = min(band, HO - y0)
-                _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - ph, pw, rows + (kh - 1) * dh, wp,
-                           rowband)
+                if in_place:
+                    rowband = &x[n, 0, y0, 0]
+                else:
+                    rowband = &bands[omp_get_thread_num(), 0]
+                    _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - ph, pw, rows + (kh - 1) * dh,
+                               wp, &bands[omp_get_thread_num(), 0])
                 _fill_dy_band(&dy[n, 0, 0, 0], HO * WO, y0 * WO, rows * WO, group, mg, mgp,
                               dyt)
                 for it in range(lo, hi):
@@ -258,12 +332,12 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
                     g = t // mblocks
                     mb = t % mblocks
                     if floating is float:
-                        direct_weight_band_f(rowband, C * wp,
+                        direct_weight_band_f(rowband, xstride,
                                              &offsets[g, (it % tap_blocks) * tb],
                                              dyt + g * mgp + mb * nv * lanes, mp, nv,
                                              <int> rows, <int> WO, &acc[cls * items + it, 0])
                     else:
-                        direct_weight_band_d(rowband, C * wp,
+                        direct_weight_band_d(rowband, xstride,
                                              &offsets[g, (it % tap_blocks) * tb],
                                              dyt + g * mgp + mb * nv * lanes, mp, nv,
                                              <int> rows, <int> WO, &acc[cls * items + it, 0])
@@ -294,10 +368,12 @@ def weight_classes(Py_ssize_t n):
 
 
 def weight_offsets(Py_ssize_t C, Py_ssize_t group, Py_ssize_t kh, Py_ssize_t kw,
-                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t wp, Py_ssize_t taps_per_item):
-    """offsets[g, t]: where tap t = (c, ky, kx) of group g (dweight's order) reads in a band
-    of direct_backward_weight, relative to the output pixel; the last block's missing taps
-    read the pixel itself (their sums are dropped)."""
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t plane, Py_ssize_t row,
+                   Py_ssize_t taps_per_item):
+    """offsets[g, t]: where tap t = (c, ky, kx) of group g (dweight's order) reads, relative
+    to the output pixel, in rows ``row`` values apart whose channels are ``plane`` apart (a
+    band: row_width and C x that; x itself: H*W and W); the last block's missing taps read
+    the pixel itself (their sums are dropped)."""
     cg = C // group
     taps = cg * kh * kw
     blocks = (taps + taps_per_item - 1) // taps_per_item
@@ -305,5 +381,5 @@ def weight_offsets(Py_ssize_t C, Py_ssize_t group, Py_ssize_t kh, Py_ssize_t kw,
     t = np.arange(taps)
     ci, ky, kx = t // (kh * kw), (t // kw) % kh, t % kw
     for g in range(group):
-        out[g, :taps] = ky * dh * C * wp + (g * cg + ci) * wp + kx * dw
+        out[g, :taps] = ky * dh * row + (g * cg + ci) * plane + kx * dw
     return out

@@ -920,6 +920,14 @@ def _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace,
     n, m, ho, wo = y.shape
     w = _direct_filters(weight, group, adjoint)
     b = _direct_bias(bias, m, group, x.dtype)
+    if tuple(kernel) == (1, 1) and tuple(pad) == (0, 0):
+        # a 1x1 reads each input once: straight from x, no band
+        threads = _conv_threads(n * group * -(-(ho * wo) // dk.POINT_TASK))
+        tails = _conv_scratch(workspace, "col", threads,
+                              (x.shape[1] // group) * dk.POINT_TAIL, x.dtype)
+        dk.direct_pointwise_forward(x.reshape(n, x.shape[1], -1), w, b,
+                                    y.reshape(n, m, -1), tails, group, threads)
+        return
     wp = dk.row_width(wo, kernel[1], dilation[1])
     threads = _conv_threads(n * group * -(-ho // dk.TASK_ROWS))
     bands = _conv_scratch(workspace, "col", threads,
@@ -944,19 +952,24 @@ def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
     c = x.shape[1]
     nv, taps, mgp, lanes = dk.weight_blocking(m // group, x.dtype == np.float64)
     wp = dk.row_width(wo, kernel[1], dilation[1])
-    offsets = dk.weight_offsets(c, group, kernel[0], kernel[1], dilation[0], dilation[1], wp,
-                                taps)
+    # without padding every tap reads inside x: the loops read x itself, no band
+    in_place = tuple(pad) == (0, 0)
+    plane, row = (x.shape[2] * x.shape[3], x.shape[3]) if in_place else (wp, c * wp)
+    offsets = dk.weight_offsets(c, group, kernel[0], kernel[1], dilation[0], dilation[1],
+                                plane, row, taps)
     items = group * mgp // (nv * lanes) * (offsets.shape[1] // taps)
     classes = dk.weight_classes(n)
     threads = _conv_threads(classes * items)
     acc = _conv_scratch(workspace, "partial", classes * items, nv * taps * lanes, x.dtype)
     # output rows per band: the band's dy (channels last) and x rows fit DIRECT_BAND_BYTES
-    band = min(max(DIRECT_BAND_BYTES // ((group * mgp * wo + c * wp) * x.itemsize), 1), ho)
+    band = min(max(DIRECT_BAND_BYTES // ((group * mgp * wo + (0 if in_place else c * wp))
+                                         * x.itemsize), 1), ho)
     bands = _conv_scratch(workspace, "col", threads,
-                          dk.band_size(band, c, kernel[0], dilation[0], wp), x.dtype)
+                          0 if in_place else dk.band_size(band, c, kernel[0], dilation[0], wp),
+                          x.dtype)
     dy_bands = _conv_scratch(workspace, "dy_band", threads, band * wo * group * mgp, x.dtype)
     dk.direct_backward_weight(x, dy, offsets, acc, bands, dy_bands, dweight, dilation[0],
-                              pad[0], pad[1], wp, group, band, nv, mgp, threads)
+                              pad[0], pad[1], wp, group, band, nv, mgp, in_place, threads)
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

@@ -215,8 +215,9 @@ def _direct(layer, shape):
 
 def _direct_preferred(layer, shape, conv_pass):
     three = tuple(layer.kernel_size) == (3, 3)
-    if layer.kernel_size[0] * layer.kernel_size[1] == 1:
-        return False            # a 1x1 is one GEMM of the image itself, no im2col copy
+    pointwise = layer.kernel_size[0] * layer.kernel_size[1] == 1
+    if pointwise and tuple(layer.pad) != (0, 0):
+        return False            # a padded 1x1 would copy bands where im2col copies nothing
     conv_in, conv_out = int(shape[1]), int(layer.num_output)
     out = [int(shape[2]), int(shape[3])]
     if layer.type_name == "Deconvolution":   # conv roles: its top is the conv input
@@ -226,7 +227,7 @@ def _direct_preferred(layer, shape, conv_pass):
                for a in range(2)]
     channels = max(conv_in, conv_out) // layer.group
     small = three and out[0] * out[1] <= DIRECT_SMALL_OUTPUT
-    if channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
+    if channels > (DIRECT_MAX_CHANNELS_SMALL if small or pointwise else DIRECT_MAX_CHANNELS):
         return False
     # a backward-data is a conv of conv_out channels into conv_in
     return conv_pass != "backward_data" or conv_in // layer.group >= DIRECT_MIN_OUTPUTS

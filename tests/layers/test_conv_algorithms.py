@@ -86,8 +86,20 @@ def _direct_config(seed):
     return _stride1_config(6000 + seed, (9, 14), 40)
 
 
+def _valid_config(c, m, group, kernel, dilation, size, n):
+    return dict(n=n, c=c, m=m, group=group, kernel=kernel, stride=(1, 1), pad=(0, 0),
+                dilation=dilation, size=size, output_padding=(0, 0))
+
+
+#: no padding, where the direct loops read x itself: 1x1s whose pixels end inside, at and
+#: past the pointwise forward's 96-pixel steps and 768-pixel tasks, and a dilated 3x3
+DIRECT_VALID = [_valid_config(5, 7, 1, (1, 1), (1, 1), (10, 10), 2),
+                _valid_config(4, 6, 2, (1, 1), (1, 1), (1, 95), 3),
+                _valid_config(3, 20, 1, (1, 1), (1, 1), (28, 28), 1),
+                _valid_config(6, 9, 1, (3, 3), (2, 1), (9, 12), 2),
+                _valid_config(6, 4, 2, (1, 3), (1, 2), (5, 40), 1)]
 WINOGRAD = [_winograd_config(i) for i in range(N_CONFIGS)]
-DIRECT = [_direct_config(i) for i in range(N_CONFIGS)]
+DIRECT = [_direct_config(i) for i in range(N_CONFIGS)] + DIRECT_VALID
 KN2ROW = [_kn2row_config(i) for i in range(N_CONFIGS)]
 SUBPIXEL = [_subpixel_config(i) for i in range(N_CONFIGS)]
 #: (layer type, algorithm, configuration)
@@ -215,9 +227,10 @@ def test_direct_weight_gradient_register_blocks(m, group, dtype, rng):
                           ("conv", "direct", dict(DIRECT[2], n=3, c=7, m=11, size=(21, 37),
                                                   group=1)),
                           ("deconv", "direct", dict(DIRECT[5], n=2, c=9, m=5, size=(17, 26),
-                                                    group=1))],
+                                                    group=1)),
+                          ("conv", "direct", dict(DIRECT_VALID[2], n=4, size=(41, 43)))],
                          ids=["conv-winograd", "deconv-winograd", "deconv-subpixel", "kn2row",
-                              "conv-direct", "deconv-direct"])
+                              "conv-direct", "deconv-direct", "conv-direct-1x1"])
 def test_one_and_two_threads_are_bit_identical(kind, algorithm, cfg, rng):
     x = _input(cfg, rng).astype(np.float32)
     results = []
@@ -352,10 +365,15 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     assert _auto(Convolution(2 * small, 3, pad=1), (16, 2 * small, side, side)) == "winograd"
     # grouped: the channels per group count
     assert _auto(Convolution(4 * top, 3, pad=1, group=4), (2, 4 * top, 64, 64)) == "direct"
-    # other filters, every pass; a 1x1 is one GEMM; stride 2 does not apply
+    # other filters, every pass; stride 2 does not apply
     assert _auto(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == "direct"
     assert _auto(Convolution(16, (1, 5), pad=(0, 2)), (2, 16, 64, 64)) == "direct"
-    assert _auto(Convolution(16, 1), (2, 16, 64, 64)) == "im2col"
+    # a 1x1 reads x itself up to DIRECT_MAX_CHANNELS_SMALL channels (the default network's
+    # scores), wider ones are one good GEMM; padded, it would copy bands
+    assert _auto(Convolution(5, 1), (16, 16, 64, 64)) == "direct"
+    assert _auto(Convolution(small, 1), (2, small, 64, 64)) == "direct"
+    assert _auto(Convolution(2 * small, 1), (2, 4 * small, 32, 32)) == "im2col"
+    assert _auto(Convolution(16, 1, pad=1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(16, 3, stride=2, pad=1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(WIDE, 5, pad=2), (2, WIDE, 16, 16)) == "im2col"
     # a Deconvolution: its forward is the convolution's backward-data (into its top)
