@@ -175,26 +175,6 @@ def _normalization_kernels():
     return normalization
 
 
-def normalization_batch_norm_stats(x, mean, var):
-    """OUT mean (C,) and biased var (C,) of x (N, C, S) over the N and S axes: one pass of
-    shifted sums in double; a second, centred pass only for channels whose mean is large
-    against their spread (the one-pass variance would lose bits to cancellation)."""
-    kern = _normalization_kernels()
-    count = x.shape[0] * x.shape[2]
-    shift = np.zeros(x.shape[1])
-    sums = np.empty((2, x.shape[1]))
-    kern.batch_norm_sums(x, shift, sums)
-    m = sums[0] / count
-    v = sums[1] / count - m * m
-    if np.any(m * m > 64.0 * v):
-        shift = m
-        kern.batch_norm_sums(x, shift, sums)
-        m = sums[0] / count
-        v = sums[1] / count - m * m
-    mean[...] = shift + m
-    var[...] = np.maximum(v, 0.0)
-
-
 def normalization_batch_norm_update(running_mean, running_var, mean, var, fraction,
                                     var_correction):
     """INOUT running_* (C,): running = fraction * running + (1 - fraction) * batch, with the
@@ -207,6 +187,18 @@ def normalization_batch_norm_update(running_mean, running_var, mean, var, fracti
 
 def _bn_inv_std(var, eps):
     return 1.0 / np.sqrt(np.asarray(var, np.float64) + eps)
+
+
+def normalization_batch_norm_train_forward(x, eps, scale, bias, mean, var, y, relu=False):
+    """OUT mean (C,) and biased var (C,): the batch statistics of x (N, C, S) over the N and
+    S axes; y: x normalised with them, as normalization_batch_norm_forward. One pass per
+    channel (one thread wake, x read once from memory): shifted sums in double, a second,
+    centred pass for a channel whose mean is large against its spread (the one-pass variance
+    would lose bits to cancellation), then the normalisation while the channel is cached."""
+    empty = np.empty(0, x.dtype)
+    _normalization_kernels().batch_norm_train_forward(
+        x, empty if scale is None else scale, empty if bias is None else bias, float(eps),
+        mean, var, y, bool(relu))
 
 
 def normalization_batch_norm_forward(x, mean, var, eps, scale, bias, y, relu=False):
@@ -233,28 +225,26 @@ def normalization_batch_norm_backward(dy, x, mean, var, eps, scale, dx, dscale, 
     """
     kern = _normalization_kernels()
     inv_std = _bn_inv_std(var, eps)
-    gain = inv_std if scale is None else inv_std * scale
     mask = np.empty((0, 0, 0), x.dtype) if top is None else top
-    zeros = np.zeros(x.shape[1], x.dtype)
     need_sums = dscale is not None or dbias is not None or (dx is not None and batch_stats)
     if need_sums:
         sums = np.empty((2, x.shape[1]))
-        mean64 = np.asarray(mean, np.float64)
-        kern.batch_norm_grad_sums(dy, x, mask, mean64, sums)
+        if dx is not None and batch_stats:
+            # the sums, the per-channel terms and dx in one pass per channel
+            kern.batch_norm_train_backward(
+                dy, x, mask, np.asarray(mean, x.dtype), np.asarray(var, x.dtype),
+                np.empty(0, x.dtype) if scale is None else np.asarray(scale, x.dtype),
+                float(eps), sums, dx)
+        else:
+            kern.batch_norm_grad_sums(dy, x, mask, np.asarray(mean, np.float64), sums)
         sum_g, sum_gx = sums
         if dscale is not None:
             dscale += (inv_std * sum_gx).astype(dscale.dtype)
         if dbias is not None:
             dbias += sum_g.astype(dbias.dtype)
-    if dx is None:
-        return
-    if batch_stats:
-        count = x.shape[0] * x.shape[2]
-        slope = gain * inv_std * inv_std * sum_gx / count
-        offset = slope * mean64 - gain * sum_g / count
-        kern.batch_norm_backward_apply(dy, x, mask, gain.astype(x.dtype),
-                                       slope.astype(x.dtype), offset.astype(x.dtype), dx)
-    else:
+    if dx is not None and not batch_stats:
+        gain = inv_std if scale is None else inv_std * scale
+        zeros = np.zeros(x.shape[1], x.dtype)
         kern.batch_norm_backward_apply(dy, x, mask, gain.astype(x.dtype), zeros, zeros, dx)
 
 

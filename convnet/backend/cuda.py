@@ -194,6 +194,13 @@ def normalization_batch_norm_stats(x, mean, var):
     _lib.call("convnet_batch_norm_stats", _f(x), _f(mean), _f(var), n, c, s, None)
 
 
+def normalization_batch_norm_train_forward(x, eps, scale, bias, mean, var, y, relu=False):
+    """OUT mean, var: the batch statistics of x; y: x normalised with them (as
+    normalization_batch_norm_forward)."""
+    normalization_batch_norm_stats(x, mean, var)
+    normalization_batch_norm_forward(x, mean, var, eps, scale, bias, y, relu=relu)
+
+
 def normalization_batch_norm_update(running_mean, running_var, mean, var, fraction,
                                     var_correction):
     """INOUT running_* (C,) = fraction * running + (1 - fraction) * batch (var corrected)."""

@@ -16,8 +16,9 @@ The algorithms (kernels in ``pyx/``, dispatch in ``convnet.backend.cpu``):
   output. For a Deconvolution at stride 1 the roles swap as for im2col.
 - ``direct``: any kernel at stride 1, no GEMM (pyx/direct.pyx): register-blocked loops (6
   output channels x 16 columns of accumulators) over a zero-padded copy of the input whose
-  rows interleave the channels; backward-data is the same loop with the filters rotated,
-  backward-weight keeps 4 channels x 3 taps of accumulators.
+  rows interleave the channels; backward-data is the same loop with the filters rotated;
+  backward-weight keeps vectors of output channels x taps (16 channels x 6 taps) and runs
+  over the pixels, with dy copied channels last. An unpadded 1x1 reads x itself (no copy).
 - ``kn2row``: any kernel at stride 1 without an im2col buffer (pyx/kn2row.pyx): the input
   padded once, kh*kw GEMMs accumulating into the output computed over the padded width.
 - ``subpixel``: Deconvolution with stride > 1 and dilation 1: its forward (a transposed

@@ -147,22 +147,26 @@ class BatchNorm(Layer):
                 fail(self, f"batch statistics need more than one value per channel, got bottom "
                            f"shape {shape_str(x.shape)}; use more samples or "
                            f"use_global_stats=True", ShapeError)
-            if not self.sync:
-                mean = be.empty((x3.shape[1],), self.dtype)
-                var = be.empty((x3.shape[1],), self.dtype)
-                be.normalization_batch_norm_stats(x3, mean, var)
-            be.normalization_batch_norm_update(self.buffers["mean"], self.buffers["var"],
-                                               mean, var, self.moving_average_fraction,
-                                               count / (count - 1))
-        else:
-            # copies: backward must see the statistics this forward used
-            mean = self.buffers["mean"].copy()
-            var = self.buffers["var"].copy()
         scale, bias = (self.params[0].data, self.params[1].data) if self.affine else (None, None)
         y = be.empty(x.shape, self.dtype)
         relu = self.fused_relu is not None and self.fused_relu.negative_slope == 0
-        be.normalization_batch_norm_forward(x3, mean, var, self.eps, scale, bias,
-                                            self._as3d(y), relu=relu)
+        if batch_stats and not self.sync:
+            # the statistics and the normalisation in one pass per channel
+            mean = be.empty((x3.shape[1],), self.dtype)
+            var = be.empty((x3.shape[1],), self.dtype)
+            be.normalization_batch_norm_train_forward(x3, self.eps, scale, bias, mean, var,
+                                                      self._as3d(y), relu=relu)
+        else:
+            if not batch_stats:
+                # copies: backward must see the statistics this forward used
+                mean = self.buffers["mean"].copy()
+                var = self.buffers["var"].copy()
+            be.normalization_batch_norm_forward(x3, mean, var, self.eps, scale, bias,
+                                                self._as3d(y), relu=relu)
+        if batch_stats:
+            be.normalization_batch_norm_update(self.buffers["mean"], self.buffers["var"],
+                                               mean, var, self.moving_average_fraction,
+                                               count / (count - 1))
         # the fused ReLU recognises this exact array as already rectified
         self._fused_top = y if relu else None
         self._cache = (x3, mean, var, batch_stats, self._as3d(y) if relu else None)

@@ -351,3 +351,17 @@ def test_statistics_stay_exact_when_the_mean_dwarfs_the_spread(rng):
     expected = (x - xr.mean(1)[None, :, None, None]) / np.sqrt(
         xr.var(1)[None, :, None, None] + 1e-5)
     np.testing.assert_allclose(y, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_only_the_channels_whose_mean_dwarfs_the_spread_take_the_centred_pass(rng):
+    # channel 0 needs the second, centred pass of the statistics, channel 1 does not: each
+    # is exact in float32 (the one-pass variance of channel 0 would have lost every bit)
+    x = rng.standard_normal((4, 2, 8, 8))
+    x[:, 0] += 3e3
+    bn = BatchNorm(name="bn", dtype=np.float32)
+    y = bn.forward(x.astype(np.float32))
+    xr = x.transpose(1, 0, 2, 3).reshape(2, -1)
+    expected = (x - xr.mean(1)[None, :, None, None]) / np.sqrt(
+        xr.var(1)[None, :, None, None] + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=2e-3)
+    np.testing.assert_allclose(y[:, 1], expected[:, 1], rtol=0, atol=1e-5)
