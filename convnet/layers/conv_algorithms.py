@@ -70,42 +70,47 @@ than col2im's scatter here, so ``auto`` keeps im2col and sub-pixel is a choice.
 
 The direct loops against Winograd and im2col, each pass apart (convnet.backend.cpu with
 ``algorithm=`` forced), 3x3 pad 1, 2 threads, wall ms (median of 9), forward /
-backward-data / backward-weight, direct vs Winograd vs im2col:
+backward-data / backward-weight, direct vs Winograd vs im2col (2026-12-01, 18:58 UTC; the
+host ran about 1.3x slower than in earlier tables here, so compare within a row):
 
-- N=16, 16->16, 64x64:    2.56/2.57/3.84 vs 4.36/4.01/4.10 vs 7.19/5.33/7.66
-- N=8, 3->32, 128x128:    2.35/4.82/2.63 vs 5.49/11.2/8.48 vs 4.60/4.75/5.47
-- N=16, 3->16, 64x64:     0.77/1.09/1.06 vs 2.29/3.87/2.53 vs 2.00/1.72/1.98
-- N=16, 16->32, 32x32:    1.34/2.08/2.45 vs 2.13/2.48/2.05 vs 2.57/2.25/3.24
-- N=16, 32->16, 32x32:    1.38/1.33/2.57 vs 2.80/2.54/3.03 vs 4.23/3.18/4.14
-- N=16, 32->64, 16x16:    1.32/1.70/3.89 vs 1.79/2.01/2.03 vs 2.17/2.01/2.36
-- N=16, 64->32, 16x16:    1.57/1.20/3.92 vs 2.02/1.75/2.35 vs 3.16/2.58/3.12
-- N=16, 64->64, 8x8:      1.35/1.45/3.46 vs 1.56/1.56/1.72 vs 1.50/1.38/1.55
-- N=8, 64->64, 64x64:     18.6/18.2/40.4 vs 12.9/12.7/13.3 vs 30.6/27.2/24.8
-- N=8, 128->128, 32x32:   16.1/16.2/63.1 vs 11.0/10.6/12.2 vs 22.8/20.4/21.4
-- N=16, 16->5, 64x64:     1.50/1.31/2.99 vs 3.20/2.02/3.71 vs 6.99/5.60/7.06
-- N=8, 32->3, 128x128:    4.67/2.95/7.33 vs 11.0/5.32/10.4 vs 30.1/17.4/27.6
+- N=16, 16->16, 64x64:    3.02/2.84/3.74 vs 5.39/5.06/6.14 vs 9.72/7.30/10.2
+- N=8, 3->32, 128x128:    3.27/5.60/3.43 vs 6.96/12.8/8.92 vs 5.26/5.87/6.31
+- N=16, 3->16, 64x64:     0.90/1.09/1.04 vs 2.26/4.91/2.93 vs 1.77/1.74/2.18
+- N=16, 16->32, 32x32:    1.94/3.07/2.41 vs 2.74/4.00/3.03 vs 4.98/3.50/3.87
+- N=16, 32->16, 32x32:    1.91/2.05/2.63 vs 2.64/2.87/3.62 vs 5.74/3.56/5.29
+- N=16, 32->64, 16x16:    1.54/2.84/1.99 vs 2.59/2.27/2.05 vs 2.23/2.20/2.26
+- N=16, 64->32, 16x16:    1.66/1.32/1.72 vs 2.23/2.42/3.84 vs 5.22/2.78/4.62
+- N=16, 64->64, 8x8:      1.61/1.52/2.35 vs 2.02/2.35/2.55 vs 1.81/2.02/2.00
+- N=8, 64->64, 64x64:     19.5/18.7/26.9 vs 17.5/14.7/15.0 vs 33.5/32.6/33.4
+- N=8, 128->128, 32x32:   16.9/17.1/32.7 vs 14.6/12.6/14.0 vs 25.2/25.6/25.5
+- N=16, 16->5, 64x64:     1.76/1.17/3.97 vs 4.38/3.03/3.99 vs 11.1/5.49/12.1
+- N=8, 32->3, 128x128:    5.31/2.35/11.4 vs 16.1/7.47/12.9 vs 33.5/23.2/28.4
 
-Other kernels, direct vs im2col, same units (Winograd does not apply):
+Other kernels, direct vs im2col, same units (Winograd does not apply; 1x1 without padding):
 
-- N=16, 16->16, 64x64, 5x5:   6.07/7.20/12.6 vs 21.3/15.8/26.7
-- N=16, 32->32, 32x32, 5x5:   8.13/7.71/18.7 vs 14.3/11.3/15.6
-- N=8, 16->16, 64x64, 7x7:    6.81/6.96/14.3 vs 23.9/16.7/18.8
-- N=8, 32->32, 64x64, 1x5:    3.02/3.18/6.52 vs 5.72/4.90/6.97
-- N=8, 16->16, 64x64, 2x2:    1.07/0.78/3.84 vs 1.87/1.50/2.77
-- N=8, 64->64, 32x32, 5x5:    12.3/16.9/42.2 vs 20.9/17.3/20.0
-- N=16, 16->5, 64x64, 1x1:    1.08/0.92/1.54 vs 0.93/0.60/1.05
+- N=16, 16->16, 64x64, 5x5:   7.86/7.63/9.68 vs 36.9/18.8/29.2
+- N=16, 32->32, 32x32, 5x5:   7.95/8.12/9.70 vs 14.7/14.2/17.0
+- N=8, 16->16, 64x64, 7x7:    8.55/7.04/7.63 vs 22.7/17.6/26.7
+- N=8, 32->32, 64x64, 1x5:    4.38/4.31/4.71 vs 6.24/6.56/9.07
+- N=8, 16->16, 64x64, 2x2:    1.81/1.76/1.35 vs 2.23/1.63/2.12
+- N=8, 64->64, 32x32, 5x5:    14.7/17.0/19.7 vs 22.9/23.3/20.6
+- N=16, 16->5, 64x64, 1x1:    0.32/0.33/1.02 vs 1.48/0.47/0.89
+- N=16, 32->32, 32x32, 1x1:   0.62/0.72/0.68 vs 0.71/0.69/1.15
+- N=16, 64->64, 16x16, 1x1:   0.48/0.62/1.44 vs 0.73/0.61/1.13
+- N=8, 64->32, 64x64, 1x1:    2.76/2.71/3.06 vs 2.36/2.47/2.65
+- N=8, 256->64, 32x32, 1x1:   5.65/3.58/2.91 vs 3.83/2.82/3.54
 
-so ``auto`` picks the direct loops, for any filter but 1x1, with at most
-``DIRECT_MAX_CHANNELS`` channels per group on both sides (for 3x3 filters
-``DIRECT_MAX_CHANNELS_SMALL`` in the forward and backward-data of outputs of at most
-``DIRECT_SMALL_OUTPUT`` pixels per image): in the forward; in the backward-data when it
-writes at least ``DIRECT_MIN_OUTPUTS`` channels (3 leave its register block half empty); in
-the backward-weight of 3x3 filters on outputs at least ``DIRECT_MIN_WEIGHT_WIDTH`` columns
-wide (its loop runs along the rows, 16- and 32-column rows leave too few vectors, and other
-widths of filter fill its 3-tap register block less well). Beyond that the GEMMs of
-Winograd and im2col win: they do 4x fewer multiplications (Winograd) or run at sgemm's rate;
-a 1x1 filter is a GEMM of the image itself. The three passes of a layer may differ
-(``algorithm_used`` then names all three).
+The weight gradient's loop over pixels (vectors of output channels, one broadcast per tap)
+replaced a loop along the rows (4 channels x 3 taps, vectors of columns) that ran 3.84 /
+2.45 / 3.89 ms on the first, fourth and sixth rows above in an earlier table and lost to
+Winograd below 48 columns. So ``auto`` picks the direct loops, in every pass, for any filter
+with at most ``DIRECT_MAX_CHANNELS`` channels per group on both sides (for 3x3 filters
+``DIRECT_MAX_CHANNELS_SMALL`` on outputs of at most ``DIRECT_SMALL_OUTPUT`` pixels per
+image; a 1x1 only without padding, where it reads x itself), except a backward-data that
+writes fewer than ``DIRECT_MIN_OUTPUTS`` channels (3 leave its register block half empty).
+Beyond that the GEMMs of Winograd and im2col win: they do 4x fewer multiplications
+(Winograd) or run at sgemm's rate (a wide 1x1 is one GEMM of the image itself). The three
+passes of a layer may differ (``algorithm_used`` then names all three).
 
 kn2row against im2col, same machine and units (PyTorch forward / backward beside):
 
@@ -228,7 +233,7 @@ def _direct_preferred(layer, shape, conv_pass):
                for a in range(2)]
     channels = max(conv_in, conv_out) // layer.group
     small = three and out[0] * out[1] <= DIRECT_SMALL_OUTPUT
-    if channels > (DIRECT_MAX_CHANNELS_SMALL if small or pointwise else DIRECT_MAX_CHANNELS):
+    if channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
         return False
     # a backward-data is a conv of conv_out channels into conv_in
     return conv_pass != "backward_data" or conv_in // layer.group >= DIRECT_MIN_OUTPUTS

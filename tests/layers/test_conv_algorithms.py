@@ -368,11 +368,11 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     # other filters, every pass; stride 2 does not apply
     assert _auto(Convolution(16, 5, pad=2), (2, 16, 64, 64)) == "direct"
     assert _auto(Convolution(16, (1, 5), pad=(0, 2)), (2, 16, 64, 64)) == "direct"
-    # a 1x1 reads x itself up to DIRECT_MAX_CHANNELS_SMALL channels (the default network's
+    # a 1x1 reads x itself up to DIRECT_MAX_CHANNELS channels (the default network's
     # scores), wider ones are one good GEMM; padded, it would copy bands
     assert _auto(Convolution(5, 1), (16, 16, 64, 64)) == "direct"
-    assert _auto(Convolution(small, 1), (2, small, 64, 64)) == "direct"
-    assert _auto(Convolution(2 * small, 1), (2, 4 * small, 32, 32)) == "im2col"
+    assert _auto(Convolution(top, 1), (2, top, 64, 64)) == "direct"
+    assert _auto(Convolution(2 * top, 1), (2, top, 16, 16)) == "im2col"
     assert _auto(Convolution(16, 1, pad=1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(16, 3, stride=2, pad=1), (2, 16, 64, 64)) == "im2col"
     assert _auto(Convolution(WIDE, 5, pad=2), (2, WIDE, 16, 16)) == "im2col"
