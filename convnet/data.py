@@ -21,7 +21,6 @@ Every dataset returns ``ds[i] -> (image, label)``: image float32 (3, H, W) scale
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -122,11 +121,7 @@ class SyntheticShapes:
         self.num_images = _check_int(num_images, "num_images", self, 1)
         self.size = _check_int(size, "size", self, 16)
         self.seed = _check_int(seed, "seed", self, 0)
-        # chunks draw from their own random streams, so threads render them in any order
-        # (NumPy's array operations release the GIL: the 2000 images took 2.1 s on one core)
-        count = -(-self.num_images // _CHUNK)
-        with ThreadPoolExecutor(min(count, _workers(None))) as pool:
-            chunks = list(pool.map(self._render_chunk, range(count)))
+        chunks = [self._render_chunk(c) for c in range(-(-self.num_images // _CHUNK))]
         self.images = np.concatenate([c[0] for c in chunks])[:self.num_images]
         # uint8 labels keep the cached dataset small; items and batches are int64
         self.labels = np.concatenate([c[1] for c in chunks])[:self.num_images]
@@ -349,6 +344,7 @@ def scan_masks(owner, pairs, num_classes=None, label_map=None, workers=None,
     mask modes, each image's size, one error per problem (unreadable file, mask mode that is
     not class indices, image/mask size mismatch, value outside ``num_classes`` that is not
     ``ignore_label``) and warnings (0/255 binary masks, class ids missing below the largest)."""
+    from concurrent.futures import ThreadPoolExecutor
     lut = _label_lut(label_map, owner)
     report = MaskReport()
     with ThreadPoolExecutor(_workers(workers)) as pool:
@@ -930,6 +926,7 @@ class SegmentationLoader:
         return self.transform(rgb, mask, np.random.default_rng([self.seed, batch, k]))
 
     def _submit(self):
+        from concurrent.futures import ThreadPoolExecutor
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="convnet-data")
         state = self._order_state()
