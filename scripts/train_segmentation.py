@@ -9,7 +9,7 @@ backgrounds, 2000 training images),
 evaluates it on the 200 validation images every --val-every iterations and at the end, and
 ends with a line
 
-    val mIoU=0.871 pixel_acc=0.977
+    val mIoU=0.869 pixel_acc=0.976
 
 Output (``--out``, default runs/segmentation): ``weights.npz`` (Net.save; scripts/segment.py
 reads it), ``best.npz`` (the weights of the best validation mIoU so far), ``snapshot.npz``
@@ -61,11 +61,10 @@ from convnet.metrics import SegmentationScore
 from convnet.models import MODELS, build
 from convnet.transforms import Augment, crop_back, pad_to_multiple
 
-# The default run, measured on the 2-core AMD EPYC dev machine (2026-12-01, the direct
-# convolutions in): 1700 iterations, val mIoU 0.871 in 2:09 wall (seed 0) and 0.877 in 2:22
-# (seed 1, the host slower then); 2000 iterations gave 0.882 in 2:22 and 1500 gave 0.862 /
-# 0.853 (seeds 0 / 1) in an earlier measurement, too near 0.85. Results are identical at 1
-# and 2 threads.
+# The default run, measured on the 2-core AMD EPYC dev machine (2026-12-01): 1500 iterations
+# (since the direct weight gradient and the fused BatchNorm passes went in), val mIoU 0.869
+# in 2:02 wall (seed 0) and 0.860 (seed 1); 1700 gave 0.871 / 0.877 and 2000 0.882, 1400
+# with lr 0.004 only 0.849 (seed 1). Results are identical at 1 and 2 threads.
 DEFAULTS = dict(iters=1500, batch_size=16, width=16, levels=3)
 #: the largest --batch-size (a batch past it cannot be held in memory at the default sizes)
 MAX_BATCH_SIZE = 2 ** 16
