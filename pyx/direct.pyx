@@ -18,12 +18,16 @@ weight gradient keeps vectors of output channels x taps (2 x 6: 16 channels x 6 
   channels last: a pixel's dy is a vector over output channels, each tap's input one
   broadcast, so the loop runs over the band's pixels whatever the row width (the loop along
   rows that it replaced ran at 45-60 GFLOP/s on one core of the AMD EPYC at 16 channels,
-  64x64, and worse on narrower rows; this one at 70-90, also at 16x16 and 8x8).
+  64x64, and worse on narrower rows; this one at 70-90, and 55-80 at 16x16 and 8x8).
+- ``direct_pointwise_forward``: an unpadded 1x1 straight from x (each input is read once,
+  so a band copy would only add traffic); the weight gradient of any unpadded filter reads
+  x in place too.
 
 Work: the forward's tasks run in a dynamic schedule, each output row written by one thread;
-the weight gradient gives each thread a fixed range of items (group, block of output
-channels, block of taps) and sums every item over the images and bands in order: both
-results are bit-identical for any thread count.
+the weight gradient splits the images into two classes (n % 2) and its items (group, block
+of output channels, block of taps) into fixed ranges, sums every item over its class's
+images and bands in order, then adds the classes in order: both results are bit-identical
+for any thread count.
 """
 
 import numpy as np
@@ -207,8 +211,12 @@ def direct_pointwise_forward(const floating[:, :, ::1] x,    # IN  (N, C, P)
     cdef int kb
     if tasks == 0 or cg == 0:
         return
-    if tails.shape[1] < cg * POINT_STEP:
+    if tails.shape[0] < threads or tails.shape[1] < cg * POINT_STEP:
         raise ValueError("direct_pointwise_forward: tails is too small")
+    if y.shape[0] != N or y.shape[2] != P or w.shape[0] < group * blocks or w.shape[1] < cg \
+            or w.shape[2] < DIRECT_KB or bias.shape[0] < group * blocks \
+            or bias.shape[1] < DIRECT_KB:
+        raise ValueError("direct_pointwise_forward: x, w, bias and y do not match")
     with nogil:
         for task in prange(tasks, schedule='dynamic', num_threads=threads):
             p0 = (task % chunks) * POINT_CHUNK
@@ -266,8 +274,8 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
                            floating[:, ::1] bands,            # SCRATCH (threads, band_size)
                            floating[:, ::1] dy_bands,         # SCRATCH (threads, band * WO * group * mgp)
                            floating[:, :, :, ::1] dweight,    # INOUT (M, Cg, kh, kw) +=
-                           int dh, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp, int group,
-                           Py_ssize_t band, int nv, Py_ssize_t mgp, bint in_place,
+                           int dh, int dw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp,
+                           int group, Py_ssize_t band, int nv, Py_ssize_t mgp, bint in_place,
                            int threads):
     """dweight[m, c, ky, kx] += sum_{n, oy, ox} dy[n, m, oy, ox] x[n, c, oy + ky*dh - ph,
     ox + kx*dw - pw] (zero outside x). An item is (group, block of ``nv`` vectors of output
@@ -305,6 +313,13 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
     if acc.shape[0] < classes * items or acc.shape[1] < DIRECT_WREGS * lanes:
         raise ValueError("direct_backward_weight: acc is too small")
     band = max(band, 1)
+    if dy_bands.shape[0] < threads or dy_bands.shape[1] < min(band, HO) * WO * mp or (
+            not in_place and (bands.shape[0] < threads or bands.shape[1] <
+                              (min(band, HO) + (kh - 1) * dh) * C * wp)):
+        raise ValueError("direct_backward_weight: the band scratch is too small")
+    if in_place and (ph != 0 or pw != 0 or HO + (kh - 1) * dh > H
+                     or WO + (kw - 1) * dw > W):
+        raise ValueError("direct_backward_weight: in_place needs an unpadded convolution")
     memset(&acc[0, 0], 0, classes * items * acc.shape[1] * sizeof(floating))
     with nogil:
         for task in prange(classes * chunks, schedule='static', chunksize=1,

@@ -64,6 +64,10 @@ cdef inline void _grad_sums(const floating* dy, const floating* x, const floatin
         bn_grad_sums_d(dy, x, top, count, mean, s, q)
 
 
+cdef inline bint _same_shape(const floating[:, :, ::1] a, const floating[:, :, ::1] b):
+    return a.shape[0] == b.shape[0] and a.shape[1] == b.shape[1] and a.shape[2] == b.shape[2]
+
+
 cdef inline void _apply_channel(const floating[:, :, ::1] x, Py_ssize_t c, floating mc,
                                 floating ac, floating bc, floating[:, :, ::1] y,
                                 bint relu) noexcept nogil:
@@ -195,6 +199,8 @@ def batch_norm_train_forward(const floating[:, :, ::1] x,    # IN  (N, C, S)
     if scale.shape[0] not in (0, C) or bias.shape[0] not in (0, C) or mean.shape[0] != C \
             or var.shape[0] != C:
         raise ValueError("batch_norm_train_forward: per-channel arrays do not match C")
+    if y.shape[0] != N or y.shape[1] != C or y.shape[2] != S:
+        raise ValueError("batch_norm_train_forward: y's shape is not x's")
     with nogil:
         for c in prange(C, schedule='static', num_threads=threads_for(N * C * S)):
             s = 0
@@ -247,6 +253,8 @@ def batch_norm_train_backward(const floating[:, :, ::1] dy,   # IN  (N, C, S)
     if scale.shape[0] not in (0, C) or mean.shape[0] != C or var.shape[0] != C \
             or sums.shape[0] != 2 or sums.shape[1] != C:
         raise ValueError("batch_norm_train_backward: per-channel arrays do not match C")
+    if not _same_shape(dy, x) or not _same_shape(dx, x) or (masked and not _same_shape(top, x)):
+        raise ValueError("batch_norm_train_backward: dy, dx and top must have x's shape")
     with nogil:
         for c in prange(C, schedule='static', num_threads=threads_for(N * C * S)):
             mean64 = mean[c]

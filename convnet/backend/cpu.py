@@ -959,7 +959,8 @@ def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
                           x.dtype)
     dy_bands = _conv_scratch(workspace, "dy_band", threads, band * wo * group * mgp, x.dtype)
     dk.direct_backward_weight(x, dy, offsets, acc, bands, dy_bands, dweight, dilation[0],
-                              pad[0], pad[1], wp, group, band, nv, mgp, in_place, threads)
+                              dilation[1], pad[0], pad[1], wp, group, band, nv, mgp, in_place,
+                              threads)
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

@@ -455,3 +455,28 @@ def test_auto_plans_with_different_passes_match_the_naive_loops(kind, rng):
 def test_the_direct_rule_sizes_bands_as_the_kernels_do():
     from convnet._cpu import direct
     assert conv_algorithms._DIRECT_TASK_ROWS == direct.TASK_ROWS
+
+
+def test_the_direct_kernels_refuse_scratch_too_small_instead_of_overrunning():
+    from convnet._cpu import direct
+    from convnet.backend import cpu
+    x = np.ones((2, 4, 5, 6), np.float32)
+    dy = np.ones((2, 8, 5, 6), np.float32)
+    dweight = np.zeros((8, 4, 1, 1), np.float32)
+    w = cpu._direct_filters(np.ones((8, 4, 1, 1), np.float32), 1, False)
+    b = cpu._direct_bias(None, 8, 1, np.float32)
+    y = np.empty((2, 8, 30), np.float32)
+    with pytest.raises(ValueError, match="tails is too small"):
+        direct.direct_pointwise_forward(x.reshape(2, 4, 30), w, b, y,
+                                        np.empty((1, 4 * direct.POINT_TAIL - 1), np.float32), 1, 1)
+    nv, taps, mgp, lanes = direct.weight_blocking(8, False)
+    offsets = direct.weight_offsets(4, 1, 1, 1, 1, 1, 30, 6, taps)
+    acc = np.empty((2 * 2, nv * taps * lanes), np.float32)
+    with pytest.raises(ValueError, match="band scratch is too small"):
+        direct.direct_backward_weight(x, dy, offsets, acc, np.empty((1, 0), np.float32),
+                                      np.empty((1, 5 * 6 * mgp - 1), np.float32), dweight,
+                                      1, 1, 0, 0, 6, 1, 5, nv, mgp, True, 1)
+    with pytest.raises(ValueError, match="needs an unpadded convolution"):
+        direct.direct_backward_weight(x, dy, offsets, acc, np.empty((1, 0), np.float32),
+                                      np.empty((1, 5 * 6 * mgp), np.float32), dweight,
+                                      1, 1, 1, 0, 6, 1, 5, nv, mgp, True, 1)

@@ -365,3 +365,18 @@ def test_only_the_channels_whose_mean_dwarfs_the_spread_take_the_centred_pass(rn
         xr.var(1)[None, :, None, None] + 1e-5)
     np.testing.assert_allclose(y, expected, rtol=0, atol=2e-3)
     np.testing.assert_allclose(y[:, 1], expected[:, 1], rtol=0, atol=1e-5)
+
+
+def test_the_fused_train_kernels_refuse_arrays_that_do_not_match():
+    from convnet._cpu import normalization as kernels
+    x = np.ones((2, 3, 4), np.float32)
+    c = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="y's shape"):
+        kernels.batch_norm_train_forward(x, c, c, 1e-5, c.copy(), c.copy(),
+                                         np.empty((2, 3, 3), np.float32), False)
+    with pytest.raises(ValueError, match="per-channel"):
+        kernels.batch_norm_train_forward(x, c[:2], c, 1e-5, c.copy(), c.copy(),
+                                         np.empty_like(x), False)
+    with pytest.raises(ValueError, match="x's shape"):
+        kernels.batch_norm_train_backward(x, x, np.empty((0, 0, 0), np.float32), c, c, c, 1e-5,
+                                          np.empty((2, 3)), np.empty((2, 3, 5), np.float32))
