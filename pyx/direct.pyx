@@ -191,7 +191,7 @@ def direct_forward(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
 
 
 def direct_pointwise_forward(const floating[:, :, ::1] x,    # IN  (N, C, P)
-                             const floating[:, :, ::1] w,    # IN  packed (group * blocks, Cg, BLOCK)
+                             const floating[:, :, ::1] w,    # IN  packed (group*blocks, Cg, BLOCK)
                              const floating[:, ::1] bias,    # IN  (group * blocks, BLOCK)
                              floating[:, :, ::1] y,          # OUT (N, M, P)
                              floating[:, ::1] tails,         # SCRATCH (threads, Cg * POINT_STEP)
@@ -270,9 +270,9 @@ cdef void _fill_dy_band(const floating* dy,   # IN  (M, P) one image
 def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W)
                            const floating[:, :, :, ::1] dy,   # IN    (N, M, HO, WO)
                            const Py_ssize_t[:, ::1] offsets,  # IN    (group, tap blocks * taps)
-                           floating[:, ::1] acc,              # SCRATCH (classes * items, >= nv * taps * lanes)
+                           floating[:, ::1] acc,              # SCRATCH (classes*items, nv*taps*lanes)
                            floating[:, ::1] bands,            # SCRATCH (threads, band_size)
-                           floating[:, ::1] dy_bands,         # SCRATCH (threads, band * WO * group * mgp)
+                           floating[:, ::1] dy_bands,         # SCRATCH (threads, band*WO*group*mgp)
                            floating[:, :, :, ::1] dweight,    # INOUT (M, Cg, kh, kw) +=
                            int dh, int dw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp,
                            int group, Py_ssize_t band, int nv, Py_ssize_t mgp, bint in_place,
@@ -284,10 +284,10 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
     ``band`` output rows, a thread copies the band's input rows (zero-padded, ``wp`` wide)
     and its dy (channels last, each group's ``mgp`` channels zero-padded) into its scratch,
     then runs its items over them; ``in_place`` (no padding: every tap reads inside x)
-    reads x itself instead of a band (``offsets`` then in x's own layout). The images split into weight_classes(N) classes
-    (n % classes) and the items into ranges, run in parallel; each item sums its class's
-    images and bands in order, and dweight adds the classes in order: the result is the
-    same for any thread count."""
+    reads x itself instead of a band (``offsets`` then in x's own layout). The images split
+    into weight_classes(N) classes (n % classes) and the items into ranges, run in parallel;
+    each item sums its class's images and bands in order, and dweight adds the classes in
+    order: the result is the same for any thread count."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t M = dy.shape[1], HO = dy.shape[2], WO = dy.shape[3]
     cdef Py_ssize_t cg = C // group, mg = M // group

@@ -230,12 +230,12 @@ def batch_norm_train_forward(const floating[:, :, ::1] x,    # IN  (N, C, S)
 
 def batch_norm_train_backward(const floating[:, :, ::1] dy,   # IN  (N, C, S)
                               const floating[:, :, ::1] x,    # IN  (N, C, S)
-                              const floating[:, :, ::1] top,  # IN  (N, C, S) ReLU output, or (0,0,0)
+                              const floating[:, :, ::1] top,  # IN  (N, C, S) ReLU output or (0,0,0)
                               const floating[::1] mean,       # IN  (C,) the forward's batch mean
                               const floating[::1] var,        # IN  (C,) and variance
                               const floating[::1] scale,      # IN  (C,), or (0,) for none
                               double eps,
-                              double[:, ::1] sums,            # OUT (2, C): sum(g), sum(g (x - mean))
+                              double[:, ::1] sums,            # OUT (2, C): sum g, sum g (x - mean)
                               floating[:, :, ::1] dx):        # OUT (N, C, S), may be dy
     """The batch-statistics backward in one pass per channel: batch_norm_grad_sums, the
     per-channel terms, then batch_norm_backward_apply while the channel is in the caches
