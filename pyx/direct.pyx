@@ -146,8 +146,44 @@ cdef inline void _forward_row(const floating* x, Py_ssize_t plane, Py_ssize_t st
                              wo)
 
 
+cdef void _forward_task(const floating[:, :, :, ::1] x, const floating[:, :, ::1] w,
+                        const floating[:, ::1] bias, floating[:, :, :, ::1] y,
+                        floating* band, Py_ssize_t task, int kh, int kw, int dh, int dw,
+                        Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp,
+                        int group) noexcept nogil:
+    # task (image, group, chunk of ROW_CHUNK output rows) of direct_forward, in ``band``
+    cdef Py_ssize_t H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t HO = y.shape[2], WO = y.shape[3]
+    cdef Py_ssize_t cg = x.shape[1] // group, mg = y.shape[1] // group
+    cdef Py_ssize_t blocks = (mg + DIRECT_KB - 1) // DIRECT_KB
+    cdef Py_ssize_t chunks = (HO + ROW_CHUNK - 1) // ROW_CHUNK
+    cdef Py_ssize_t chunk = task % chunks
+    cdef Py_ssize_t g = (task // chunks) % group
+    cdef Py_ssize_t n = task // chunks // group
+    cdef Py_ssize_t oy0 = chunk * ROW_CHUNK
+    cdef Py_ssize_t count = min(<Py_ssize_t> ROW_CHUNK, HO - oy0)
+    cdef Py_ssize_t b, k0, oy
+    cdef int kb
+    _fill_band(&x[n, 0, 0, 0], H, W, g * cg, cg, oy0 - ph, pw, count + (kh - 1) * dh, wp, band)
+    for b in range(blocks):
+        k0 = g * mg + b * DIRECT_KB
+        kb = <int> min(<Py_ssize_t> DIRECT_KB, mg - b * DIRECT_KB)
+        for oy in range(oy0, oy0 + count):
+            _forward_row(band + (oy - oy0) * cg * wp, wp, cg * wp, &w[g * blocks + b, 0, 0],
+                         &bias[g * blocks + b, 0], &y[n, k0, oy, 0], HO * WO, kb, <int> cg,
+                         kh, kw, dh, dw, <int> WO)
+
+
+cdef Py_ssize_t _forward_tasks(const floating[:, :, :, ::1] x, floating[:, :, :, ::1] y,
+                               int group):
+    # the number of direct_forward's tasks (0: nothing to do)
+    if y.shape[3] == 0 or x.shape[1] // group == 0:
+        return 0
+    return x.shape[0] * group * ((y.shape[2] + ROW_CHUNK - 1) // ROW_CHUNK)
+
+
 def direct_forward(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
-                   const floating[:, :, ::1] w,       # IN  packed (group * blocks, Cg*kh*kw, BLOCK)
+                   const floating[:, :, ::1] w,       # IN  packed (group*blocks, Cg*kh*kw, BLOCK)
                    const floating[:, ::1] bias,       # IN  (group * blocks, BLOCK)
                    floating[:, :, :, ::1] y,          # OUT (N, M, HO, WO)
                    floating[:, ::1] bands,            # SCRATCH (threads, band_size)
@@ -158,36 +194,14 @@ def direct_forward(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
     image and group, in a dynamic schedule: each copies its input rows, zero-padded and
     ``wp`` (row_width) wide, into its thread's band (so the rows come from the caches, not
     from a padded copy of the whole batch), then runs every channel block over them."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t M = y.shape[1], HO = y.shape[2], WO = y.shape[3]
-    cdef Py_ssize_t cg = C // group, mg = M // group
-    cdef Py_ssize_t blocks = (mg + DIRECT_KB - 1) // DIRECT_KB
-    cdef Py_ssize_t chunks = (HO + ROW_CHUNK - 1) // ROW_CHUNK
-    cdef Py_ssize_t tasks = N * group * chunks
-    cdef Py_ssize_t task, t, chunk, g, n, oy0, count, b, k0, oy
-    cdef floating* band
-    cdef int kb
-    if tasks == 0 or WO == 0 or cg == 0:
+    cdef Py_ssize_t tasks = _forward_tasks(x, y, group)
+    cdef Py_ssize_t task
+    if tasks == 0:
         return
     with nogil:
         for task in prange(tasks, schedule='dynamic', num_threads=threads):
-            chunk = task % chunks
-            t = task // chunks
-            g = t % group
-            n = t // group
-            oy0 = chunk * ROW_CHUNK
-            count = min(<Py_ssize_t> ROW_CHUNK, HO - oy0)
-            band = &bands[omp_get_thread_num(), 0]
-            _fill_band(&x[n, 0, 0, 0], H, W, g * cg, cg, oy0 - ph, pw,
-                       count + (kh - 1) * dh, wp, band)
-            for b in range(blocks):
-                k0 = g * mg + b * DIRECT_KB
-                kb = <int> min(<Py_ssize_t> DIRECT_KB, mg - b * DIRECT_KB)
-                for oy in range(oy0, oy0 + count):
-                    _forward_row(band + (oy - oy0) * cg * wp, wp, cg * wp,
-                                 &w[g * blocks + b, 0, 0], &bias[g * blocks + b, 0],
-                                 &y[n, k0, oy, 0], HO * WO, kb, <int> cg, kh, kw, dh, dw,
-                                 <int> WO)
+            _forward_task(x, w, bias, y, &bands[omp_get_thread_num(), 0], task, kh, kw, dh, dw,
+                          ph, pw, wp, group)
 
 
 def direct_pointwise_forward(const floating[:, :, ::1] x,    # IN  (N, C, P)
@@ -267,6 +281,124 @@ cdef void _fill_dy_band(const floating* dy,   # IN  (M, P) one image
                                dyt + g * mgp, group * mgp)
 
 
+cdef struct WeightPlan:
+    # direct_backward_weight's work split: tasks (classes x chunks of its items), the
+    # register block (nv vectors x tb taps), the bands and the rows x reads them from
+    Py_ssize_t classes, chunks, items, tb, taps, tap_blocks, mblocks, mp, lanes, band, xstride
+    Py_ssize_t kh_extra                 # input rows a band needs past its output rows
+    int nv
+    bint in_place
+
+
+cdef WeightPlan _weight_plan(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                             const Py_ssize_t[:, ::1] offsets, floating[:, ::1] acc,
+                             floating[:, ::1] bands, floating[:, ::1] dy_bands,
+                             floating[:, :, :, ::1] dweight, int dh, int dw, Py_ssize_t ph,
+                             Py_ssize_t pw, Py_ssize_t wp, int group, Py_ssize_t band, int nv,
+                             Py_ssize_t mgp, bint in_place, int threads) except *:
+    # direct_backward_weight's work split, after checking every array against it
+    cdef WeightPlan p
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t HO = dy.shape[2], WO = dy.shape[3]
+    cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
+    p.nv = nv
+    p.in_place = in_place
+    p.lanes = DIRECT_LANES_D if floating is double else DIRECT_LANES_F
+    p.tb = DIRECT_WREGS // nv
+    p.taps = (C // group) * kh * kw
+    p.tap_blocks = (p.taps + p.tb - 1) // p.tb
+    p.mblocks = mgp // (nv * p.lanes)
+    p.items = group * p.mblocks * p.tap_blocks
+    p.mp = group * mgp
+    p.classes = weight_classes(N)
+    p.chunks = max(threads // p.classes, 1)
+    p.band = max(band, 1)
+    p.xstride = W if in_place else C * wp
+    p.kh_extra = (kh - 1) * dh
+    if N == 0 or p.items == 0 or HO * WO == 0:
+        p.items = 0
+        return p
+    if offsets.shape[0] != group or offsets.shape[1] < p.tap_blocks * p.tb:
+        raise ValueError("direct_backward_weight: offsets do not match the taps")
+    if acc.shape[0] < p.classes * p.items or acc.shape[1] < DIRECT_WREGS * p.lanes:
+        raise ValueError("direct_backward_weight: acc is too small")
+    if dy_bands.shape[0] < threads or dy_bands.shape[1] < min(p.band, HO) * WO * p.mp or (
+            not in_place and (bands.shape[0] < threads or bands.shape[1] <
+                              (min(p.band, HO) + (kh - 1) * dh) * C * wp)):
+        raise ValueError("direct_backward_weight: the band scratch is too small")
+    if in_place and (ph != 0 or pw != 0 or HO + (kh - 1) * dh > H
+                     or WO + (kw - 1) * dw > W):
+        raise ValueError("direct_backward_weight: in_place needs an unpadded convolution")
+    return p
+
+
+cdef void _weight_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                       const Py_ssize_t[:, ::1] offsets, floating[:, ::1] acc,
+                       floating* band_scratch, floating* dyt, Py_ssize_t task,
+                       const WeightPlan* p, int dh, Py_ssize_t ph, Py_ssize_t pw,
+                       Py_ssize_t wp, int group, Py_ssize_t mgp) noexcept nogil:
+    # task (class, range of items) of direct_backward_weight: the class's images in order
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t HO = dy.shape[2], WO = dy.shape[3]
+    cdef Py_ssize_t cls = task // p.chunks
+    cdef Py_ssize_t chunk = task % p.chunks
+    cdef Py_ssize_t lo = chunk * p.items // p.chunks
+    cdef Py_ssize_t hi = (chunk + 1) * p.items // p.chunks
+    cdef Py_ssize_t mg = dy.shape[1] // group
+    cdef Py_ssize_t i, n, bi, y0, rows, it, t, g, mb
+    cdef const floating* rowband
+    for i in range((N - cls + p.classes - 1) // p.classes):
+        n = cls + i * p.classes
+        for bi in range((HO + p.band - 1) // p.band):
+            y0 = bi * p.band
+            rows = min(p.band, HO - y0)
+            if p.in_place:
+                rowband = &x[n, 0, y0, 0]
+            else:
+                rowband = band_scratch
+                _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - ph, pw, rows + p.kh_extra, wp,
+                           band_scratch)
+            _fill_dy_band(&dy[n, 0, 0, 0], HO * WO, y0 * WO, rows * WO, group, mg, mgp, dyt)
+            for it in range(lo, hi):
+                t = it // p.tap_blocks
+                g = t // p.mblocks
+                mb = t % p.mblocks
+                if floating is float:
+                    direct_weight_band_f(rowband, p.xstride,
+                                         &offsets[g, (it % p.tap_blocks) * p.tb],
+                                         dyt + g * mgp + mb * p.nv * p.lanes, p.mp, p.nv,
+                                         <int> rows, <int> WO, &acc[cls * p.items + it, 0])
+                else:
+                    direct_weight_band_d(rowband, p.xstride,
+                                         &offsets[g, (it % p.tap_blocks) * p.tb],
+                                         dyt + g * mgp + mb * p.nv * p.lanes, p.mp, p.nv,
+                                         <int> rows, <int> WO, &acc[cls * p.items + it, 0])
+
+cdef void _weight_reduce(floating[:, ::1] acc, floating[:, :, :, ::1] dweight,
+                         const WeightPlan* p, int group) noexcept nogil:
+    # dweight += the classes' sums, in class order; accumulator (r, v) of an item holds
+    # output channels v * lanes + 0..lanes-1 of its tap r
+    cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
+    cdef Py_ssize_t mg = dweight.shape[0] // group
+    cdef Py_ssize_t it, t, g, mb, r, tap, ci, v, lane, m, cls
+    for it in range(p.items):
+        t = it // p.tap_blocks
+        g = t // p.mblocks
+        mb = t % p.mblocks
+        for r in range(p.tb):
+            tap = (it % p.tap_blocks) * p.tb + r
+            if tap >= p.taps:
+                break
+            ci = tap // (kh * kw)
+            for v in range(p.nv):
+                for lane in range(p.lanes):
+                    m = (mb * p.nv + v) * p.lanes + lane
+                    if m < mg:
+                        for cls in range(p.classes):
+                            dweight[g * mg + m, ci, (tap // kw) % kh, tap % kw] += \
+                                acc[cls * p.items + it, (r * p.nv + v) * p.lanes + lane]
+
+
 def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W)
                            const floating[:, :, :, ::1] dy,   # IN    (N, M, HO, WO)
                            const Py_ssize_t[:, ::1] offsets,  # IN    (group, tap blocks * taps)
@@ -288,91 +420,66 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
     into weight_classes(N) classes (n % classes) and the items into ranges, run in parallel;
     each item sums its class's images and bands in order, and dweight adds the classes in
     order: the result is the same for any thread count."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t M = dy.shape[1], HO = dy.shape[2], WO = dy.shape[3]
-    cdef Py_ssize_t cg = C // group, mg = M // group
-    cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
-    cdef Py_ssize_t lanes = DIRECT_LANES_D if floating is double else DIRECT_LANES_F
-    cdef Py_ssize_t tb = DIRECT_WREGS // nv
-    cdef Py_ssize_t taps = cg * kh * kw
-    cdef Py_ssize_t tap_blocks = (taps + tb - 1) // tb
-    cdef Py_ssize_t mblocks = mgp // (nv * lanes)
-    cdef Py_ssize_t items = group * mblocks * tap_blocks
-    cdef Py_ssize_t mp = group * mgp
-    cdef Py_ssize_t classes = weight_classes(N)
-    cdef Py_ssize_t chunks = max(threads // classes, 1)
-    cdef Py_ssize_t task, cls, chunk, lo, hi, n, bi, y0, rows, it, t, tap, g, mb, v, lane, m
-    cdef Py_ssize_t ci, r, i
-    cdef Py_ssize_t xstride = W if in_place else C * wp
-    cdef const floating* rowband
-    cdef floating* dyt
-    if N == 0 or items == 0 or HO * WO == 0:
+    cdef WeightPlan p = _weight_plan(x, dy, offsets, acc, bands, dy_bands, dweight, dh, dw, ph,
+                                     pw, wp, group, band, nv, mgp, in_place, threads)
+    cdef Py_ssize_t task
+    if p.items == 0:
         return
-    if offsets.shape[0] != group or offsets.shape[1] < tap_blocks * tb:
-        raise ValueError("direct_backward_weight: offsets do not match the taps")
-    if acc.shape[0] < classes * items or acc.shape[1] < DIRECT_WREGS * lanes:
-        raise ValueError("direct_backward_weight: acc is too small")
-    band = max(band, 1)
-    if dy_bands.shape[0] < threads or dy_bands.shape[1] < min(band, HO) * WO * mp or (
-            not in_place and (bands.shape[0] < threads or bands.shape[1] <
-                              (min(band, HO) + (kh - 1) * dh) * C * wp)):
-        raise ValueError("direct_backward_weight: the band scratch is too small")
-    if in_place and (ph != 0 or pw != 0 or HO + (kh - 1) * dh > H
-                     or WO + (kw - 1) * dw > W):
-        raise ValueError("direct_backward_weight: in_place needs an unpadded convolution")
-    memset(&acc[0, 0], 0, classes * items * acc.shape[1] * sizeof(floating))
+    memset(&acc[0, 0], 0, p.classes * p.items * acc.shape[1] * sizeof(floating))
     with nogil:
-        for task in prange(classes * chunks, schedule='static', chunksize=1,
+        for task in prange(p.classes * p.chunks, schedule='static', chunksize=1,
                            num_threads=threads):
-            cls = task // chunks
-            chunk = task % chunks
-            lo = chunk * items // chunks
-            hi = (chunk + 1) * items // chunks
-            dyt = &dy_bands[omp_get_thread_num(), 0]
-            for i in range((N - cls + classes - 1) // classes):
-              n = cls + i * classes
-              for bi in range((HO + band - 1) // band):
-                y0 = bi * band
-                rows = min(band, HO - y0)
-                if in_place:
-                    rowband = &x[n, 0, y0, 0]
-                else:
-                    rowband = &bands[omp_get_thread_num(), 0]
-                    _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - ph, pw, rows + (kh - 1) * dh,
-                               wp, &bands[omp_get_thread_num(), 0])
-                _fill_dy_band(&dy[n, 0, 0, 0], HO * WO, y0 * WO, rows * WO, group, mg, mgp,
-                              dyt)
-                for it in range(lo, hi):
-                    t = it // tap_blocks
-                    g = t // mblocks
-                    mb = t % mblocks
-                    if floating is float:
-                        direct_weight_band_f(rowband, xstride,
-                                             &offsets[g, (it % tap_blocks) * tb],
-                                             dyt + g * mgp + mb * nv * lanes, mp, nv,
-                                             <int> rows, <int> WO, &acc[cls * items + it, 0])
-                    else:
-                        direct_weight_band_d(rowband, xstride,
-                                             &offsets[g, (it % tap_blocks) * tb],
-                                             dyt + g * mgp + mb * nv * lanes, mp, nv,
-                                             <int> rows, <int> WO, &acc[cls * items + it, 0])
-    # accumulator (r, v) of an item holds output channels v * lanes + 0..lanes-1 of its tap r
-    for it in range(items):
-        t = it // tap_blocks
-        g = t // mblocks
-        mb = t % mblocks
-        for r in range(tb):
-            tap = (it % tap_blocks) * tb + r
-            if tap >= taps:
-                break
-            ci = tap // (kh * kw)
-            for v in range(nv):
-                for lane in range(lanes):
-                    m = (mb * nv + v) * lanes + lane
-                    if m < mg:
-                        for cls in range(classes):
-                            dweight[g * mg + m, ci, (tap // kw) % kh, tap % kw] += \
-                                acc[cls * items + it, (r * nv + v) * lanes + lane]
+            _weight_task(x, dy, offsets, acc, &bands[omp_get_thread_num(), 0] if not in_place
+                         else NULL, &dy_bands[omp_get_thread_num(), 0], task, &p, dh, ph, pw,
+                         wp, group, mgp)
+        _weight_reduce(acc, dweight, &p, group)
+
+
+def direct_backward(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W) the conv input
+                    const floating[:, :, :, ::1] dy,   # IN    (N, M, HO, WO)
+                    const Py_ssize_t[:, ::1] offsets,  # IN    as direct_backward_weight
+                    floating[:, ::1] acc,              # SCRATCH as direct_backward_weight
+                    floating[:, ::1] bands,            # SCRATCH as direct_backward_weight
+                    floating[:, ::1] dy_bands,         # SCRATCH as direct_backward_weight
+                    floating[:, :, :, ::1] dweight,    # INOUT (M, Cg, kh, kw) +=
+                    int dh, int dw, Py_ssize_t ph, Py_ssize_t pw, Py_ssize_t wp, int group,
+                    Py_ssize_t band, int nv, Py_ssize_t mgp, bint in_place,
+                    const floating[:, :, ::1] adjoint,  # IN  packed rotated filters (direct_forward)
+                    const floating[:, ::1] zeros,       # IN  (group * blocks, BLOCK) zero bias
+                    floating[:, :, :, ::1] dx,          # OUT (N, C, H, W)
+                    floating[:, ::1] data_bands,        # SCRATCH (threads, band_size) of dy
+                    Py_ssize_t data_ph, Py_ssize_t data_pw, Py_ssize_t data_wp,
+                    int threads):
+    """direct_backward_weight and the backward-data pass (direct_forward of dy with the
+    rotated filters ``adjoint`` and pads ``data_ph``, ``data_pw``) in one parallel loop: the
+    weight gradient's tasks first, then the rows of dx, in one dynamic schedule, so a
+    thread that wakes late or finishes early takes the other's work and the pair costs one
+    thread wake instead of two. Every task is the one the separate calls would run, so the
+    results are the same, for any thread count."""
+    cdef WeightPlan p = _weight_plan(x, dy, offsets, acc, bands, dy_bands, dweight, dh, dw, ph,
+                                     pw, wp, group, band, nv, mgp, in_place, threads)
+    cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
+    cdef Py_ssize_t weight_tasks = p.classes * p.chunks if p.items > 0 else 0
+    cdef Py_ssize_t data_tasks = _forward_tasks(dy, dx, group)
+    cdef Py_ssize_t task
+    if dx.shape[0] != x.shape[0] or dx.shape[1] != x.shape[1] or dx.shape[2] != x.shape[2] \
+            or dx.shape[3] != x.shape[3] or data_bands.shape[0] < threads or \
+            data_bands.shape[1] < band_size(ROW_CHUNK, dy.shape[1] // group, kh, dh, data_wp):
+        raise ValueError("direct_backward: dx or its band scratch does not match")
+    if p.items > 0:
+        memset(&acc[0, 0], 0, p.classes * p.items * acc.shape[1] * sizeof(floating))
+    with nogil:
+        for task in prange(weight_tasks + data_tasks, schedule='dynamic', num_threads=threads):
+            if task < weight_tasks:
+                _weight_task(x, dy, offsets, acc, &bands[omp_get_thread_num(), 0]
+                             if not in_place else NULL, &dy_bands[omp_get_thread_num(), 0],
+                             task, &p, dh, ph, pw, wp, group, mgp)
+            else:
+                _forward_task(dy, adjoint, zeros, dx, &data_bands[omp_get_thread_num(), 0],
+                              task - weight_tasks, <int> kh, <int> kw, dh, dw, data_ph,
+                              data_pw, data_wp, group)
+        if p.items > 0:
+            _weight_reduce(acc, dweight, &p, group)
 
 
 def weight_classes(Py_ssize_t n):

@@ -660,6 +660,23 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
                                              dilation[1], group, block)
 
 
+def conv_backward(x, dy, weight, dx, dweight, kernel, stride, pad, dilation, group, workspace,
+                  data_algorithm="im2col", weight_algorithm="im2col"):
+    """conv_backward_weight(x, dy) into dweight (+=) and conv_backward_data(dy) into dx (no
+    bias): a Convolution's backward with both passes wanted. With the direct loops for both
+    (a filter other than an unpadded 1x1, whose backward-data is the pointwise pass) they run
+    in one parallel loop (direct.direct_backward: a thread wake fewer, the threads sharing
+    both passes' tasks); otherwise the two calls. The same results either way."""
+    pointwise = tuple(kernel) == (1, 1) and tuple(pad) == (0, 0)
+    if data_algorithm == weight_algorithm == "direct" and not pointwise and dy.shape[0] > 0:
+        _direct_backward(x, dy, weight, dx, dweight, kernel, pad, dilation, group, workspace)
+        return
+    conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
+                         weight_algorithm)
+    conv_backward_data(dy, weight, None, dx, kernel, stride, pad, dilation, group, workspace,
+                       data_algorithm)
+
+
 #: the most bytes of one image's columns for conv_forward_backward_weight's shared im2col
 CONV_SHARED_COL_BYTES = 16 * 1024 * 1024
 
@@ -934,11 +951,13 @@ def _direct_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, wo
                     adjoint=True)
 
 
-def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace):
+def _direct_weight_args(x, dy, dweight, kernel, pad, dilation, group, workspace,
+                        other_tasks=0):
+    """direct_backward_weight's arguments around dweight: (its scratch from ``workspace``,
+    its geometry and blocking, the thread count), the scratch sized for as many threads as
+    its tasks or ``other_tasks`` (direct_backward's rows of dx) can use."""
     dk = _direct_kernels()
     n, m, ho, wo = dy.shape
-    if n == 0:
-        return
     c = x.shape[1]
     nv, taps, mgp, lanes = dk.weight_blocking(m // group, x.dtype == np.float64)
     wp = dk.row_width(wo, kernel[1], dilation[1])
@@ -949,7 +968,7 @@ def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
                                 plane, row, taps)
     items = group * mgp // (nv * lanes) * (offsets.shape[1] // taps)
     classes = dk.weight_classes(n)
-    threads = _conv_threads(classes * items)
+    threads = _conv_threads(max(classes * items, other_tasks))
     acc = _conv_scratch(workspace, "partial", classes * items, nv * taps * lanes, x.dtype)
     # output rows per band: the band's dy (channels last) and x rows fit DIRECT_BAND_BYTES
     band = min(max(DIRECT_BAND_BYTES // ((group * mgp * wo + (0 if in_place else c * wp))
@@ -958,9 +977,33 @@ def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, worksp
                           0 if in_place else dk.band_size(band, c, kernel[0], dilation[0], wp),
                           x.dtype)
     dy_bands = _conv_scratch(workspace, "dy_band", threads, band * wo * group * mgp, x.dtype)
-    dk.direct_backward_weight(x, dy, offsets, acc, bands, dy_bands, dweight, dilation[0],
-                              dilation[1], pad[0], pad[1], wp, group, band, nv, mgp, in_place,
-                              threads)
+    return ((offsets, acc, bands, dy_bands), (dilation[0], dilation[1], pad[0], pad[1], wp,
+                                              group, band, nv, mgp, in_place), threads)
+
+
+def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace):
+    if dy.shape[0] == 0:
+        return
+    scratch, geometry, threads = _direct_weight_args(x, dy, dweight, kernel, pad, dilation,
+                                                     group, workspace)
+    _direct_kernels().direct_backward_weight(x, dy, *scratch, dweight, *geometry, threads)
+
+
+def _direct_backward(x, dy, weight, dx, dweight, kernel, pad, dilation, group, workspace):
+    # conv_backward's one loop for both passes; the backward-data as _direct_backward_data
+    dk = _direct_kernels()
+    scratch, geometry, threads = _direct_weight_args(
+        x, dy, dweight, kernel, pad, dilation, group, workspace,
+        other_tasks=dy.shape[0] * group * -(-dx.shape[2] // dk.TASK_ROWS))
+    data_pad = tuple(dilation[a] * (kernel[a] - 1) - pad[a] for a in range(2))
+    wp = dk.row_width(dx.shape[3], kernel[1], dilation[1])
+    data_bands = _conv_scratch(workspace, "data_band", threads,
+                               dk.band_size(dk.TASK_ROWS, dy.shape[1] // group, kernel[0],
+                                            dilation[0], wp), x.dtype)
+    dk.direct_backward(x, dy, *scratch, dweight, *geometry,
+                       _direct_filters(weight, group, True),
+                       _direct_bias(None, x.shape[1], group, x.dtype), dx, data_bands,
+                       data_pad[0], data_pad[1], wp, threads)
 
 
 # ---- conv: sub-pixel transposed convolution (stride > 1, dilation 1)

@@ -563,6 +563,16 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
                kernel, stride, pad, dilation, group, workspace, algorithm)
 
 
+def conv_backward(x, dy, weight, dx, dweight, kernel, stride, pad, dilation, group, workspace,
+                  data_algorithm="im2col", weight_algorithm="im2col"):
+    """conv_backward_weight into dweight and conv_backward_data into dx (no bias), a
+    Convolution's backward with both passes wanted; here the two calls."""
+    conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
+                         weight_algorithm)
+    conv_backward_data(dy, weight, None, dx, kernel, stride, pad, dilation, group, workspace,
+                       data_algorithm)
+
+
 def conv_forward_backward_weight(x, weight, y, dy, dweight, kernel, stride, pad, dilation,
                                  group, workspace, algorithm="im2col"):
     """conv_forward(x) into y (no bias) and conv_backward_weight(x, dy) into dweight (a

@@ -215,14 +215,20 @@ class Convolution(_ConvolutionBase):
         self._params_intact(diffs=True)
         dy = top_diffs[0]
         be = self.backend
-        if self._learns(0):
-            be.conv_backward_weight(self._x, dy, self.params[0].diff,
-                                    **self._geometry("backward_weight"))
         if self.bias_term and self._learns(1):
             be.conv_backward_bias(dy, self.params[1].diff)
-        dx = None
-        if propagate_down[0]:
-            dx = be.empty(self.bottom_shapes[0], self.dtype)
+        dx = be.empty(self.bottom_shapes[0], self.dtype) if propagate_down[0] else None
+        if self._learns(0) and dx is not None:
+            # both passes: the backend may run them as one (the direct loops do)
+            geometry = self._geometry("backward_data")
+            data_algorithm = geometry.pop("algorithm")
+            be.conv_backward(self._x, dy, self.params[0].data, dx, self.params[0].diff,
+                             **geometry, data_algorithm=data_algorithm,
+                             weight_algorithm=self.algorithm_plan.backward_weight)
+        elif self._learns(0):
+            be.conv_backward_weight(self._x, dy, self.params[0].diff,
+                                    **self._geometry("backward_weight"))
+        elif dx is not None:
             be.conv_backward_data(dy, self.params[0].data, None, dx,
                                   **self._geometry("backward_data"))
         return [dx]
