@@ -286,7 +286,8 @@ cdef struct WeightPlan:
     # register block (nv vectors x tb taps), the bands and the rows x reads them from
     Py_ssize_t classes, chunks, items, tb, taps, tap_blocks, mblocks, mp, lanes, band, xstride
     Py_ssize_t kh_extra                 # input rows a band needs past its output rows
-    int nv
+    Py_ssize_t ph, pw, wp, mgp
+    int nv, group
     bint in_place
 
 
@@ -296,13 +297,19 @@ cdef WeightPlan _weight_plan(const floating[:, :, :, ::1] x, const floating[:, :
                              floating[:, :, :, ::1] dweight, int dh, int dw, Py_ssize_t ph,
                              Py_ssize_t pw, Py_ssize_t wp, int group, Py_ssize_t band, int nv,
                              Py_ssize_t mgp, bint in_place, int threads) except *:
-    # direct_backward_weight's work split, after checking every array against it
+    # direct_backward_weight's work split, after checking every array against it; zeroes
+    # the accumulators the tasks add into
     cdef WeightPlan p
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t HO = dy.shape[2], WO = dy.shape[3]
     cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
     p.nv = nv
+    p.group = group
     p.in_place = in_place
+    p.ph = ph
+    p.pw = pw
+    p.wp = wp
+    p.mgp = mgp
     p.lanes = DIRECT_LANES_D if floating is double else DIRECT_LANES_F
     p.tb = DIRECT_WREGS // nv
     p.taps = (C // group) * kh * kw
@@ -329,22 +336,34 @@ cdef WeightPlan _weight_plan(const floating[:, :, :, ::1] x, const floating[:, :
     if in_place and (ph != 0 or pw != 0 or HO + (kh - 1) * dh > H
                      or WO + (kw - 1) * dw > W):
         raise ValueError("direct_backward_weight: in_place needs an unpadded convolution")
+    memset(&acc[0, 0], 0, p.classes * p.items * acc.shape[1] * sizeof(floating))
     return p
+
+
+cdef inline void _weight_band(const floating* x, Py_ssize_t stride, const Py_ssize_t* off,
+                              const floating* dyt, Py_ssize_t mp, int nv, int rows, int wo,
+                              floating* acc) noexcept nogil:
+    # one band of one weight-gradient item (direct_rows.h), in the array's precision
+    if floating is float:
+        direct_weight_band_f(x, stride, off, dyt, mp, nv, rows, wo, acc)
+    else:
+        direct_weight_band_d(x, stride, off, dyt, mp, nv, rows, wo, acc)
 
 
 cdef void _weight_task(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
                        const Py_ssize_t[:, ::1] offsets, floating[:, ::1] acc,
-                       floating* band_scratch, floating* dyt, Py_ssize_t task,
-                       const WeightPlan* p, int dh, Py_ssize_t ph, Py_ssize_t pw,
-                       Py_ssize_t wp, int group, Py_ssize_t mgp) noexcept nogil:
-    # task (class, range of items) of direct_backward_weight: the class's images in order
+                       floating[:, ::1] bands, floating[:, ::1] dy_bands, Py_ssize_t task,
+                       const WeightPlan* p, int dh) noexcept nogil:
+    # task (class, range of items) of direct_backward_weight: the class's images in order,
+    # in the calling thread's rows of the scratch
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t HO = dy.shape[2], WO = dy.shape[3]
     cdef Py_ssize_t cls = task // p.chunks
     cdef Py_ssize_t chunk = task % p.chunks
     cdef Py_ssize_t lo = chunk * p.items // p.chunks
     cdef Py_ssize_t hi = (chunk + 1) * p.items // p.chunks
-    cdef Py_ssize_t mg = dy.shape[1] // group
+    cdef Py_ssize_t mg = dy.shape[1] // p.group
+    cdef floating* dyt = &dy_bands[omp_get_thread_num(), 0]
     cdef Py_ssize_t i, n, bi, y0, rows, it, t, g, mb
     cdef const floating* rowband
     for i in range((N - cls + p.classes - 1) // p.classes):
@@ -355,31 +374,26 @@ cdef void _weight_task(const floating[:, :, :, ::1] x, const floating[:, :, :, :
             if p.in_place:
                 rowband = &x[n, 0, y0, 0]
             else:
-                rowband = band_scratch
-                _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - ph, pw, rows + p.kh_extra, wp,
-                           band_scratch)
-            _fill_dy_band(&dy[n, 0, 0, 0], HO * WO, y0 * WO, rows * WO, group, mg, mgp, dyt)
+                rowband = &bands[omp_get_thread_num(), 0]
+                _fill_band(&x[n, 0, 0, 0], H, W, 0, C, y0 - p.ph, p.pw, rows + p.kh_extra,
+                           p.wp, &bands[omp_get_thread_num(), 0])
+            _fill_dy_band(&dy[n, 0, 0, 0], HO * WO, y0 * WO, rows * WO, p.group, mg, p.mgp,
+                          dyt)
             for it in range(lo, hi):
                 t = it // p.tap_blocks
                 g = t // p.mblocks
                 mb = t % p.mblocks
-                if floating is float:
-                    direct_weight_band_f(rowband, p.xstride,
-                                         &offsets[g, (it % p.tap_blocks) * p.tb],
-                                         dyt + g * mgp + mb * p.nv * p.lanes, p.mp, p.nv,
-                                         <int> rows, <int> WO, &acc[cls * p.items + it, 0])
-                else:
-                    direct_weight_band_d(rowband, p.xstride,
-                                         &offsets[g, (it % p.tap_blocks) * p.tb],
-                                         dyt + g * mgp + mb * p.nv * p.lanes, p.mp, p.nv,
-                                         <int> rows, <int> WO, &acc[cls * p.items + it, 0])
+                _weight_band(rowband, p.xstride, &offsets[g, (it % p.tap_blocks) * p.tb],
+                             dyt + g * p.mgp + mb * p.nv * p.lanes, p.mp, p.nv, <int> rows,
+                             <int> WO, &acc[cls * p.items + it, 0])
+
 
 cdef void _weight_reduce(floating[:, ::1] acc, floating[:, :, :, ::1] dweight,
-                         const WeightPlan* p, int group) noexcept nogil:
+                         const WeightPlan* p) noexcept nogil:
     # dweight += the classes' sums, in class order; accumulator (r, v) of an item holds
     # output channels v * lanes + 0..lanes-1 of its tap r
     cdef Py_ssize_t kh = dweight.shape[2], kw = dweight.shape[3]
-    cdef Py_ssize_t mg = dweight.shape[0] // group
+    cdef Py_ssize_t mg = dweight.shape[0] // p.group
     cdef Py_ssize_t it, t, g, mb, r, tap, ci, v, lane, m, cls
     for it in range(p.items):
         t = it // p.tap_blocks
@@ -425,14 +439,11 @@ def direct_backward_weight(const floating[:, :, :, ::1] x,    # IN    (N, C, H, 
     cdef Py_ssize_t task
     if p.items == 0:
         return
-    memset(&acc[0, 0], 0, p.classes * p.items * acc.shape[1] * sizeof(floating))
     with nogil:
         for task in prange(p.classes * p.chunks, schedule='static', chunksize=1,
                            num_threads=threads):
-            _weight_task(x, dy, offsets, acc, &bands[omp_get_thread_num(), 0] if not in_place
-                         else NULL, &dy_bands[omp_get_thread_num(), 0], task, &p, dh, ph, pw,
-                         wp, group, mgp)
-        _weight_reduce(acc, dweight, &p, group)
+            _weight_task(x, dy, offsets, acc, bands, dy_bands, task, &p, dh)
+        _weight_reduce(acc, dweight, &p)
 
 
 def direct_backward(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W) the conv input
@@ -466,20 +477,16 @@ def direct_backward(const floating[:, :, :, ::1] x,    # IN    (N, C, H, W) the 
             or dx.shape[3] != x.shape[3] or data_bands.shape[0] < threads or \
             data_bands.shape[1] < band_size(ROW_CHUNK, dy.shape[1] // group, kh, dh, data_wp):
         raise ValueError("direct_backward: dx or its band scratch does not match")
-    if p.items > 0:
-        memset(&acc[0, 0], 0, p.classes * p.items * acc.shape[1] * sizeof(floating))
     with nogil:
         for task in prange(weight_tasks + data_tasks, schedule='dynamic', num_threads=threads):
             if task < weight_tasks:
-                _weight_task(x, dy, offsets, acc, &bands[omp_get_thread_num(), 0]
-                             if not in_place else NULL, &dy_bands[omp_get_thread_num(), 0],
-                             task, &p, dh, ph, pw, wp, group, mgp)
+                _weight_task(x, dy, offsets, acc, bands, dy_bands, task, &p, dh)
             else:
                 _forward_task(dy, adjoint, zeros, dx, &data_bands[omp_get_thread_num(), 0],
                               task - weight_tasks, <int> kh, <int> kw, dh, dw, data_ph,
                               data_pw, data_wp, group)
         if p.items > 0:
-            _weight_reduce(acc, dweight, &p, group)
+            _weight_reduce(acc, dweight, &p)
 
 
 def weight_classes(Py_ssize_t n):

@@ -520,6 +520,17 @@ def _conv_scratch(workspace, key, rows, cols, dtype):
     return buf[:rows * cols].reshape(rows, cols)
 
 
+def _pointwise(kernel, pad):
+    """An unpadded 1x1: the direct loops read x itself (direct_pointwise_forward)."""
+    return tuple(kernel) == (1, 1) and tuple(pad) == (0, 0)
+
+
+def _adjoint_pad(kernel, pad, dilation):
+    """The pads of a stride-1 convolution's backward-data run as a forward of dy with the
+    rotated filters: d (k - 1) - p per axis (any sign: a negative one crops)."""
+    return tuple(dilation[a] * (kernel[a] - 1) - pad[a] for a in range(2))
+
+
 def _conv_direct(image, out, kernel, stride, pad):
     """True when the 1x1 path multiplies the image itself (no im2col)."""
     return (tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(pad) == (0, 0)
@@ -603,7 +614,7 @@ def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, grou
     if algorithm == "winograd":
         # a stride-1 transposed convolution is a correlation with the rotated filters
         _winograd_correlate(dy, weight, bias, dx,
-                            (dilation[0] * 2 - pad[0], dilation[1] * 2 - pad[1]), dilation,
+                            _adjoint_pad(kernel, pad, dilation), dilation,
                             group, workspace, adjoint=True)
         return
     if algorithm == "subpixel":
@@ -667,8 +678,8 @@ def conv_backward(x, dy, weight, dx, dweight, kernel, stride, pad, dilation, gro
     (a filter other than an unpadded 1x1, whose backward-data is the pointwise pass) they run
     in one parallel loop (direct.direct_backward: a thread wake fewer, the threads sharing
     both passes' tasks); otherwise the two calls. The same results either way."""
-    pointwise = tuple(kernel) == (1, 1) and tuple(pad) == (0, 0)
-    if data_algorithm == weight_algorithm == "direct" and not pointwise and dy.shape[0] > 0:
+    if data_algorithm == weight_algorithm == "direct" and not _pointwise(kernel, pad) \
+            and dy.shape[0] > 0:
         _direct_backward(x, dy, weight, dx, dweight, kernel, pad, dilation, group, workspace)
         return
     conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, workspace,
@@ -892,6 +903,7 @@ def _direct_kernels():
     return direct
 
 
+
 def _direct_filters(weight, group, adjoint):
     """weight (M, C/group, kh, kw) packed for direct_forward: (group * blocks, Ci*kh*kw,
     BLOCK), the output channels of each group in blocks of BLOCK (zero filters past the
@@ -927,7 +939,7 @@ def _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace,
     n, m, ho, wo = y.shape
     w = _direct_filters(weight, group, adjoint)
     b = _direct_bias(bias, m, group, x.dtype)
-    if tuple(kernel) == (1, 1) and tuple(pad) == (0, 0):
+    if _pointwise(kernel, pad):
         # a 1x1 reads each input once: straight from x, no band
         threads = _conv_threads(n * group * -(-(ho * wo) // dk.POINT_TASK))
         tails = _conv_scratch(workspace, "col", threads,
@@ -946,13 +958,11 @@ def _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace,
 
 def _direct_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace):
     # a stride-1 transposed convolution is a correlation with the rotated filters
-    adjoint_pad = tuple(dilation[a] * (kernel[a] - 1) - pad[a] for a in range(2))
-    _direct_forward(dy, weight, bias, dx, kernel, adjoint_pad, dilation, group, workspace,
-                    adjoint=True)
+    _direct_forward(dy, weight, bias, dx, kernel, _adjoint_pad(kernel, pad, dilation),
+                    dilation, group, workspace, adjoint=True)
 
 
-def _direct_weight_args(x, dy, dweight, kernel, pad, dilation, group, workspace,
-                        other_tasks=0):
+def _direct_weight_args(x, dy, kernel, pad, dilation, group, workspace, other_tasks=0):
     """direct_backward_weight's arguments around dweight: (its scratch from ``workspace``,
     its geometry and blocking, the thread count), the scratch sized for as many threads as
     its tasks or ``other_tasks`` (direct_backward's rows of dx) can use."""
@@ -984,8 +994,8 @@ def _direct_weight_args(x, dy, dweight, kernel, pad, dilation, group, workspace,
 def _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace):
     if dy.shape[0] == 0:
         return
-    scratch, geometry, threads = _direct_weight_args(x, dy, dweight, kernel, pad, dilation,
-                                                     group, workspace)
+    scratch, geometry, threads = _direct_weight_args(x, dy, kernel, pad, dilation, group,
+                                                     workspace)
     _direct_kernels().direct_backward_weight(x, dy, *scratch, dweight, *geometry, threads)
 
 
@@ -993,9 +1003,9 @@ def _direct_backward(x, dy, weight, dx, dweight, kernel, pad, dilation, group, w
     # conv_backward's one loop for both passes; the backward-data as _direct_backward_data
     dk = _direct_kernels()
     scratch, geometry, threads = _direct_weight_args(
-        x, dy, dweight, kernel, pad, dilation, group, workspace,
+        x, dy, kernel, pad, dilation, group, workspace,
         other_tasks=dy.shape[0] * group * -(-dx.shape[2] // dk.TASK_ROWS))
-    data_pad = tuple(dilation[a] * (kernel[a] - 1) - pad[a] for a in range(2))
+    data_pad = _adjoint_pad(kernel, pad, dilation)
     wp = dk.row_width(dx.shape[3], kernel[1], dilation[1])
     data_bands = _conv_scratch(workspace, "data_band", threads,
                                dk.band_size(dk.TASK_ROWS, dy.shape[1] // group, kernel[0],

@@ -147,13 +147,16 @@ class _ConvolutionBase(Layer):
         if self.bottom_shapes:
             self._choose_algorithm(self.bottom_shapes[0], device)
 
-    def _geometry(self, conv_pass):
-        """The backend's conv arguments for one pass, in convolution roles ("forward",
-        "backward_data", "backward_weight": a Deconvolution's forward is "backward_data")."""
-        return dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
-                    dilation=self.dilation, group=self.group,
-                    workspace=_workspace(self.device),
-                    algorithm=getattr(self.algorithm_plan, conv_pass))
+    def _geometry(self, conv_pass=None):
+        """The backend's conv arguments, with the algorithm of one pass in convolution roles
+        ("forward", "backward_data", "backward_weight": a Deconvolution's forward is
+        "backward_data"); without a pass, no algorithm (conv_backward takes two)."""
+        geometry = dict(kernel=self.kernel_size, stride=self.stride, pad=self.pad,
+                        dilation=self.dilation, group=self.group,
+                        workspace=_workspace(self.device))
+        if conv_pass is not None:
+            geometry["algorithm"] = getattr(self.algorithm_plan, conv_pass)
+        return geometry
 
     def _learns(self, index):
         return len(self.params) > index and self.params[index].lr_mult != 0
@@ -220,10 +223,9 @@ class Convolution(_ConvolutionBase):
         dx = be.empty(self.bottom_shapes[0], self.dtype) if propagate_down[0] else None
         if self._learns(0) and dx is not None:
             # both passes: the backend may run them as one (the direct loops do)
-            geometry = self._geometry("backward_data")
-            data_algorithm = geometry.pop("algorithm")
             be.conv_backward(self._x, dy, self.params[0].data, dx, self.params[0].diff,
-                             **geometry, data_algorithm=data_algorithm,
+                             **self._geometry(),
+                             data_algorithm=self.algorithm_plan.backward_data,
                              weight_algorithm=self.algorithm_plan.backward_weight)
         elif self._learns(0):
             be.conv_backward_weight(self._x, dy, self.params[0].diff,
