@@ -19,9 +19,15 @@ V = B^T d B the transformed input tiles. Every GEMM goes through the BLAS door (
   of the same residues, through a dense 3x3 filter: each of the d*d lattices is tiled on its
   own (tile origins and steps below), so a dilated 3x3 costs what a dense one does.
 
-Work items are (image, lattice, run of tile rows), listed by the caller; each thread owns its
-scratch (transformed tiles V and products M for one item) and writes only its item's outputs,
-so the forward result is bit-identical for any thread count. The weight gradient sums the
+Work items are runs of tile rows of one image, one run per lattice side by side (segments
+(image, lattice, tile rows), listed by the caller): a dilated layer's d*d lattices share one
+set of GEMMs, whose N (forward) or K (weight gradient) is then d*d times wider (a 32x32
+image at dilation 2 has 16 tiles per lattice; 128x128x16 GEMMs ran at ~27 GFLOP/s on one core
+against 60-80 at 64 tiles). Paired in one process against the one-lattice items (2 threads,
+ms, forward / backward): N=8 128->128 32x32 d=2 18.5 / 35.6 -> 17.9 / 33.0; N=2 256->256
+28x28 d=2 17.4 / 40.3 -> 15.1 / 34.0; N=1 512->512 28x28 d=4 74.7 / 201.6 -> 41.4 / 98.6.
+Each thread owns its scratch (transformed tiles V and products M for one item) and writes
+only its item's outputs, so the forward result is bit-identical for any thread count. The weight gradient sums the
 items of P fixed classes (item k in class k % P) in order into P partial sums, added in order
 at the end: again independent of the thread count.
 
@@ -147,15 +153,15 @@ cdef extern from "winograd_rows.h" nogil:
                                 Py_ssize_t n)
 
 
-cdef void _input_transform(const floating* x, floating* V, Py_ssize_t pstride,
+cdef void _input_transform(const floating* x, floating* V, Py_ssize_t pstride, Py_ssize_t ld,
                            Py_ssize_t c0, Py_ssize_t c1, Py_ssize_t row0, Py_ssize_t col0,
                            Py_ssize_t trows, Py_ssize_t tw, floating* lb, floating* hb,
                            Geometry* g) noexcept nogil:
-    # V[p*pstride + (c - c0)*T + tr*tw + t] = (B^T d B)_p for the patch of tile (tr, t) of
-    # channel c, T = trows * tw; patch row i of tile row tr is input row row0 + dh*(4tr + i),
-    # patch column j of tile t is input column col0 + dw*(4t + j). hb holds the six
-    # row-transformed patch rows: hb[(6i + k)*tw + t].
-    cdef Py_ssize_t T = trows * tw
+    # V[p*pstride + (c - c0)*ld + tr*tw + t] = (B^T d B)_p for the patch of tile (tr, t) of
+    # channel c (ld >= trows * tw: the item's tiles, of which this segment is a part); patch
+    # row i of tile row tr is input row row0 + dh*(4tr + i), patch column j of tile t is
+    # input column col0 + dw*(4t + j). hb holds the six row-transformed patch rows:
+    # hb[(6i + k)*tw + t].
     cdef Py_ssize_t c, tr, i, k, ih
     cdef const floating* plane
     cdef floating* out
@@ -170,7 +176,7 @@ cdef void _input_transform(const floating* x, floating* V, Py_ssize_t pstride,
                     wino_input_rows_f(lb, lb + TILE * (tw + 1), hb + i * ALPHA * tw, tw)
                 else:
                     wino_input_rows_d(lb, lb + TILE * (tw + 1), hb + i * ALPHA * tw, tw)
-            out = V + (c - c0) * T + tr * tw
+            out = V + (c - c0) * ld + tr * tw
             for k in range(ALPHA):
                 if floating is float:
                     wino_input_cols_f(hb + k * tw, ALPHA * tw, out + k * pstride,
@@ -180,14 +186,14 @@ cdef void _input_transform(const floating* x, floating* V, Py_ssize_t pstride,
                                       ALPHA * pstride, tw)
 
 
-cdef void _output_transform(const floating* Mp, Py_ssize_t pstride, floating* y,
-                            const floating* bias, Py_ssize_t m0, Py_ssize_t m1,
+cdef void _output_transform(const floating* Mp, Py_ssize_t pstride, Py_ssize_t ld,
+                            floating* y, const floating* bias, Py_ssize_t m0, Py_ssize_t m1,
                             Py_ssize_t row0, Py_ssize_t col0, Py_ssize_t trows, Py_ssize_t tw,
                             floating* ob, Geometry* g) noexcept nogil:
     # y[m, row0 + dh*(4tr + r), col0 + dw*(4t + s)] = (A^T M A)_{r,s} (+ bias[m]) for the tile
-    # (tr, t) products Mp[p*pstride + (m - m0)*T + tr*tw + t]; outputs past OH / OW are dropped.
-    # ob (36tw): the column-transformed rows ob[(6r + k)*tw + t], then q and its scratch
-    cdef Py_ssize_t T = trows * tw
+    # (tr, t) products Mp[p*pstride + (m - m0)*ld + tr*tw + t]; outputs past OH / OW are
+    # dropped. ob (36tw): the column-transformed rows ob[(6r + k)*tw + t], then q and its
+    # scratch
     cdef Py_ssize_t limit = _cdiv(g.OW - col0, g.dw)      # lattice columns inside the output
     cdef Py_ssize_t count = min(limit, TILE * tw)
     cdef Py_ssize_t m, tr, k, r, oh, idx
@@ -198,7 +204,7 @@ cdef void _output_transform(const floating* Mp, Py_ssize_t pstride, floating* y,
     for m in range(m0, m1):
         b = bias[m] if bias != NULL else 0
         for tr in range(trows):
-            src = Mp + (m - m0) * T + tr * tw
+            src = Mp + (m - m0) * ld + tr * tw
             for k in range(ALPHA):
                 if floating is float:
                     wino_output_cols_f(src + k * pstride, ALPHA * pstride, ob + k * tw,
@@ -222,13 +228,12 @@ cdef void _output_transform(const floating* Mp, Py_ssize_t pstride, floating* y,
                         row[g.dw * idx] = q[idx]
 
 
-cdef void _output_adjoint(const floating* dy, floating* D, Py_ssize_t pstride,
+cdef void _output_adjoint(const floating* dy, floating* D, Py_ssize_t pstride, Py_ssize_t ld,
                           Py_ssize_t m0, Py_ssize_t m1, Py_ssize_t row0, Py_ssize_t col0,
                           Py_ssize_t trows, Py_ssize_t tw, floating* lb, floating* hb,
                           Geometry* g) noexcept nogil:
-    # D[p*pstride + (m - m0)*T + tr*tw + t] = (A dY A^T)_p for the 4x4 tile (tr, t) of dy's
+    # D[p*pstride + (m - m0)*ld + tr*tw + t] = (A dY A^T)_p for the 4x4 tile (tr, t) of dy's
     # plane m (zero past OH / OW): the adjoint of _output_transform
-    cdef Py_ssize_t T = trows * tw
     cdef Py_ssize_t m, tr, r, k, oh
     cdef const floating* plane
     cdef floating* out
@@ -242,7 +247,7 @@ cdef void _output_adjoint(const floating* dy, floating* D, Py_ssize_t pstride,
                     wino_adjoint_rows_f(lb, lb + TILE * (tw + 1), hb + r * ALPHA * tw, tw)
                 else:
                     wino_adjoint_rows_d(lb, lb + TILE * (tw + 1), hb + r * ALPHA * tw, tw)
-            out = D + (m - m0) * T + tr * tw
+            out = D + (m - m0) * ld + tr * tw
             for k in range(ALPHA):
                 if floating is float:
                     wino_adjoint_cols_f(hb + k * tw, ALPHA * tw, out + k * pstride,
@@ -254,35 +259,47 @@ cdef void _output_adjoint(const floating* dy, floating* D, Py_ssize_t pstride,
 
 # ---------------------------------------------------------------- items
 
-cdef struct Item:
+cdef struct Segment:
     Py_ssize_t n                      # image
     Py_ssize_t out_row, out_col       # output pixel of the first tile's corner
     Py_ssize_t in_row, in_col         # input pixel of the first patch's corner (any sign)
     Py_ssize_t trows, tw              # tile rows, tiles per row
 
 
-cdef inline Item _item(const Py_ssize_t[:, ::1] items, Py_ssize_t i,
-                       Geometry* g) noexcept nogil:
-    # items[i] = (image, lattice row residue a, lattice column residue b, tile rows tr0, tr1)
-    cdef Item it
-    cdef Py_ssize_t a = items[i, 1]
-    cdef Py_ssize_t b = items[i, 2]
-    cdef Py_ssize_t tr0 = items[i, 3]
-    it.n = items[i, 0]
+cdef inline Segment _segment(const Py_ssize_t[:, ::1] segments, Py_ssize_t i,
+                             Geometry* g) noexcept nogil:
+    # segments[i] = (image, lattice row residue a, lattice column residue b, tile rows tr0,
+    # tr1)
+    cdef Segment it
+    cdef Py_ssize_t a = segments[i, 1]
+    cdef Py_ssize_t b = segments[i, 2]
+    cdef Py_ssize_t tr0 = segments[i, 3]
+    it.n = segments[i, 0]
     it.out_row = a + g.dh * TILE * tr0
     it.out_col = b
     it.in_row = a - g.ph + g.dh * TILE * tr0
     it.in_col = b - g.pw
-    it.trows = items[i, 4] - tr0
+    it.trows = segments[i, 4] - tr0
     it.tw = _lattice_tiles(g.OW, b, g.dw)
     return it
+
+
+cdef inline Py_ssize_t _item_tiles(const Py_ssize_t[:, ::1] segments,
+                                   const Py_ssize_t[::1] bounds, Py_ssize_t i,
+                                   Geometry* g) noexcept nogil:
+    # the tiles of work item i: its segments bounds[i] .. bounds[i + 1], side by side
+    cdef Py_ssize_t k, total = 0
+    for k in range(bounds[i], bounds[i + 1]):
+        total += (segments[k, 4] - segments[k, 3]) * _lattice_tiles(g.OW, segments[k, 2], g.dw)
+    return total
 
 
 def winograd_forward(const floating[:, :, :, ::1] x,        # IN    (N, C, H, W)
                      const floating[:, :, ::1] U,           # IN    (36, M, C/group)
                      const floating[::1] bias,              # IN    (M,), or (0,) for none
                      floating[:, :, :, ::1] y,              # OUT   (N, M, OH, OW)
-                     const Py_ssize_t[:, ::1] items,        # IN    (I, 5) work items
+                     const Py_ssize_t[:, ::1] segments,     # IN    (S, 5) runs of tile rows
+                     const Py_ssize_t[::1] bounds,          # IN    (I + 1,) work items
                      floating[:, ::1] scratch,              # SCRATCH (threads, scratch_size)
                      Py_ssize_t max_tiles,
                      Py_ssize_t mblock,
@@ -291,27 +308,29 @@ def winograd_forward(const floating[:, :, :, ::1] x,        # IN    (N, C, H, W)
                      Py_ssize_t group):
     """y[n, m, oh, ow] = bias[m] + sum_{c,i,j} w[m, c, i, j] x[n, c, oh - pad_h + i*dil_h,
     ow - pad_w + j*dil_w] (zero outside x) for every (oh, ow) of y, whatever its size, with
-    U the transformed filters (``winograd_filter``). ``items`` rows are (image, lattice
-    residues a < dil_h and b < dil_w, tile rows [tr0, tr1) of that lattice), at most
-    ``max_tiles`` tiles each. Work: a static prange over items x ceil(M / ``mblock``) output
-    channel blocks (BLAS held to one thread); with blocks, each one transforms its item's
-    input again, which pays where a layer has few tiles and many channels."""
+    U the transformed filters (``winograd_filter``). ``segments`` rows are (image, lattice
+    residues a < dil_h and b < dil_w, tile rows [tr0, tr1) of that lattice); work item i is
+    segments bounds[i] .. bounds[i + 1] (one image), their tiles side by side in one set of
+    GEMMs, at most ``max_tiles`` tiles. Work: a static prange over items x ceil(M /
+    ``mblock``) output channel blocks (BLAS held to one thread); with blocks, each one
+    transforms its item's input again, which pays where a layer has few tiles and many
+    channels."""
     cdef Geometry g = _geometry(x.shape[1], x.shape[2], x.shape[3], y.shape[1], y.shape[2],
                                 y.shape[3], pad_h, pad_w, dil_h, dil_w, group)
-    cdef Py_ssize_t count = items.shape[0]
+    cdef Py_ssize_t count = bounds.shape[0] - 1
     cdef Py_ssize_t xs = g.C * g.H * g.W
     cdef Py_ssize_t ys = g.M * g.OH * g.OW
     cdef Py_ssize_t cs = scratch.shape[1]
     cdef int threads = <int> scratch.shape[0]
     cdef const floating* b = &bias[0] if bias.shape[0] > 0 else NULL
     cdef Py_ssize_t nmb = _cdiv(g.M, mblock)
-    cdef Py_ssize_t w, T, p, gi, m0, m1, mb, lo, hi
-    cdef Item it
+    cdef Py_ssize_t w, i, k, T, off, p, gi, m0, m1, mb, lo, hi
+    cdef Segment it
     cdef floating* V
     cdef floating* P
     cdef floating* ph
     cdef floating* hb
-    if count == 0:
+    if count <= 0:
         return
     with nogil:
         for w in prange(count * nmb, schedule='static', num_threads=threads):
@@ -319,15 +338,19 @@ def winograd_forward(const floating[:, :, :, ::1] x,        # IN    (N, C, H, W)
             P = V + POINTS * g.C * max_tiles
             ph = P + POINTS * mblock * max_tiles
             hb = ph + 2 * TILE * (g.tw_max + 1)
-            it = _item(items, w // nmb, &g)
+            i = w // nmb
             m0 = (w % nmb) * mblock
             m1 = min(m0 + mblock, g.M)
             mb = m1 - m0
-            T = it.trows * it.tw
+            T = _item_tiles(segments, bounds, i, &g)
             if T == 0:
                 continue
-            _input_transform(&x[0, 0, 0, 0] + it.n * xs, V, g.C * T, 0, g.C, it.in_row,
-                             it.in_col, it.trows, it.tw, ph, hb, &g)
+            off = 0
+            for k in range(bounds[i], bounds[i + 1]):
+                it = _segment(segments, k, &g)
+                _input_transform(&x[0, 0, 0, 0] + it.n * xs, V + off, g.C * T, T, 0, g.C,
+                                 it.in_row, it.in_col, it.trows, it.tw, ph, hb, &g)
+                off = off + it.trows * it.tw
             for p in range(POINTS):
                 for gi in range(g.group):
                     lo = max(m0, gi * g.mg)
@@ -337,14 +360,19 @@ def winograd_forward(const floating[:, :, :, ::1] x,        # IN    (N, C, H, W)
                              1, &U[p, lo, 0], <int> g.cg,
                              V + (p * g.C + gi * g.cg) * T, <int> T,
                              0, P + (p * mb + lo - m0) * T, <int> T)
-            _output_transform(P, mb * T, &y[0, 0, 0, 0] + it.n * ys, b, m0, m1, it.out_row,
-                              it.out_col, it.trows, it.tw, hb, &g)
+            off = 0
+            for k in range(bounds[i], bounds[i + 1]):
+                it = _segment(segments, k, &g)
+                _output_transform(P + off, mb * T, T, &y[0, 0, 0, 0] + it.n * ys, b, m0, m1,
+                                  it.out_row, it.out_col, it.trows, it.tw, hb, &g)
+                off = off + it.trows * it.tw
 
 
 def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
                              const floating[:, :, :, ::1] dy,    # IN    (N, M, OH, OW)
                              floating[:, :, ::1] dU,             # OUT   (P, 36, M*C/group)
-                             const Py_ssize_t[:, ::1] items,     # IN    (I, 5) tile items
+                             const Py_ssize_t[:, ::1] segments,  # IN    (S, 5) tile rows
+                             const Py_ssize_t[::1] bounds,       # IN    (I + 1,) items
                              floating[:, ::1] scratch,           # SCRATCH (threads, scratch_size)
                              Py_ssize_t max_tiles,
                              Py_ssize_t block,
@@ -352,12 +380,14 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
                              Py_ssize_t dil_h, Py_ssize_t dil_w,
                              Py_ssize_t group):
     """dU[q] = class q's part of the transformed weight gradient sum_tiles (A dY A^T)_p
-    (B^T d B)_p^T per point p: the tile items q, q + P, ... summed in order. Work: a prange
-    over P x group x ceil(C/group / block) (class, group, channel block) items.
-    ``winograd_filter_adjoint`` adds the classes (in order) and maps the sum back to 3x3."""
+    (B^T d B)_p^T per point p: the work items q, q + P, ... (as winograd_forward's: segments
+    bounds[i] .. bounds[i + 1], their tiles the K of one GEMM per point) summed in order.
+    Work: a prange over P x group x ceil(C/group / block) (class, group, channel block)
+    items. ``winograd_filter_adjoint`` adds the classes (in order) and maps the sum back to
+    3x3."""
     cdef Geometry g = _geometry(x.shape[1], x.shape[2], x.shape[3], dy.shape[1], dy.shape[2],
                                 dy.shape[3], pad_h, pad_w, dil_h, dil_w, group)
-    cdef Py_ssize_t count = items.shape[0]
+    cdef Py_ssize_t count = bounds.shape[0] - 1
     cdef Py_ssize_t classes = dU.shape[0]
     cdef Py_ssize_t nb = _cdiv(g.cg, block)
     cdef Py_ssize_t work = classes * g.group * nb
@@ -366,8 +396,8 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
     cdef Py_ssize_t ys = g.M * g.OH * g.OW
     cdef Py_ssize_t cs = scratch.shape[1]
     cdef int threads = <int> scratch.shape[0]
-    cdef Py_ssize_t w, q, gi, c0, c1, k, T, p, e, r
-    cdef Item it
+    cdef Py_ssize_t w, q, gi, c0, c1, i, k, T, off, p, r
+    cdef Segment it
     cdef floating* V
     cdef floating* D
     cdef floating* ph
@@ -389,16 +419,20 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
             hb = ph + 2 * TILE * (g.tw_max + 1)
             acc = &dU[q, 0, 0]
             beta = 0
-            k = q
-            while k < count:
-                it = _item(items, k, &g)
-                T = it.trows * it.tw
+            i = q
+            while i < count:
+                T = _item_tiles(segments, bounds, i, &g)
                 if T > 0:
-                    _input_transform(&x[0, 0, 0, 0] + it.n * xs, V, (c1 - c0) * T, c0, c1,
-                                     it.in_row, it.in_col, it.trows, it.tw, ph, hb, &g)
-                    _output_adjoint(&dy[0, 0, 0, 0] + it.n * ys, D, g.mg * T, gi * g.mg,
-                                    (gi + 1) * g.mg, it.out_row, it.out_col, it.trows, it.tw,
-                                    ph, hb, &g)
+                    off = 0
+                    for k in range(bounds[i], bounds[i + 1]):
+                        it = _segment(segments, k, &g)
+                        _input_transform(&x[0, 0, 0, 0] + it.n * xs, V + off, (c1 - c0) * T,
+                                         T, c0, c1, it.in_row, it.in_col, it.trows, it.tw,
+                                         ph, hb, &g)
+                        _output_adjoint(&dy[0, 0, 0, 0] + it.n * ys, D + off, g.mg * T, T,
+                                        gi * g.mg, (gi + 1) * g.mg, it.out_row, it.out_col,
+                                        it.trows, it.tw, ph, hb, &g)
+                        off = off + it.trows * it.tw
                     for p in range(POINTS):
                         gemm(False, True, <int> g.mg, <int> (c1 - c0), <int> T,
                              1, D + p * g.mg * T, <int> T,
@@ -406,7 +440,7 @@ def winograd_backward_weight(const floating[:, :, :, ::1] x,     # IN    (N, C, 
                              beta, acc + p * size + gi * g.mg * g.cg + (c0 - gi * g.cg),
                              <int> g.cg)
                     beta = 1
-                k = k + classes
+                i = i + classes
             if beta == 0:
                 # no tile reached this part: it is zero
                 for p in range(POINTS):

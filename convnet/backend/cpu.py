@@ -756,22 +756,37 @@ def _winograd_items(n, out, dilation, per_tile_bytes):
 
 
 def _winograd_plan(n, out, dilation, per_tile_bytes):
-    """Work items (image, lattice residues a and b, tile rows [tr0, tr1)) and the most tiles
-    in one: runs of tile rows of at most WINOGRAD_ITEM_BYTES, split to give CONV_MIN_ITEMS
-    items in all, yet of at least WINOGRAD_MIN_TILES tiles. Depends on the shapes only
-    (results never depend on the thread count)."""
+    """Work items and their tiles: (segments, bounds, max_tiles, tw_max). A segment is
+    (image, lattice residues a and b, tile rows [tr0, tr1)); item i is segments bounds[i] ..
+    bounds[i + 1]: the same run of tile rows of every lattice of one image (one segment
+    without dilation), at most WINOGRAD_ITEM_BYTES of tiles, split to give CONV_MIN_ITEMS
+    items in all, yet of at least WINOGRAD_MIN_TILES tiles. max_tiles is the most tiles in
+    an item, tw_max the most tiles in a lattice's row. Depends on the shapes only (results
+    never depend on the thread count)."""
     from convnet.shapes import lattice_tiles
     dh, dw = dilation
     lattices = [(a, b, lattice_tiles(out[0], a, dh, WINOGRAD_TILE),
                  lattice_tiles(out[1], b, dw, WINOGRAD_TILE))
                 for a in range(min(dh, out[0])) for b in range(min(dw, out[1]))]
     tw_max = max(tw for _, _, _, tw in lattices)
-    rows = max(WINOGRAD_ITEM_BYTES // max(per_tile_bytes * tw_max, 1), 1)
-    total_rows = n * sum(th for _, _, th, _ in lattices)
-    rows = max(min(rows, -(-total_rows // CONV_MIN_ITEMS)), -(-WINOGRAD_MIN_TILES // tw_max), 1)
-    items = [(i, a, b, r, min(r + rows, th))
-             for i in range(n) for a, b, th, _ in lattices for r in range(0, th, rows)]
-    return np.array(items, dtype=np.intp).reshape(-1, 5), rows * tw_max, tw_max
+    th_max = max(th for _, _, th, _ in lattices)
+    # a tile row of an item: one row of every lattice
+    row_tiles = sum(tw for _, _, _, tw in lattices)
+    rows = max(WINOGRAD_ITEM_BYTES // max(per_tile_bytes * row_tiles, 1), 1)
+    rows = max(min(rows, -(-n * th_max // CONV_MIN_ITEMS)),
+               -(-WINOGRAD_MIN_TILES // row_tiles), 1)
+    segments, bounds, max_tiles = [], [0], 0
+    for i in range(n):
+        for r in range(0, th_max, rows):
+            tiles = 0
+            for a, b, th, tw in lattices:
+                if r < th:
+                    segments.append((i, a, b, r, min(r + rows, th)))
+                    tiles += (min(r + rows, th) - r) * tw
+            bounds.append(len(segments))
+            max_tiles = max(max_tiles, tiles)
+    return (np.array(segments, dtype=np.intp).reshape(-1, 5), np.array(bounds, dtype=np.intp),
+            max_tiles, tw_max)
 
 
 def _winograd_filters(weight, workspace, group, adjoint):
@@ -793,16 +808,17 @@ def _winograd_correlate(x, weight, bias, y, pad, dilation, group, workspace, adj
     wk = _winograd_kernels()
     u = _winograd_filters(weight, workspace, group, adjoint)
     c, m = x.shape[1], y.shape[1]
-    items, max_tiles, tw_max = _winograd_items(x.shape[0], y.shape[2:], dilation,
-                                               WINOGRAD_POINTS * (c + m) * x.itemsize)
-    mblock = _output_block(m, len(items), group)
-    threads = _conv_threads(len(items) * -(-m // mblock))
+    segments, bounds, max_tiles, tw_max = _winograd_items(
+        x.shape[0], y.shape[2:], dilation, WINOGRAD_POINTS * (c + m) * x.itemsize)
+    items = len(bounds) - 1
+    mblock = _output_block(m, items, group)
+    threads = _conv_threads(items * -(-m // mblock))
     scratch = _conv_scratch(workspace, "col", threads,
                             wk.scratch_size(c, mblock, max_tiles, tw_max), x.dtype)
     b = np.empty(0, x.dtype) if bias is None else bias
     with blas_threads(1):
-        wk.winograd_forward(x, u, b, y, items, scratch, max_tiles, mblock, pad[0], pad[1],
-                            dilation[0], dilation[1], group)
+        wk.winograd_forward(x, u, b, y, segments, bounds, scratch, max_tiles, mblock, pad[0],
+                            pad[1], dilation[0], dilation[1], group)
 
 
 def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
@@ -812,9 +828,9 @@ def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
     cg, mg = c // group, m // group
     block = cg
     per_tile = WINOGRAD_POINTS * (block + mg) * x.itemsize
-    items, max_tiles, tw_max = _winograd_items(n, dy.shape[2:], dilation, per_tile)
+    segments, bounds, max_tiles, tw_max = _winograd_items(n, dy.shape[2:], dilation, per_tile)
     size = m * cg
-    classes = max(min(WINOGRAD_MAX_CLASSES, len(items),
+    classes = max(min(WINOGRAD_MAX_CLASSES, len(bounds) - 1,
                       WINOGRAD_CLASS_BYTES // max(WINOGRAD_POINTS * size * x.itemsize, 1)), 1)
     if classes * group < CONV_MIN_ITEMS and cg >= 2 * 16:
         # few classes fit: split the channels instead (each block redoes dY's transform)
@@ -825,8 +841,8 @@ def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
     du = _conv_scratch(workspace, "partial", classes, WINOGRAD_POINTS * size, x.dtype)
     du = du.reshape(classes, WINOGRAD_POINTS, size)
     with blas_threads(1):
-        wk.winograd_backward_weight(x, dy, du, items, scratch, max_tiles, block, pad[0],
-                                    pad[1], dilation[0], dilation[1], group)
+        wk.winograd_backward_weight(x, dy, du, segments, bounds, scratch, max_tiles, block,
+                                    pad[0], pad[1], dilation[0], dilation[1], group)
     wk.winograd_filter_adjoint(du, dweight)
 
 
