@@ -430,6 +430,80 @@ def conv_backward_bias(const floating[:, :, :, ::1] dy,     # IN    (N, M, OH, O
             dbias[m] += <floating> s
 
 
+def space_to_depth(const floating[:, :, :, ::1] x,    # IN  (N, C, H, W)
+                   floating[:, :, :, ::1] z,          # OUT (N, C*sh*sw, U, V)
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
+    """z[n, (c*sh + r)*sw + q, u, v] = x[n, c, u*sh + r - ph, v*sw + q - pw], 0 outside x:
+    a stride-(sh, sw) convolution of x is then a stride-1 one of z (the "s2d" algorithm).
+    Work: a prange over the N * C * sh planes groups (each writes its own z planes)."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t U = z.shape[2], V = z.shape[3]
+    cdef Py_ssize_t item, n, c, r, q, u, v, iy, ix, lo, hi
+    cdef const floating* row
+    cdef floating* out
+    if z.shape[0] != N or z.shape[1] != C * sh * sw or sh < 1 or sw < 1:
+        raise ValueError(f"space_to_depth: z must have shape ({N}, {C * sh * sw}, U, V), got "
+                         f"({z.shape[0]}, {z.shape[1]}, {U}, {V})")
+    with nogil:
+        for item in prange(N * C * sh, schedule='static'):
+            n = item // (C * sh)
+            c = (item // sh) % C
+            r = item % sh
+            for q in range(sw):
+                out = &z[n, (c * sh + r) * sw + q, 0, 0] if U * V > 0 else NULL
+                # v in [lo, hi) reads inside the row: 0 <= v*sw + q - pw < W
+                lo = min(max((pw - q + sw - 1) // sw, 0), V)
+                hi = min(max((W + pw - q + sw - 1) // sw, lo), V)
+                for u in range(U):
+                    iy = u * sh + r - ph
+                    if iy < 0 or iy >= H:
+                        for v in range(V):
+                            out[u * V + v] = 0
+                        continue
+                    row = &x[n, c, iy, 0]
+                    for v in range(lo):
+                        out[u * V + v] = 0
+                    for v in range(lo, hi):
+                        out[u * V + v] = row[v * sw + q - pw]
+                    for v in range(hi, V):
+                        out[u * V + v] = 0
+
+
+def depth_to_space(const floating[:, :, :, ::1] z,    # IN  (N, C*sh*sw, U, V)
+                   floating[:, :, :, ::1] x,          # OUT (N, C, H, W)
+                   const floating[::1] bias,          # IN  (C,), or (0,) for none
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw):
+    """The adjoint of space_to_depth (each pixel of x is at most one entry of z):
+    x[n, c, y, w] = z[n, (c*sh + r)*sw + q, u, v] + bias[c] with y + ph = u*sh + r and
+    w + pw = v*sw + q, or bias[c] (0 without) where (u, v) is outside z. Work: a prange over
+    the N * C planes of x."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t U = z.shape[2], V = z.shape[3]
+    cdef Py_ssize_t item, n, c, r, q, u, v, y, w
+    cdef floating b
+    cdef bint has_bias = bias.shape[0] > 0
+    if z.shape[0] != N or z.shape[1] != C * sh * sw or sh < 1 or sw < 1:
+        raise ValueError(f"depth_to_space: z must have shape ({N}, {C * sh * sw}, U, V), got "
+                         f"({z.shape[0]}, {z.shape[1]}, {U}, {V})")
+    if has_bias and bias.shape[0] != C:
+        raise ValueError(f"depth_to_space: bias must have {C} values, got {bias.shape[0]}")
+    with nogil:
+        for item in prange(N * C, schedule='static'):
+            n = item // C
+            c = item % C
+            b = bias[c] if has_bias else 0
+            for y in range(H):
+                u = (y + ph) // sh
+                r = (y + ph) % sh
+                for w in range(W):
+                    v = (w + pw) // sw
+                    q = (w + pw) % sw
+                    if u < U and v < V:
+                        x[n, c, y, w] = z[n, (c * sh + r) * sw + q, u, v] + b
+                    else:
+                        x[n, c, y, w] = b
+
+
 def im2col(const floating[:, :, ::1] x,     # IN  (C, H, W)
            floating[:, ::1] col,            # OUT (C*kh*kw, OH*OW)
            Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t stride_h, Py_ssize_t stride_w,

@@ -591,6 +591,11 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
     if algorithm == "direct":
         _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace)
         return
+    if algorithm == "s2d":
+        z = _s2d_input(x, kernel, stride, pad, y.shape[2:], workspace)
+        _direct_forward(z, _s2d_filters(weight, stride), bias, y, _s2d_kernel(kernel, stride),
+                        (0, 0), (1, 1), group, workspace)
+        return
     n, out, m = x.shape[0], y.shape[2:], y.shape[1]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
     items = n * -(-out[0] // rows)
@@ -626,6 +631,9 @@ def conv_backward_data(dy, weight, bias, dx, kernel, stride, pad, dilation, grou
     if algorithm == "direct":
         _direct_backward_data(dy, weight, bias, dx, kernel, pad, dilation, group, workspace)
         return
+    if algorithm == "s2d":
+        _s2d_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace)
+        return
     n, channels, out = dx.shape[0], dx.shape[1] // group, dy.shape[2:]
     block = _conv_block(n, channels, group, out, kernel, dx.itemsize)
     threads = _conv_threads(n * group * -(-channels // block))
@@ -652,6 +660,10 @@ def conv_backward_weight(x, dy, dweight, kernel, stride, pad, dilation, group, w
         return
     if algorithm == "direct":
         _direct_backward_weight(x, dy, dweight, kernel, pad, dilation, group, workspace)
+        return
+    if algorithm == "s2d":
+        z = _s2d_input(x, kernel, stride, pad, dy.shape[2:], workspace)
+        _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace)
         return
     n, channels, out = x.shape[0], x.shape[1] // group, dy.shape[2:]
     block = _conv_block(1, channels, group, out, kernel, x.itemsize)
@@ -699,6 +711,13 @@ def conv_forward_backward_weight(x, weight, y, dy, dweight, kernel, stride, pad,
     CONV_MIN_ITEMS images whose columns fit CONV_SHARED_COL_BYTES builds each image's
     columns once for both GEMMs (pyx/conv.pyx); otherwise the two calls run apart."""
     n, out = x.shape[0], y.shape[2:]
+    if algorithm == "s2d":
+        # one space-to-depth copy of x for both passes
+        z = _s2d_input(x, kernel, stride, pad, out, workspace)
+        _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace)
+        _direct_forward(z, _s2d_filters(weight, stride), None, y, _s2d_kernel(kernel, stride),
+                        (0, 0), (1, 1), group, workspace)
+        return
     k = x.shape[1] * kernel[0] * kernel[1]
     size = k * out[0] * out[1]
     if (algorithm != "im2col" or n < CONV_MIN_ITEMS or size * x.itemsize >
@@ -844,6 +863,60 @@ def _winograd_backward_weight(x, dy, dweight, pad, dilation, group, workspace):
         wk.winograd_backward_weight(x, dy, du, segments, bounds, scratch, max_tiles, block,
                                     pad[0], pad[1], dilation[0], dilation[1], group)
     wk.winograd_filter_adjoint(du, dweight)
+
+
+# ---- conv: space-to-depth (s2d): a strided convolution as a stride-1 one, on the direct loops
+# Phase (r, q) of the input, x[c, u*sh + r - ph, v*sw + q - pw], becomes channel (c*sh + r)*sw
+# + q of z (pyx/conv.pyx space_to_depth), and tap (a*sh + r, b*sw + q) of the filter tap (a, b)
+# of that channel: a stride-1, unpadded ceil(kh/sh) x ceil(kw/sw) convolution of z, which the
+# direct loops run without a GEMM (taps past the kernel are zero filters). Backward-data is
+# that convolution's adjoint into z's shape, then depth_to_space (each input pixel is one
+# entry of z: a gather, no sums); the weight gradient is the direct one on z, mapped back.
+
+def _s2d_kernel(kernel, stride):
+    """The stride-1 kernel of the space-to-depth convolution."""
+    return (-(-kernel[0] // stride[0]), -(-kernel[1] // stride[1]))
+
+
+def _s2d_filters(weight, stride):
+    """weight (M, C/group, kh, kw) as the space-to-depth convolution's (M, C/group*sh*sw,
+    ka, kb): w[m, (c*sh + r)*sw + q, a, b] = weight[m, c, a*sh + r, b*sw + q], 0 past kh,
+    kw."""
+    m, cg, kh, kw = weight.shape
+    (sh, sw), (ka, kb) = stride, _s2d_kernel((kh, kw), stride)
+    padded = np.zeros((m, cg, ka * sh, kb * sw), weight.dtype)
+    padded[:, :, :kh, :kw] = weight
+    w = padded.reshape(m, cg, ka, sh, kb, sw).transpose(0, 1, 3, 5, 2, 4)
+    return np.ascontiguousarray(w).reshape(m, cg * sh * sw, ka, kb)
+
+
+def _s2d_input(x, kernel, stride, pad, out, workspace):
+    """x (N, C, H, W) as z (N, C*sh*sw, OH + ka - 1, OW + kb - 1), from the workspace."""
+    ka, kb = _s2d_kernel(kernel, stride)
+    shape = (x.shape[0], x.shape[1] * stride[0] * stride[1], out[0] + ka - 1, out[1] + kb - 1)
+    z = _conv_scratch(workspace, "s2d", 1, int(np.prod(shape)), x.dtype).reshape(shape)
+    _conv_kernels().space_to_depth(x, z, stride[0], stride[1], pad[0], pad[1])
+    return z
+
+
+def _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace):
+    """dweight (M, C/group, kh, kw) += the weight gradient, from z = _s2d_input(x)."""
+    m, cg, kh, kw = dweight.shape
+    (sh, sw), (ka, kb) = stride, _s2d_kernel(kernel, stride)
+    dw = np.zeros((m, cg * sh * sw, ka, kb), dweight.dtype)
+    _direct_backward_weight(z, dy, dw, (ka, kb), (0, 0), (1, 1), group, workspace)
+    dw = dw.reshape(m, cg, sh, sw, ka, kb).transpose(0, 1, 4, 2, 5, 3)
+    dweight += dw.reshape(m, cg, ka * sh, kb * sw)[:, :, :kh, :kw]
+
+
+def _s2d_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace):
+    (sh, sw), (ka, kb) = stride, _s2d_kernel(kernel, stride)
+    shape = (dx.shape[0], dx.shape[1] * sh * sw, dy.shape[2] + ka - 1, dy.shape[3] + kb - 1)
+    dz = _conv_scratch(workspace, "s2d", 1, int(np.prod(shape)), dx.dtype).reshape(shape)
+    _direct_backward_data(dy, _s2d_filters(weight, stride), None, dz, (ka, kb), (0, 0),
+                          (1, 1), group, workspace)
+    b = np.empty(0, dx.dtype) if bias is None else bias
+    _conv_kernels().depth_to_space(dz, dx, b, sh, sw, pad[0], pad[1])
 
 
 # ---- conv: kn2row (pyx/kn2row.pyx), any kernel at stride 1, no im2col buffer

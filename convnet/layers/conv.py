@@ -178,11 +178,12 @@ class Convolution(_ConvolutionBase):
     stride, pad and dilation take an int or an (h, w) pair. ``param=[dict(lr_mult=...), ...]``
     sets the weight's and bias's multipliers; lr_mult 0 skips that gradient entirely.
     ``algorithm`` ("auto"): "im2col", "winograd" for 3x3 kernels at stride 1 (any pad and
-    dilation), "direct" (any kernel at stride 1: register-blocked loops, for few channels) or
-    "kn2row" (any kernel at stride 1, no im2col buffer); "auto" picks for each pass (forward,
-    backward-data, backward-weight) by the rule in :mod:`convnet.layers.conv_algorithms`, and
-    ``algorithm_used`` says what setup chose: one name, or the three joined by "/" when the
-    passes differ (e.g. "direct/im2col/direct").
+    dilation), "direct" (any kernel at stride 1: register-blocked loops, for few channels),
+    "kn2row" (any kernel at stride 1, no im2col buffer) or "s2d" (stride > 1, dilation 1:
+    space-to-depth, a stride-1 convolution on the direct loops); "auto" picks for each pass
+    (forward, backward-data, backward-weight) by the rule in
+    :mod:`convnet.layers.conv_algorithms`, and ``algorithm_used`` says what setup chose: one
+    name, or the three joined by "/" when the passes differ (e.g. "direct/im2col/direct").
 
     >>> conv = Convolution(num_output=8, kernel_size=3, pad=1)
     >>> conv.forward(np.zeros((2, 3, 5, 7), np.float32)).shape
@@ -254,10 +255,11 @@ class Deconvolution(_ConvolutionBase):
     group (1), bias_term (True), weight_filler ("msra"), bias_filler (0.0), plus
     output_padding (0). For FCN's fixed upsampling use ``weight_filler="bilinear"``,
     ``group=C`` and ``param=[dict(lr_mult=0)]``. ``algorithm`` ("auto"): "im2col",
-    "winograd" (3x3, stride 1), "direct" (stride 1), "kn2row" (stride 1) or "subpixel"
+    "winograd" (3x3, stride 1), "direct" (stride 1), "kn2row" (stride 1), "subpixel"
     (stride > 1, dilation 1: the forward as stride**2 stride-1 convolutions, no col2im
-    scatter); "auto" picks for each pass, and ``algorithm_used`` names them as for
-    Convolution (the layer's own passes: its forward is the convolution's backward-data); see
+    scatter) or "s2d" (stride > 1, dilation 1: space-to-depth, the strided convolution of
+    its backward as a stride-1 one on the direct loops); "auto" picks for each pass, and
+    ``algorithm_used`` names them as for Convolution (the layer's own passes: its forward is the convolution's backward-data); see
     :mod:`convnet.layers.conv_algorithms`.
 
     >>> up = Deconvolution(num_output=4, kernel_size=4, stride=2, pad=1)

@@ -25,6 +25,12 @@ The algorithms (kernels in ``pyx/``, dispatch in ``convnet.backend.cpu``):
   convolution) runs as stride**2 stride-1 convolutions of the low-resolution input with the
   sub-kernels of each output phase (Shi et al. 2016), written straight into their pixels:
   no col2im scatter. Its backward passes are the strided convolution's own (im2col gathers).
+- ``s2d``: any stride > 1 with dilation 1 (space-to-depth): phase (r, q) of the input becomes
+  channel (c*sh + r)*sw + q of a copy z (pyx/conv.pyx ``space_to_depth``) and the filters
+  ceil(kh/sh) x ceil(kw/sw) ones over those channels, so the strided convolution is a
+  stride-1, unpadded one of z on the direct loops, no GEMM; backward-data is its adjoint,
+  then ``depth_to_space`` (a gather: each input pixel is one entry of z); the weight
+  gradient is the direct one on z, mapped back.
 
 The ``auto`` rule, from measurements on the 2-core AVX2 machine (AMD EPYC, scipy's OpenBLAS
 Haswell kernels), one thread, CPU time in ms, forward / backward-data / backward-weight,
@@ -67,6 +73,29 @@ The phases' stride-1 convolutions have a K of C_in * ceil(k/s)^2 (a quarter of i
 s = 2) and their results are interleaved by a strided NumPy copy; together they cost more
 than col2im's scatter here, so ``auto`` keeps im2col and sub-pixel is a choice.
 (The backward differences come from the same im2col kernels timed apart.)
+
+Space-to-depth against im2col, 2 threads, wall ms (median of 14, alternated, 2026-12-01
+21:30 UTC), forward / backward (``algorithm=`` forced; a forced s2d runs every pass):
+
+- Deconvolution N=8, 21->21, 16x16, k16 s8 p4:   im2col 14.8 / 33.5   s2d 19.5 / 27.9
+- Deconvolution N=8, 16->16, 32x32, k8 s4 p2:    im2col  9.9 / 26.8   s2d 10.7 / 20.4
+- Deconvolution N=8, 16->16, 32x32, k4 s2 p1:    im2col  2.65 / 5.97  s2d  3.49 / 3.83
+- Deconvolution N=8, 32->32, 32x32, k4 s2 p1:    im2col  4.80 / 13.5  s2d  6.87 / 10.6
+- Deconvolution N=16, 5->5, 8x8, k16 s8 p4:      im2col  1.46 / 6.70  s2d  2.13 / 4.87
+- Deconvolution N=8, 64->32 / 64->64, 32x32, k4 s2 p1, backward: 13.7 / 25.7 vs 13.4 / 25.9;
+  N=8, 128->64, 16x16: 11.5 vs 16.8
+- Convolution N=8, 16->32, 64x64, k2 s2:         im2col  2.30 / 4.87  s2d  2.77 / 5.45
+- Convolution N=8, 3->32, 128x128, k4 s4:        im2col  1.69 / 3.77  s2d  1.89 / 4.23
+- Convolution N=8, 16->32, 64x64, k3 s2 p1:      im2col  2.95 / 7.48  s2d  4.90 / 11.3
+
+A Deconvolution's backward is a strided convolution of its top (many pixels) into its
+bottom (few), where the im2col GEMM has a thin M (its bottom's channels) and N (its bottom's
+pixels) and long columns that its two GEMMs each pack; the direct loops run its K whole in
+registers. So ``auto`` picks s2d for a Deconvolution's backward (conv roles: forward and
+weight gradient) when its kernel is a multiple of its stride (no zero taps: a 3x3 at stride
+2 would run 16 taps for 9) and its bottom has at most ``S2D_MAX_OUTPUTS`` channels per group;
+its forward (the phases written back through depth_to_space, s**2 times the channels) and
+strided Convolutions, where im2col's GEMM is already wide, stay on im2col.
 
 The direct loops against Winograd and im2col, each pass apart (convnet.backend.cpu with
 ``algorithm=`` forced), 3x3 pad 1, 2 threads, wall ms (median of 9), forward /
@@ -162,7 +191,11 @@ DIRECT_MAX_CHANNELS = 32
 #: its 6-channel register block busy (im2col's gemm + col2im was faster)
 DIRECT_MIN_OUTPUTS = 4
 
-NAMES = ("auto", "im2col", "winograd", "direct", "kn2row", "subpixel")
+#: the most channels per group of a Deconvolution's bottom (conv roles: the strided
+#: convolution's outputs) for which ``auto`` runs its backward on space-to-depth
+S2D_MAX_OUTPUTS = 32
+
+NAMES = ("auto", "im2col", "winograd", "direct", "kn2row", "subpixel", "s2d")
 
 
 def _im2col(layer, shape):
@@ -267,6 +300,38 @@ def _subpixel(layer, shape):
     return None
 
 
+def _s2d(layer, shape):
+    if max(layer.stride) == 1:
+        return "it needs stride > 1 (at stride 1 it is the direct loops)"
+    if tuple(layer.dilation) != (1, 1):
+        return f"it needs dilation 1, got dilation {_pair(layer.dilation)}"
+    # the direct loops' band: the space-to-depth input's channels and rows (conv roles)
+    conv_in = int(shape[1]) if layer.type_name == "Convolution" else int(layer.num_output)
+    channels = max(conv_in * layer.stride[0] * layer.stride[1], int(layer.num_output),
+                   int(shape[1]))
+    ka = -(-layer.kernel_size[0] // layer.stride[0])
+    kb = -(-layer.kernel_size[1] // layer.stride[1])
+    width = int(shape[3]) * max(layer.stride[1], 1) + kb + 32
+    band = (_DIRECT_TASK_ROWS + ka - 1) * channels * width
+    if band > DIRECT_MAX_BAND:
+        return (f"its band of space-to-depth input rows would hold {band} values, more than "
+                f"{DIRECT_MAX_BAND} (2**31)")
+    return None
+
+
+def _s2d_preferred(layer, shape, conv_pass):
+    # a kernel that is not a multiple of the stride pads the filters with zero taps (a 3x3 at
+    # stride 2 runs 16 taps for 9); conv roles: the strided convolution's outputs are the
+    # direct loops' register block, and its backward-data writes stride**2 times the inputs
+    if layer.type_name != "Deconvolution" or any(
+            k % s for k, s in zip(layer.kernel_size, layer.stride)):
+        return False
+    conv_out = int(layer.num_output) if layer.type_name == "Convolution" else int(shape[1])
+    if conv_out // layer.group > S2D_MAX_OUTPUTS:
+        return False
+    return conv_pass in ("forward", "backward_weight")
+
+
 def _always(layer, shape, conv_pass):
     return True
 
@@ -274,6 +339,7 @@ def _always(layer, shape, conv_pass):
 #: (name, why it does not apply or None, whether auto prefers it), in the order auto tries
 ALGORITHMS = (
     ("direct", _direct, _direct_preferred),
+    ("s2d", _s2d, _s2d_preferred),
     ("winograd", _winograd, _winograd_preferred),
     ("subpixel", _subpixel, _never),
     ("kn2row", _kn2row, _never),

@@ -1,4 +1,5 @@
-"""Every convolution algorithm (im2col, Winograd, direct, kn2row, sub-pixel) against the naive
+"""Every convolution algorithm (im2col, Winograd, direct, kn2row, sub-pixel, space-to-depth)
+against the naive
 float64 loops,
 finite differences and PyTorch, on random configurations of the shapes it applies to; the
 auto rule; forced algorithms that do not apply; accuracy on large shapes."""
@@ -55,6 +56,25 @@ def _subpixel_config(seed):
             return cfg
 
 
+def _strided_config(seed):
+    """Strided Convolutions: kernels smaller than, equal to and larger than the stride (per
+    axis), pads, groups, sizes that leave rows and columns unread."""
+    r = np.random.default_rng(7000 + seed)
+    while True:
+        group = int(r.choice([1, 1, 2]))
+        stride = (int(r.integers(1, 5)), int(r.integers(2, 5)))
+        kernel = (int(r.integers(1, 9)), int(r.integers(1, 9)))
+        cfg = dict(n=int(r.integers(1, 3)), c=group * int(r.integers(1, 4)),
+                   m=group * int(r.integers(1, 8)), group=group, kernel=kernel, stride=stride,
+                   pad=(int(r.integers(0, kernel[0])), int(r.integers(0, kernel[1]))),
+                   dilation=(1, 1), size=(int(r.integers(1, 20)), int(r.integers(1, 20))),
+                   output_padding=(0, 0))
+        out = [shapes.conv_out(cfg["size"][a], kernel[a], stride[a], cfg["pad"][a], 1)
+               for a in range(2)]
+        if min(out) >= 1:
+            return cfg
+
+
 def _stride1_config(seed, channels, width):
     """Any kernel at stride 1: 1xk, kx1, even and odd sizes, pads, dilation, groups; up to
     ``channels`` input and output channels per group, rows up to ``width`` wide."""
@@ -102,9 +122,11 @@ WINOGRAD = [_winograd_config(i) for i in range(N_CONFIGS)]
 DIRECT = [_direct_config(i) for i in range(N_CONFIGS)] + DIRECT_VALID
 KN2ROW = [_kn2row_config(i) for i in range(N_CONFIGS)]
 SUBPIXEL = [_subpixel_config(i) for i in range(N_CONFIGS)]
+STRIDED = [_strided_config(i) for i in range(N_CONFIGS)]
 #: (layer type, algorithm, configuration)
 CASES = ([("conv", "winograd", c) for c in WINOGRAD] + [("deconv", "winograd", c) for c in WINOGRAD]
          + [("deconv", "subpixel", c) for c in SUBPIXEL]
+         + [("conv", "s2d", c) for c in STRIDED] + [("deconv", "s2d", c) for c in SUBPIXEL]
          + [("conv", "kn2row", c) for c in KN2ROW] + [("deconv", "kn2row", c) for c in KN2ROW]
          + [("conv", "direct", c) for c in DIRECT] + [("deconv", "direct", c) for c in DIRECT]
          + [("conv", "im2col", c) for c in WINOGRAD[:6]]
@@ -228,9 +250,13 @@ def test_direct_weight_gradient_register_blocks(m, group, dtype, rng):
                                                   group=1)),
                           ("deconv", "direct", dict(DIRECT[5], n=2, c=9, m=5, size=(17, 26),
                                                     group=1)),
-                          ("conv", "direct", dict(DIRECT_VALID[2], n=4, size=(41, 43)))],
+                          ("conv", "direct", dict(DIRECT_VALID[2], n=4, size=(41, 43))),
+                          ("deconv", "s2d", dict(SUBPIXEL[2], n=3, c=6, m=5, size=(17, 13))),
+                          ("conv", "s2d", dict(STRIDED[1], n=3, c=5, m=9, size=(37, 29),
+                                               group=1))],
                          ids=["conv-winograd", "deconv-winograd", "deconv-subpixel", "kn2row",
-                              "conv-direct", "deconv-direct", "conv-direct-1x1"])
+                              "conv-direct", "deconv-direct", "conv-direct-1x1", "deconv-s2d",
+                              "conv-s2d"])
 def test_one_and_two_threads_are_bit_identical(kind, algorithm, cfg, rng):
     x = _input(cfg, rng).astype(np.float32)
     results = []
@@ -280,11 +306,12 @@ def test_float32_stays_within_the_conformance_bound_on_large_shapes(algorithm, n
     assert _relative_error(layer.weight.diff, tw.grad.numpy()) <= 2e-4
 
 
-def test_float32_subpixel_deconvolution_large_shape(rng):
+@pytest.mark.parametrize("algorithm", ["subpixel", "s2d"])
+def test_float32_strided_deconvolution_large_shape(algorithm, rng):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     x = rng.standard_normal((2, 21, 28, 28)).astype(np.float32)
-    layer = Deconvolution(21, 16, stride=8, pad=4, algorithm="subpixel", bias_term=False)
+    layer = Deconvolution(21, 16, stride=8, pad=4, algorithm=algorithm, bias_term=False)
     y = layer.forward(x)
     dy = rng.standard_normal(y.shape).astype(np.float32)
     dx = layer.backward(dy)
@@ -382,10 +409,15 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     assert _auto(Deconvolution(3, 3, pad=1), (8, 32, 128, 128)) == "im2col/direct/direct"
 
 
-def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
-    up = Deconvolution(8, 4, stride=2, pad=1)
-    up.setup((1, 8, 5, 5))
-    assert up.algorithm_used == "im2col"          # measured faster (conv_algorithms)
+def test_auto_rule_for_strided_layers_and_subpixel_is_a_choice():
+    # measured (conv_algorithms): a Deconvolution whose kernel is a multiple of its stride
+    # and whose bottom has at most 32 channels runs its backward on space-to-depth, its
+    # forward on im2col; wider ones, zero taps and strided Convolutions stay on im2col
+    assert _auto(Deconvolution(8, 4, stride=2, pad=1), (1, 8, 5, 5)) == "im2col/s2d/s2d"
+    assert _auto(Deconvolution(21, 16, stride=8, pad=4), (2, 21, 6, 6)) == "im2col/s2d/s2d"
+    assert _auto(Deconvolution(32, 4, stride=2, pad=1), (1, 64, 5, 5)) == "im2col"
+    assert _auto(Deconvolution(8, 3, stride=2, pad=1), (1, 8, 5, 5)) == "im2col"
+    assert _auto(Convolution(8, 2, stride=2), (1, 8, 16, 16)) == "im2col"
     forced = Deconvolution(8, 4, stride=2, pad=1, algorithm="subpixel")
     forced.setup((1, 8, 5, 5))
     assert forced.algorithm_used == "subpixel"
@@ -409,6 +441,9 @@ def test_auto_keeps_im2col_for_strided_deconvolution_and_subpixel_is_a_choice():
      r"its band of zero-padded input rows would hold \d+ values, more than 2147483648"),
     (lambda a: Deconvolution(4, 4, stride=2, dilation=(1, 2), algorithm=a), "subpixel",
      r"it needs dilation 1, got dilation \(1, 2\)"),
+    (lambda a: Convolution(4, 3, algorithm=a), "s2d", "it needs stride > 1"),
+    (lambda a: Deconvolution(4, 4, stride=2, dilation=(1, 2), algorithm=a), "s2d",
+     r"it needs dilation 1, got dilation \(1, 2\)"),
 ])
 def test_a_forced_algorithm_that_does_not_apply_is_a_config_error(layer, algorithm, match):
     with pytest.raises(ConfigError, match=f"algorithm '{algorithm}' does not apply: {match}"):
@@ -418,7 +453,7 @@ def test_a_forced_algorithm_that_does_not_apply_is_a_config_error(layer, algorit
 def test_unknown_algorithm_is_named():
     with pytest.raises(ConfigError, match="algorithm must be one of 'auto', 'im2col', "
                                           "'winograd', 'direct', 'kn2row', 'subpixel', "
-                                          "got 'fft'"):
+                                          "'s2d', got 'fft'"):
         Convolution(4, 3, algorithm="fft")
 
 
