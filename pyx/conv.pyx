@@ -48,7 +48,7 @@ from cython cimport floating
 from cython.parallel cimport prange
 
 from _blas cimport gemm
-from _openmp cimport omp_get_thread_num
+from _openmp cimport omp_get_max_threads, omp_get_thread_num
 from im2col cimport col2im_channels, im2col_channels
 
 
@@ -414,6 +414,11 @@ cdef double _plane_sum(const floating* row, Py_ssize_t count) noexcept nogil:
     return s
 
 
+#: below this many values of dy the bias gradient runs on one thread: the default
+#: network's 16x5x64x64 score layer took 0.16-0.22 ms on two (a thread wake) and 0.07 on one
+BIAS_GRAIN = 1 << 19
+
+
 def conv_backward_bias(const floating[:, :, :, ::1] dy,     # IN    (N, M, OH, OW)
                        floating[::1] dbias):                # INOUT (M,)
     """dbias[m] += sum over n, oh, ow of dy[n, m, oh, ow] (double accumulator)."""
@@ -422,8 +427,9 @@ def conv_backward_bias(const floating[:, :, :, ::1] dy,     # IN    (N, M, OH, O
     cdef Py_ssize_t plane = dy.shape[2] * dy.shape[3]
     cdef Py_ssize_t m, n
     cdef double s
+    cdef int threads = 1 if N * M * plane < BIAS_GRAIN else omp_get_max_threads()
     with nogil:
-        for m in prange(M, schedule='static'):
+        for m in prange(M, schedule='static', num_threads=threads):
             s = 0
             for n in range(N):
                 s = s + _plane_sum(&dy[n, m, 0, 0], plane)
