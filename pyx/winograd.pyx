@@ -27,9 +27,9 @@ against 60-80 at 64 tiles). Paired in one process against the one-lattice items 
 ms, forward / backward): N=8 128->128 32x32 d=2 18.5 / 35.6 -> 17.9 / 33.0; N=2 256->256
 28x28 d=2 17.4 / 40.3 -> 15.1 / 34.0; N=1 512->512 28x28 d=4 74.7 / 201.6 -> 41.4 / 98.6.
 Each thread owns its scratch (transformed tiles V and products M for one item) and writes
-only its item's outputs, so the forward result is bit-identical for any thread count. The weight gradient sums the
-items of P fixed classes (item k in class k % P) in order into P partial sums, added in order
-at the end: again independent of the thread count.
+only its item's outputs, so the forward result is bit-identical for any thread count. The
+weight gradient sums the items of P fixed classes (item k in class k % P) in order into P
+partial sums, added in order at the end: again independent of the thread count.
 
 Transforms run as 1-D passes over whole tile rows, so the inner loops are contiguous over the
 tiles of a row and the compiler vectorises them. Float32 relative RMS error against float64 on a

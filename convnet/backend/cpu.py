@@ -592,9 +592,8 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
         _direct_forward(x, weight, bias, y, kernel, pad, dilation, group, workspace)
         return
     if algorithm == "s2d":
-        z = _s2d_input(x, kernel, stride, pad, y.shape[2:], workspace)
-        _direct_forward(z, _s2d_filters(weight, stride), bias, y, _s2d_kernel(kernel, stride),
-                        (0, 0), (1, 1), group, workspace)
+        _s2d_forward(_s2d_input(x, kernel, stride, pad, y.shape[2:], workspace), weight, bias,
+                     y, kernel, stride, group, workspace)
         return
     n, out, m = x.shape[0], y.shape[2:], y.shape[1]
     rows = _conv_rows(n, x.shape[1:], out, kernel, x.itemsize)
@@ -715,8 +714,7 @@ def conv_forward_backward_weight(x, weight, y, dy, dweight, kernel, stride, pad,
         # one space-to-depth copy of x for both passes
         z = _s2d_input(x, kernel, stride, pad, out, workspace)
         _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace)
-        _direct_forward(z, _s2d_filters(weight, stride), None, y, _s2d_kernel(kernel, stride),
-                        (0, 0), (1, 1), group, workspace)
+        _s2d_forward(z, weight, None, y, kernel, stride, group, workspace)
         return
     k = x.shape[1] * kernel[0] * kernel[1]
     size = k * out[0] * out[1]
@@ -890,13 +888,24 @@ def _s2d_filters(weight, stride):
     return np.ascontiguousarray(w).reshape(m, cg * sh * sw, ka, kb)
 
 
-def _s2d_input(x, kernel, stride, pad, out, workspace):
-    """x (N, C, H, W) as z (N, C*sh*sw, OH + ka - 1, OW + kb - 1), from the workspace."""
+def _s2d_scratch(n, channels, out, kernel, stride, dtype, workspace):
+    """The workspace's z (N, C*sh*sw, OH + ka - 1, OW + kb - 1) for a conv output (OH, OW)."""
     ka, kb = _s2d_kernel(kernel, stride)
-    shape = (x.shape[0], x.shape[1] * stride[0] * stride[1], out[0] + ka - 1, out[1] + kb - 1)
-    z = _conv_scratch(workspace, "s2d", 1, int(np.prod(shape)), x.dtype).reshape(shape)
+    shape = (n, channels * stride[0] * stride[1], out[0] + ka - 1, out[1] + kb - 1)
+    return _conv_scratch(workspace, "s2d", 1, int(np.prod(shape)), dtype).reshape(shape)
+
+
+def _s2d_input(x, kernel, stride, pad, out, workspace):
+    """x (N, C, H, W) as z, from the workspace."""
+    z = _s2d_scratch(x.shape[0], x.shape[1], out, kernel, stride, x.dtype, workspace)
     _conv_kernels().space_to_depth(x, z, stride[0], stride[1], pad[0], pad[1])
     return z
+
+
+def _s2d_forward(z, weight, bias, y, kernel, stride, group, workspace):
+    """y = the strided convolution (+ bias), from z = _s2d_input(x)."""
+    _direct_forward(z, _s2d_filters(weight, stride), bias, y, _s2d_kernel(kernel, stride),
+                    (0, 0), (1, 1), group, workspace)
 
 
 def _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace):
@@ -910,13 +919,12 @@ def _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace):
 
 
 def _s2d_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace):
-    (sh, sw), (ka, kb) = stride, _s2d_kernel(kernel, stride)
-    shape = (dx.shape[0], dx.shape[1] * sh * sw, dy.shape[2] + ka - 1, dy.shape[3] + kb - 1)
-    dz = _conv_scratch(workspace, "s2d", 1, int(np.prod(shape)), dx.dtype).reshape(shape)
-    _direct_backward_data(dy, _s2d_filters(weight, stride), None, dz, (ka, kb), (0, 0),
-                          (1, 1), group, workspace)
+    dz = _s2d_scratch(dx.shape[0], dx.shape[1], dy.shape[2:], kernel, stride, dx.dtype,
+                      workspace)
+    _direct_backward_data(dy, _s2d_filters(weight, stride), None, dz,
+                          _s2d_kernel(kernel, stride), (0, 0), (1, 1), group, workspace)
     b = np.empty(0, dx.dtype) if bias is None else bias
-    _conv_kernels().depth_to_space(dz, dx, b, sh, sw, pad[0], pad[1])
+    _conv_kernels().depth_to_space(dz, dx, b, stride[0], stride[1], pad[0], pad[1])
 
 
 # ---- conv: kn2row (pyx/kn2row.pyx), any kernel at stride 1, no im2col buffer

@@ -236,20 +236,26 @@ DIRECT_MAX_BAND = 2 ** 31
 _DIRECT_TASK_ROWS = 8
 
 
+def _band_too_large(rows, channels, width, what):
+    """Why the direct loops' band (a task's input rows of every channel, a vector step past
+    the row) cannot be held, or None."""
+    band = (_DIRECT_TASK_ROWS + rows - 1) * channels * (width + 32)
+    if band > DIRECT_MAX_BAND:
+        return (f"its band of {what} rows would hold {band} values, more than "
+                f"{DIRECT_MAX_BAND} (2**31)")
+    return None
+
+
 def _direct(layer, shape):
     if tuple(layer.stride) != (1, 1):
         return f"it needs stride 1, got stride {_pair(layer.stride)}"
-    # a band holds a task's input rows of every channel, rows as wide as the widest side
-    # (its passes read both: the layer's bottom and top) plus the kernel and a vector step
-    channels = max(int(shape[1]), int(layer.num_output))
+    # rows as wide as the widest side (its passes read both: the layer's bottom and top)
+    # plus the kernel
     kh, kw = layer.kernel_size
     dh, dw = layer.dilation
-    width = int(shape[3]) + 2 * layer.pad[1] + dw * (kw - 1) + 32
-    band = (_DIRECT_TASK_ROWS + dh * (kh - 1)) * channels * width
-    if band > DIRECT_MAX_BAND:
-        return (f"its band of zero-padded input rows would hold {band} values, more than "
-                f"{DIRECT_MAX_BAND} (2**31)")
-    return None
+    return _band_too_large(dh * (kh - 1) + 1, max(int(shape[1]), int(layer.num_output)),
+                           int(shape[3]) + 2 * layer.pad[1] + dw * (kw - 1),
+                           "zero-padded input")
 
 
 def _direct_preferred(layer, shape, conv_pass):
@@ -290,33 +296,33 @@ def _winograd_preferred(layer, shape, conv_pass):
     return pixels >= (WINOGRAD_MIN_PIXELS_WIDE if wide else WINOGRAD_MIN_PIXELS)
 
 
+def _phases(layer, stride_one):
+    """Why a phase decomposition (stride > 1, dilation 1) does not apply, or None."""
+    if max(layer.stride) == 1:
+        return f"it needs stride > 1 ({stride_one})"
+    if tuple(layer.dilation) != (1, 1):
+        return f"it needs dilation 1, got dilation {_pair(layer.dilation)}"
+    return None
+
+
 def _subpixel(layer, shape):
     if layer.type_name != "Deconvolution":
         return "it is the strided Deconvolution's forward (a Convolution has no scatter)"
-    if max(layer.stride) == 1:
-        return "it needs stride > 1 (at stride 1 there is one phase)"
-    if tuple(layer.dilation) != (1, 1):
-        return f"it needs dilation 1, got dilation {_pair(layer.dilation)}"
-    return None
+    return _phases(layer, "at stride 1 there is one phase")
 
 
 def _s2d(layer, shape):
-    if max(layer.stride) == 1:
-        return "it needs stride > 1 (at stride 1 it is the direct loops)"
-    if tuple(layer.dilation) != (1, 1):
-        return f"it needs dilation 1, got dilation {_pair(layer.dilation)}"
-    # the direct loops' band: the space-to-depth input's channels and rows (conv roles)
+    why = _phases(layer, "at stride 1 it is the direct loops")
+    if why is not None:
+        return why
+    # the direct loops' band over the space-to-depth input (conv roles: a Deconvolution's
+    # top), whose rows are at most as wide as the layer's widest side
+    sh, sw = layer.stride
     conv_in = int(shape[1]) if layer.type_name == "Convolution" else int(layer.num_output)
-    channels = max(conv_in * layer.stride[0] * layer.stride[1], int(layer.num_output),
-                   int(shape[1]))
-    ka = -(-layer.kernel_size[0] // layer.stride[0])
-    kb = -(-layer.kernel_size[1] // layer.stride[1])
-    width = int(shape[3]) * max(layer.stride[1], 1) + kb + 32
-    band = (_DIRECT_TASK_ROWS + ka - 1) * channels * width
-    if band > DIRECT_MAX_BAND:
-        return (f"its band of space-to-depth input rows would hold {band} values, more than "
-                f"{DIRECT_MAX_BAND} (2**31)")
-    return None
+    return _band_too_large(-(-layer.kernel_size[0] // sh),
+                           max(conv_in * sh * sw, int(layer.num_output), int(shape[1])),
+                           int(shape[3]) * sw + -(-layer.kernel_size[1] // sw),
+                           "space-to-depth input")
 
 
 def _s2d_preferred(layer, shape, conv_pass):
@@ -326,8 +332,8 @@ def _s2d_preferred(layer, shape, conv_pass):
     if layer.type_name != "Deconvolution" or any(
             k % s for k, s in zip(layer.kernel_size, layer.stride)):
         return False
-    conv_out = int(layer.num_output) if layer.type_name == "Convolution" else int(shape[1])
-    if conv_out // layer.group > S2D_MAX_OUTPUTS:
+    # conv roles: the Deconvolution's bottom is the strided convolution's output
+    if int(shape[1]) // layer.group > S2D_MAX_OUTPUTS:
         return False
     return conv_pass in ("forward", "backward_weight")
 
