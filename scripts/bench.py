@@ -11,10 +11,12 @@ bandwidth measured at the same size.
 glibc returns large buffers to the system after each use unless told otherwise, which adds
 thousands of page faults to every call of both libraries; the script re-executes itself with
 ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736`` so both
-sides run at their best (``--default-malloc`` keeps glibc's defaults). It also sets
-``OMP_WAIT_POLICY=passive`` for both: convnet and PyTorch each bring an OpenMP runtime, and
-with spin-waiting the idle threads of one spin through the other's next call on a 2-core
-machine (``--omp-wait-policy default`` leaves it unset).
+sides run at their best (``--default-malloc`` keeps glibc's defaults). Both sides share one
+OpenMP runtime (PyTorch's wheel brings ``libgomp.so.1`` and convnet's modules load the same
+soname), so they run under one wait policy, by default the one ``import convnet`` sets
+(``GOMP_SPINCOUNT=3000``: idle threads spin ~85 us, then sleep), as a user who imports convnet
+gets it; ``--omp-wait-policy passive`` (futex waits: each parallel loop pays a wake) or
+``default`` (libgomp's own 300k-iteration spin) run both sides under that instead.
 
 Convolution cases print the algorithm convnet chose (``algorithm="auto"``); their GFLOP/s
 count the direct convolution's multiply-adds, so Winograd, which does fewer, can show more
@@ -366,6 +368,7 @@ def run(args):
           f"threads={args.threads}, device={args.device}, reps={args.reps}, "
           f"GLIBC_TUNABLES={'set' if os.environ.get('GLIBC_TUNABLES') == TUNABLES else 'default'}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
+          f"GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT', 'default')}, "
           f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'auto')}")
     print(f"# convnet's BLAS: {blas_kernels()}; OPENBLAS_L2_SIZE="
           f"{os.environ.get('OPENBLAS_L2_SIZE', 'unset')}")
@@ -503,8 +506,11 @@ def main(argv=None):
     parser.add_argument("--no-torch", action="store_true", help="convnet's figures only")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's malloc defaults (page faults in both sides)")
-    parser.add_argument("--omp-wait-policy", choices=("passive", "default"), default="passive",
-                        help="OMP_WAIT_POLICY for both sides (default %(default)s)")
+    parser.add_argument("--omp-wait-policy", choices=("convnet", "passive", "default"),
+                        default="convnet",
+                        help="OpenMP waiting for both sides: convnet's bounded spin, "
+                             "OMP_WAIT_POLICY=PASSIVE, or libgomp's default (default "
+                             "%(default)s)")
     parser.add_argument("--keep-openblas-env", action="store_true",
                         help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (by default they are "
                              "unset, as on a user's machine, so OpenBLAS picks its own kernels)")
@@ -520,8 +526,13 @@ def main(argv=None):
     env = dict(os.environ)
     if not args.default_malloc:
         env["GLIBC_TUNABLES"] = TUNABLES
+    for name in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        env.pop(name, None)
     if args.omp_wait_policy == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    elif args.omp_wait_policy == "convnet":
+        from convnet import SPIN_COUNT
+        env["GOMP_SPINCOUNT"] = SPIN_COUNT
     if not args.keep_openblas_env:
         # some machines pin scipy's OpenBLAS to older kernels; a user's does not (PyTorch
         # does not use OpenBLAS, so this changes convnet's side only)
