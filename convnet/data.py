@@ -121,7 +121,16 @@ class SyntheticShapes:
         self.num_images = _check_int(num_images, "num_images", self, 1)
         self.size = _check_int(size, "size", self, 16)
         self.seed = _check_int(seed, "seed", self, 0)
-        chunks = [self._render_chunk(c) for c in range(-(-self.num_images // _CHUNK))]
+        count = -(-self.num_images // _CHUNK)
+        # each chunk has its own random stream, so rendering them on several threads (NumPy
+        # releases the GIL in its array passes) gives the same images
+        threads = min(_render_threads(), count)
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(threads) as pool:
+                chunks = list(pool.map(self._render_chunk, range(count)))
+        else:
+            chunks = [self._render_chunk(c) for c in range(count)]
         self.images = np.concatenate([c[0] for c in chunks])[:self.num_images]
         # uint8 labels keep the cached dataset small; items and batches are int64
         self.labels = np.concatenate([c[1] for c in chunks])[:self.num_images]
@@ -230,6 +239,12 @@ def _pil_open(owner, path):
         return Image.open(path)
     except Exception as exc:  # Pillow raises several types for unreadable files
         fail(owner, f"cannot read {path}: {exc}", FileFormatError)
+
+
+def _render_threads():
+    """Threads for rendering SyntheticShapes: convnet's thread count (set_num_threads)."""
+    from convnet.backend.cpu import get_num_threads
+    return get_num_threads()
 
 
 def _workers(workers):

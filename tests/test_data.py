@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import convnet
 from convnet.data import (BatchIterator, FolderDataset, SyntheticShapes, denormalize_image,
                           normalize_image)
 from convnet.errors import ConfigError, DataError, FileFormatError
@@ -44,6 +45,20 @@ def test_generation_is_deterministic_and_seeded():
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
     assert not np.array_equal(a.images, c.images)
+
+
+def test_rendering_on_two_threads_gives_the_one_thread_images():
+    # 200 images are four chunks, rendered concurrently on two threads
+    before = convnet.get_num_threads()
+    try:
+        convnet.set_num_threads(1)
+        one = SyntheticShapes("train", num_images=200, size=24, seed=5)
+        convnet.set_num_threads(2)
+        two = SyntheticShapes("train", num_images=200, size=24, seed=5)
+    finally:
+        convnet.set_num_threads(before)
+    np.testing.assert_array_equal(one.images, two.images)
+    np.testing.assert_array_equal(one.labels, two.labels)
 
 
 def test_smaller_dataset_is_a_prefix_of_a_larger_one():
