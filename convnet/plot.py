@@ -26,14 +26,16 @@ def write_curves(records, path, title=None):
     """Write ``path`` (PNG): training loss (records with "loss") and validation mIoU and
     pixel accuracy (records with "val") against "iter", on two axes side by side."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a Figure on the Agg canvas, without pyplot (its import and GUI backends: ~1 s)
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError as exc:
         raise ImportError(f"curves need matplotlib: pip install \".[plot]\" ({exc})") from exc
     train = [r for r in records if "loss" in r]
     val = [r for r in records if "val" in r and r["val"].get("miou") is not None]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_val = fig.subplots(1, 2)
     if train:
         ax_loss.plot([r["iter"] for r in train], [r["loss"] for r in train], lw=1)
     ax_loss.set_xlabel("iteration")
@@ -53,8 +55,9 @@ def write_curves(records, path, title=None):
     ax_val.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    # fixed margins: tight_layout measured every label's extent (~0.6 s)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.13, top=0.88 if title else 0.95,
+                        wspace=0.22)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     os.replace(tmp, path)
