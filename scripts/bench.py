@@ -533,6 +533,10 @@ def main(argv=None):
     elif args.omp_wait_policy == "convnet":
         from convnet import SPIN_COUNT
         env["GOMP_SPINCOUNT"] = SPIN_COUNT
+    else:
+        # libgomp's own default for an unset policy, spelled out: with neither variable set,
+        # ``import convnet`` (before PyTorch loads libgomp) would put its own in
+        env["GOMP_SPINCOUNT"] = "300000"
     if not args.keep_openblas_env:
         # some machines pin scipy's OpenBLAS to older kernels; a user's does not (PyTorch
         # does not use OpenBLAS, so this changes convnet's side only)
