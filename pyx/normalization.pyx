@@ -22,13 +22,17 @@ from libc.math cimport sqrt
 
 from _openmp cimport omp_get_max_threads
 
-# A pass over less than GRAIN elements runs on one thread: with passive waiting (see
-# convnet/__init__.py) a thread start costs a futex wake, about 100 us on this 2-core VM.
-# Measured in the default training step (BN + in-place ReLU, forward / backward, ms, 1 vs 2
-# threads, idle machine): (16, 64, 8, 8) 0.34 / 0.40 vs 0.61 / 0.64; (16, 64, 16, 16)
-# 0.66 / 0.84 vs 0.81 / 0.94; (16, 32, 32, 32) 0.92 vs 0.94; (16, 16, 64, 64) faster on two.
+# A pass over less than GRAIN elements runs on one thread: a thread start costs a futex wake
+# (about 100 us on this 2-core VM) unless the worker is still spinning (convnet/__init__.py:
+# ~85 us after each parallel loop). With passive waiting, in the default training step (BN +
+# in-place ReLU, forward / backward, ms, 1 vs 2 threads, idle machine): (16, 64, 8, 8)
+# 0.34 / 0.40 vs 0.61 / 0.64; (16, 64, 16, 16) 0.66 / 0.84 vs 0.81 / 0.94; (16, 32, 32, 32)
+# 0.92 vs 0.94. With the bounded spin, the whole step with GRAIN 2^16 ... 2^20, alternated
+# in one process (median ms of 40 steps a setting, two runs): 81.8 / 78.2 / 75.9 / 77.5 /
+# 78.9 and 72.5 / 72.3 / 67.9 / 70.8 / 71.5; 2^18 against 2^19, 80 steps each, three more
+# runs: 75.5 vs 77.9, 64.3 vs 66.5, 65.0 vs 66.3. So (16, 64, 16, 16) runs on two threads.
 cdef enum:
-    GRAIN = 1 << 19
+    GRAIN = 1 << 18
 
 
 cdef inline int threads_for(Py_ssize_t work) noexcept nogil:
