@@ -121,10 +121,11 @@ class SyntheticShapes:
         self.num_images = _check_int(num_images, "num_images", self, 1)
         self.size = _check_int(size, "size", self, 16)
         self.seed = _check_int(seed, "seed", self, 0)
+        from convnet.backend.cpu import get_num_threads
         count = -(-self.num_images // _CHUNK)
-        # each chunk has its own random stream, so rendering them on several threads (NumPy
+        # each chunk has its own random stream, so rendering them on convnet's threads (NumPy
         # releases the GIL in its array passes) gives the same images
-        threads = min(_render_threads(), count)
+        threads = min(get_num_threads(), count)
         if threads > 1:
             from concurrent.futures import ThreadPoolExecutor
             with ThreadPoolExecutor(threads) as pool:
@@ -239,12 +240,6 @@ def _pil_open(owner, path):
         return Image.open(path)
     except Exception as exc:  # Pillow raises several types for unreadable files
         fail(owner, f"cannot read {path}: {exc}", FileFormatError)
-
-
-def _render_threads():
-    """Threads for rendering SyntheticShapes: convnet's thread count (set_num_threads)."""
-    from convnet.backend.cpu import get_num_threads
-    return get_num_threads()
 
 
 def _workers(workers):

@@ -414,9 +414,10 @@ cdef double _plane_sum(const floating* row, Py_ssize_t count) noexcept nogil:
     return s
 
 
-#: below this many values of dy the bias gradient runs on one thread: the default
-#: network's 16x5x64x64 score layer took 0.16-0.22 ms on two (a thread wake) and 0.07 on one
-BIAS_GRAIN = 1 << 19
+cdef enum:
+    # below this many values of dy the bias gradient runs on one thread: the default
+    # network's 16x5x64x64 score layer took 0.16-0.22 ms on two (a thread wake), 0.07 on one
+    BIAS_GRAIN = 1 << 19
 
 
 def conv_backward_bias(const floating[:, :, :, ::1] dy,     # IN    (N, M, OH, OW)

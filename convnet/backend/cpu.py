@@ -919,6 +919,8 @@ def _s2d_backward_weight(z, dy, dweight, kernel, stride, group, workspace):
 
 
 def _s2d_backward_data(dy, weight, bias, dx, kernel, stride, pad, group, workspace):
+    """dx (N, C, H, W) = the strided convolution's adjoint of dy (+ bias per channel): the
+    stride-1 adjoint into z's shape, then depth_to_space."""
     dz = _s2d_scratch(dx.shape[0], dx.shape[1], dy.shape[2:], kernel, stride, dx.dtype,
                       workspace)
     _direct_backward_data(dy, _s2d_filters(weight, stride), None, dz,

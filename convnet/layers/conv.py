@@ -259,8 +259,8 @@ class Deconvolution(_ConvolutionBase):
     (stride > 1, dilation 1: the forward as stride**2 stride-1 convolutions, no col2im
     scatter) or "s2d" (stride > 1, dilation 1: space-to-depth, the strided convolution of
     its backward as a stride-1 one on the direct loops); "auto" picks for each pass, and
-    ``algorithm_used`` names them as for Convolution (the layer's own passes: its forward is the convolution's backward-data); see
-    :mod:`convnet.layers.conv_algorithms`.
+    ``algorithm_used`` names them as for Convolution (the layer's own passes: its forward is
+    the convolution's backward-data); see :mod:`convnet.layers.conv_algorithms`.
 
     >>> up = Deconvolution(num_output=4, kernel_size=4, stride=2, pad=1)
     >>> up.forward(np.zeros((1, 4, 5, 6), np.float32)).shape
