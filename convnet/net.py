@@ -588,8 +588,7 @@ class Net:
 
     @staticmethod
     def _copy(be, x, owned):
-        out = be.zeros(x.shape, x.dtype)
-        be.net_accumulate(out, x)
+        out = x.copy()
         owned[id(out)] = out
         return out
 

@@ -71,6 +71,16 @@ def tolerance(dtype):
     return (1e-10, 1e-12) if np.dtype(dtype) == np.float64 else (2e-4, 2e-5)
 
 
+def at_threads(n, fn):
+    """fn() with convnet on n threads, the thread count restored afterwards."""
+    before = convnet.get_num_threads()
+    convnet.set_num_threads(n)
+    try:
+        return fn()
+    finally:
+        convnet.set_num_threads(before)
+
+
 def assert_close(actual, expected, dtype, scale=1.0):
     rtol, atol = tolerance(dtype)
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected,

@@ -281,6 +281,26 @@ def test_one_array_returned_for_two_bottoms_is_not_written_through(rng):
     np.testing.assert_allclose(net.diffs["c1"], 3 * (net.blobs["s"] - t) / 2, rtol=1e-12)
 
 
+def test_eltwise_sum_handing_back_dy_to_in_place_branches_keeps_them_apart(rng):
+    # Eltwise SUM returns its top diff itself for both bottoms; each branch ends in an
+    # in-place ReLU whose backward writes through its top diff
+    net = Net(force_backward=True)
+    net.add(conv(2, 1, 0, name="a"), bottom=["data"], top=["a"])
+    net.add(ReLU(dtype=F64, name="ra"), bottom=["a"], top=["a"])
+    net.add(conv(2, 3, 1, name="b", pad=1), bottom=["data"], top=["b"])
+    net.add(ReLU(dtype=F64, name="rb"), bottom=["b"], top=["b"])
+    net.add(Eltwise("SUM", dtype=F64, name="sum"), bottom=["a", "b"], top=["s"])
+    net.add(EuclideanLoss(dtype=F64, name="l"), bottom=["s", "t"], top=["l"])
+    x, t = rng.standard_normal((2, 2, 4, 4)), rng.standard_normal((2, 2, 4, 4))
+    net.forward(data=x, t=t)
+    net.backward()
+    ds = (net.blobs["s"] - t) / 2
+    np.testing.assert_allclose(net.diffs["s"], ds, rtol=1e-12)
+    np.testing.assert_allclose(net.diffs["a"], ds * (net.blobs["a"] > 0), rtol=1e-12)
+    np.testing.assert_allclose(net.diffs["b"], ds * (net.blobs["b"] > 0), rtol=1e-12)
+    assert len({id(net.diffs[k]) for k in ("s", "a", "b")}) == 3
+
+
 def test_need_backward_skips_inputs_and_layers_without_learnable_params_upstream(rng):
     net = Net()
     front = net.add(Counting(dtype=F64, name="front"), bottom=["data"], top=["f"])

@@ -249,23 +249,75 @@ def normalization_batch_norm_backward(dy, x, mean, var, eps, scale, dx, dscale, 
 
 
 # ---- structure
-# Crop, Concat and Eltwise move or combine whole blocks; NumPy slicing and ufuncs with out=
-# are already at memory speed.
+# Crop, Concat and Eltwise SUM move or combine whole blocks on every OpenMP thread
+# (pyx/structure.pyx: NumPy's copies and ufuncs run on one); other dtypes and
+# non-contiguous bottoms take NumPy's slicing and ufuncs.
+
+@functools.cache
+def _structure_kernels():
+    from convnet._cpu import structure
+    return structure
+
+
+def _kernel_arrays(*arrays):
+    """True when the structure kernels take these arrays: C-contiguous, one float dtype."""
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
+
+def _element_strides(shape):
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= int(n)
+    return strides[::-1]
+
+
+def _copy_block(src, dst, shape, src_offsets, dst_offsets):
+    """dst[dst_offsets + block] = src[src_offsets + block] for a block of ``shape`` lying
+    inside both arrays (C-contiguous, same ndim): runs along the trailing axes the block
+    spans whole in both (copy_runs)."""
+    nd = len(shape)
+    r = nd - 1                  # the last axis where the block is not whole in both arrays
+    while r > 0 and shape[r] == src.shape[r] == dst.shape[r]:
+        r -= 1
+    ss, ds = _element_strides(src.shape), _element_strides(dst.shape)
+    length = int(np.prod(shape[r:], dtype=np.int64))
+    src_base = sum(int(o) * s for o, s in zip(src_offsets, ss))
+    dst_base = sum(int(o) * s for o, s in zip(dst_offsets, ds))
+    _structure_kernels().copy_runs(src.reshape(-1), dst.reshape(-1), src_base, dst_base,
+                                   np.array(shape[:r], np.intp), np.array(ss[:r], np.intp),
+                                   np.array(ds[:r], np.intp), length)
+
 
 def structure_crop_forward(x, offsets, y):
     """y = x[o0:o0+Y0, o1:o1+Y1, ...]; offsets: one int per axis of x."""
+    if _kernel_arrays(x, y) and y.ndim > 0:
+        _copy_block(x, y, y.shape, offsets, [0] * y.ndim)
+        return
     y[...] = x[tuple(slice(o, o + n) for o, n in zip(offsets, y.shape))]
 
 
 def structure_crop_backward(dy, offsets, dx):
     """OUT dx (x's shape): zeros with dy placed at offsets (the adjoint of the crop)."""
+    if _kernel_arrays(dy, dx) and dx.ndim > 0:
+        _structure_kernels().zero(dx.reshape(-1))
+        _copy_block(dy, dx, dy.shape, [0] * dy.ndim, offsets)
+        return
     dx[...] = 0
     dx[tuple(slice(o, o + n) for o, n in zip(offsets, dy.shape))] = dy
 
 
 def structure_concat_forward(xs, axis, y):
     """y = concatenation of the arrays xs along axis (y preallocated)."""
-    np.concatenate(xs, axis=axis, out=y)
+    if not _kernel_arrays(y, *xs):
+        np.concatenate(xs, axis=axis, out=y)
+        return
+    start = 0
+    for x in xs:
+        _copy_block(x, y, x.shape, [0] * x.ndim, [0] * axis + [start] + [0] * (x.ndim - axis - 1))
+        start += x.shape[axis]
 
 
 def structure_concat_backward(dy, axis, sizes, dxs):
@@ -275,13 +327,22 @@ def structure_concat_backward(dy, axis, sizes, dxs):
     index = [slice(None)] * dy.ndim
     for size, dx in zip(sizes, dxs):
         if dx is not None:
-            index[axis] = slice(start, start + size)
-            dx[...] = dy[tuple(index)]
+            if _kernel_arrays(dy, dx):
+                _copy_block(dy, dx, dx.shape,
+                            [0] * axis + [start] + [0] * (dy.ndim - axis - 1), [0] * dx.ndim)
+            else:
+                index[axis] = slice(start, start + size)
+                dx[...] = dy[tuple(index)]
         start += size
 
 
 def structure_eltwise_sum(xs, coeffs, y):
     """y = sum_i coeffs[i] * xs[i] (all of y's shape)."""
+    if _kernel_arrays(y, *xs):
+        _structure_kernels().weighted_sum(
+            np.array([x.ctypes.data for x in xs], np.uintp),
+            np.array(coeffs, np.float64), y.reshape(-1))
+        return
     np.multiply(xs[0], coeffs[0], out=y)
     for x, c in zip(xs[1:], coeffs[1:]):
         if c == 1.0:
@@ -292,6 +353,9 @@ def structure_eltwise_sum(xs, coeffs, y):
 
 def structure_eltwise_sum_backward(dy, coeff, dx):
     """dx = coeff * dy."""
+    if _kernel_arrays(dy, dx):
+        _structure_kernels().scale_copy(dy.reshape(-1), dx.reshape(-1), float(coeff))
+        return
     np.multiply(dy, coeff, out=dx)
 
 
@@ -1256,6 +1320,9 @@ def all_finite(arrays):
 
 def net_accumulate(dst, src):
     """INOUT dst += src (a blob read by several layers receives the sum of their diffs)."""
+    if dst.shape == src.shape and _kernel_arrays(dst, src):
+        structure_eltwise_sum([dst, src], [1.0, 1.0], dst)
+        return
     dst += src
 
 

@@ -163,7 +163,8 @@ class Concat(Layer):
 class Eltwise(Layer):
     """Element-wise combination of K >= 2 bottoms of one shape, Caffe's Eltwise layer.
 
-    - ``SUM``:  y = sum_i c_i x_i (c_i = ``coeff[i]``, default 1); dx_i = c_i dy
+    - ``SUM``:  y = sum_i c_i x_i (c_i = ``coeff[i]``, default 1); dx_i = c_i dy, returned
+      as dy itself (no copy, as PyTorch's add) where c_i is 1: copy it before writing to it
     - ``PROD``: y = prod_i x_i; dx_i = dy * prod_{j != i} x_j, computed from prefix and
       suffix products (no division by x_i, so exact at zeros; Caffe's stable_prod_grad)
     - ``MAX``:  y = max_i x_i; dx_i = dy where bottom i held the maximum, else 0. On ties the
@@ -228,13 +229,22 @@ class Eltwise(Layer):
     def _backward(self, top_diffs, propagate_down):
         be = self.backend
         dy = top_diffs[0]
-        dxs = [be.empty(dy.shape, self.dtype) if f else None for f in propagate_down]
         if self.operation == "SUM":
-            coeffs = self.coeff or [1.0] * len(dxs)
-            for dx, c in zip(dxs, coeffs):
-                if dx is not None:
+            # dx_i = c_i dy: dy itself where c_i is 1 (no copy, as PyTorch's add; the Net
+            # copies where two blobs would share it), a scaled copy elsewhere
+            coeffs = self.coeff or [1.0] * len(propagate_down)
+            dxs = []
+            for f, c in zip(propagate_down, coeffs):
+                dx = None
+                if f and c == 1.0 and dy.dtype == self.dtype:
+                    dx = dy
+                elif f:
+                    dx = be.empty(dy.shape, self.dtype)
                     be.structure_eltwise_sum_backward(dy, c, dx)
-        elif self.operation == "PROD":
+                dxs.append(dx)
+            return dxs
+        dxs = [be.empty(dy.shape, self.dtype) if f else None for f in propagate_down]
+        if self.operation == "PROD":
             if any(d is not None for d in dxs):
                 be.structure_eltwise_prod_backward(dy, self._bottoms, dxs)
         else:

@@ -7,7 +7,7 @@ import convnet
 from convnet.errors import ConfigError, DataError, ShapeError
 from convnet.layers import EuclideanLoss, SoftmaxWithLoss
 from convnet.testing import check_gradients
-from conftest import assert_close
+from conftest import assert_close, at_threads
 from reference import loss as ref
 
 NORMALIZATIONS = ("VALID", "FULL", "BATCH_SIZE", "NONE")
@@ -288,15 +288,6 @@ def test_euclidean_backend_functions_agree_with_reference(m, dtype):
     cpu.loss_euclidean_grad(a, b, 0.25, grads[0], grads[1])
     for g, sign in zip(grads, (1, -1)):
         assert_close(g, sign * 0.25 * d, dtype)
-
-
-def at_threads(n, fn):
-    before = convnet.get_num_threads()
-    convnet.set_num_threads(n)
-    try:
-        return fn()
-    finally:
-        convnet.set_num_threads(before)
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])

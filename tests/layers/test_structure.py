@@ -8,7 +8,7 @@ import convnet
 from convnet.errors import ConfigError, ShapeError
 from convnet.layers import Concat, Crop, Eltwise
 from convnet.testing import check_gradients
-from conftest import assert_close
+from conftest import assert_close, at_threads
 from reference import structure as ref
 
 
@@ -332,3 +332,72 @@ def test_structure_results_are_identical_at_one_and_two_threads():
         convnet.set_num_threads(before)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------- the compiled kernels, large blobs
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_structure_kernels_on_large_blobs_match_numpy_at_one_and_two_threads(dtype):
+    # blobs past the kernels' one-thread grain (2**16 elements), so both threads copy
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 6, 40, 70)).astype(dtype)
+    crops = [(2, [3, 5], (4, 6, 31, 60)), (1, [2, 0, 0], (4, 3, 40, 70)),
+             (0, [1, 1, 4, 9], (2, 5, 33, 61)), (3, [11], (4, 6, 40, 7))]
+
+    def run():
+        out = []
+        for axis, offset, shape in crops:
+            crop = Crop(axis=axis, offset=offset, dtype=dtype)
+            y = crop.forward(x, np.zeros(shape))
+            full = [0] * axis + offset
+            want = x[tuple(slice(o, o + n) for o, n in zip(full, shape))]
+            np.testing.assert_array_equal(y, want)
+            dx = crop.backward(y + 1)[0]
+            back = np.zeros_like(x)
+            back[tuple(slice(o, o + n) for o, n in zip(full, shape))] = want + 1
+            np.testing.assert_array_equal(dx, back)
+            out += [y, dx]
+        for axis in range(4):
+            parts = np.split(x, [1, 3] if x.shape[axis] > 3 else [1], axis=axis)
+            cat = Concat(axis=axis, dtype=dtype)
+            y = cat.forward(*parts)
+            np.testing.assert_array_equal(y, x)
+            for got, want in zip(cat.backward(y * 2), np.split(x * 2, [1, 3], axis=axis)):
+                np.testing.assert_array_equal(got, want)
+            out.append(y)
+        xs = [x, x[::-1].copy(), (x * 3).astype(dtype)]
+        for coeff in (None, [1.0, -0.5, 2.0], [0.25, 1.0, 1.0]):
+            add = Eltwise("SUM", coeff=coeff, dtype=dtype)
+            y = add.forward(*xs)
+            c = coeff or [1.0, 1.0, 1.0]
+            assert_close(y, sum(ci * xi.astype(np.float64) for ci, xi in zip(c, xs)), dtype)
+            if coeff is None:
+                np.testing.assert_array_equal(y, (xs[0] + xs[1]) + xs[2])
+            dxs = add.backward(y)
+            for ci, dx in zip(c, dxs):
+                assert_close(dx, ci * y.astype(np.float64), dtype)
+            out += [y, *dxs]
+        return out
+
+    one, two = at_threads(1, run), at_threads(2, run)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_structure_layers_take_non_contiguous_bottoms():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((70, 40, 6, 4)).astype(np.float32).transpose(3, 2, 1, 0)
+    assert not x.flags.c_contiguous
+    y = Crop(axis=2, offset=[3, 5]).forward(x, np.zeros((4, 6, 31, 60)))
+    np.testing.assert_array_equal(y, x[:, :, 3:34, 5:65])
+    np.testing.assert_array_equal(Concat(axis=1).forward(x, x), np.concatenate([x, x], 1))
+    np.testing.assert_array_equal(Eltwise("SUM").forward(x, x), x + x)
+
+
+def test_eltwise_sum_backward_hands_back_dy_where_the_coefficient_is_one():
+    dy = np.random.default_rng(5).standard_normal((2, 3, 4)).astype(np.float32)
+    add = Eltwise("SUM", coeff=[1.0, -2.0, 1.0])
+    add.forward(dy, dy, dy)
+    dxs = add.backward(dy)
+    assert dxs[0] is dy and dxs[2] is dy
+    np.testing.assert_array_equal(dxs[1], -2 * dy)
