@@ -129,6 +129,19 @@ Other kernels, direct vs im2col, same units (Winograd does not apply; 1x1 withou
 - N=8, 64->32, 64x64, 1x1:    2.76/2.71/3.06 vs 2.36/2.47/2.65
 - N=8, 256->64, 32x32, 1x1:   5.65/3.58/2.91 vs 3.83/2.82/3.54
 
+First layers (an RGB image in), 3x3 pad 1, same units, direct vs im2col (2026-12-02,
+01:40 UTC):
+
+- N=1, 3->64, 224x224:    3.29/7.80/7.01 vs 6.29/6.96/6.54
+- N=2, 3->64, 224x224:    6.41/14.7/9.21 vs 10.9/14.0/13.2
+- N=8, 3->64, 128x128:    7.96/19.7/12.0 vs 14.0/17.5/15.1
+- N=4, 3->128, 112x112:   6.53/16.5/10.7 vs 10.6/13.3/12.2
+- N=8, 4->64, 64x64:      2.76/4.42/3.31 vs 4.20/4.48/5.23
+
+so from ``DIRECT_NARROW_INPUTS`` input channels down, forward and weight gradient run
+direct up to ``DIRECT_NARROW_MAX_OUTPUTS`` outputs (im2col's K is 27 for an RGB 3x3), and
+backward-data (a convolution into the 3 image channels) stays on im2col.
+
 The weight gradient's loop over pixels (vectors of output channels, one broadcast per tap)
 replaced a loop along the rows (4 channels x 3 taps, vectors of columns) that ran 3.84 /
 2.45 / 3.89 ms on the first, fourth and sixth rows above in an earlier table and lost to
@@ -187,6 +200,11 @@ WINOGRAD_WIDE_CHANNELS = 384
 DIRECT_MAX_CHANNELS_SMALL = 64
 DIRECT_SMALL_OUTPUT = 16 * 16
 DIRECT_MAX_CHANNELS = 32
+#: a layer with at most DIRECT_NARROW_INPUTS input channels per group (conv roles: an RGB
+#: or RGBA image) runs its forward and weight gradient on the direct loops up to
+#: DIRECT_NARROW_MAX_OUTPUTS output channels: there im2col's GEMM has a K of a few dozen
+DIRECT_NARROW_INPUTS = 4
+DIRECT_NARROW_MAX_OUTPUTS = 128
 #: the fewest output channels of a backward-data pass for direct: 3 channels keep only 3 of
 #: its 6-channel register block busy (im2col's gemm + col2im was faster)
 DIRECT_MIN_OUTPUTS = 4
@@ -272,7 +290,10 @@ def _direct_preferred(layer, shape, conv_pass):
                for a in range(2)]
     channels = max(conv_in, conv_out) // layer.group
     small = three and out[0] * out[1] <= DIRECT_SMALL_OUTPUT
-    if channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
+    # a first layer (an RGB image): im2col's GEMM has a K of only conv_in * kh * kw
+    narrow = (conv_pass != "backward_data" and conv_in // layer.group <= DIRECT_NARROW_INPUTS
+              and conv_out // layer.group <= DIRECT_NARROW_MAX_OUTPUTS)
+    if not narrow and channels > (DIRECT_MAX_CHANNELS_SMALL if small else DIRECT_MAX_CHANNELS):
         return False
     # a backward-data is a conv of conv_out channels into conv_in
     return conv_pass != "backward_data" or conv_in // layer.group >= DIRECT_MIN_OUTPUTS
