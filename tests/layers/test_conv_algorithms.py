@@ -379,6 +379,15 @@ def test_auto_picks_the_direct_loops_for_few_channels_pass_by_pass():
     assert _auto(Convolution(top, 3, pad=1), (2, top, 64, 64)) == "direct"
     # an RGB input: a backward-data into 3 channels keeps im2col
     assert _plan(Convolution(32, 3, pad=1), (8, 3, 128, 128)) == ("direct", "im2col", "direct")
+    # a first layer with more outputs than the loops' range (VGG's conv1_1): im2col's K is
+    # 27, so forward and weight gradient stay direct; wider inputs or outputs do not
+    narrow = conv_algorithms.DIRECT_NARROW_INPUTS
+    most = conv_algorithms.DIRECT_NARROW_MAX_OUTPUTS
+    assert _plan(Convolution(64, 3, pad=1), (1, 3, 224, 224)) == ("direct", "im2col", "direct")
+    assert _plan(Convolution(most, 3, pad=1), (1, narrow, 32, 32)) == (
+        "direct", "im2col", "direct")
+    assert _auto(Convolution(2 * most, 3, pad=1), (1, narrow, 32, 32)) == "im2col"
+    assert _auto(Convolution(64, 5, pad=2), (1, narrow + 1, 32, 32)) == "im2col"
     # narrow outputs too: the weight gradient's loop runs over pixels, not along rows
     assert _auto(Convolution(16, 3, pad=1), (16, 16, 8, 8)) == "direct"
     # more channels than the loops' range, on either side
