@@ -130,17 +130,18 @@ Other kernels, direct vs im2col, same units (Winograd does not apply; 1x1 withou
 - N=8, 256->64, 32x32, 1x1:   5.65/3.58/2.91 vs 3.83/2.82/3.54
 
 First layers (an RGB image in), 3x3 pad 1, same units, direct vs im2col (2026-12-02,
-01:40 UTC):
+01:37 UTC, the machine otherwise idle):
 
-- N=1, 3->64, 224x224:    3.29/7.80/7.01 vs 6.29/6.96/6.54
-- N=2, 3->64, 224x224:    6.41/14.7/9.21 vs 10.9/14.0/13.2
-- N=8, 3->64, 128x128:    7.96/19.7/12.0 vs 14.0/17.5/15.1
-- N=4, 3->128, 112x112:   6.53/16.5/10.7 vs 10.6/13.3/12.2
-- N=8, 4->64, 64x64:      2.76/4.42/3.31 vs 4.20/4.48/5.23
+- N=1, 3->64, 224x224:    1.34/2.92/2.88 vs 4.36/5.43/5.23
+- N=2, 3->64, 224x224:    2.81/6.07/4.40 vs 5.06/5.14/5.29
+- N=8, 3->64, 128x128:    3.85/8.69/7.04 vs 7.13/6.95/5.98
+- N=8, 4->64, 64x64:      1.81/1.89/1.84 vs 2.27/2.44/2.03
+- N=4, 3->128, 112x112:   4.06/7.84/6.46 vs 3.70/5.77/5.28
 
 so from ``DIRECT_NARROW_INPUTS`` input channels down, forward and weight gradient run
-direct up to ``DIRECT_NARROW_MAX_OUTPUTS`` outputs (im2col's K is 27 for an RGB 3x3), and
-backward-data (a convolution into the 3 image channels) stays on im2col.
+direct up to ``DIRECT_NARROW_MAX_OUTPUTS`` outputs (im2col's K is 27 for an RGB 3x3; at 128
+outputs its GEMM is wide enough again), and backward-data (a convolution into the 3 image
+channels) stays on im2col.
 
 The weight gradient's loop over pixels (vectors of output channels, one broadcast per tap)
 replaced a loop along the rows (4 channels x 3 taps, vectors of columns) that ran 3.84 /
@@ -204,7 +205,7 @@ DIRECT_MAX_CHANNELS = 32
 #: or RGBA image) runs its forward and weight gradient on the direct loops up to
 #: DIRECT_NARROW_MAX_OUTPUTS output channels: there im2col's GEMM has a K of a few dozen
 DIRECT_NARROW_INPUTS = 4
-DIRECT_NARROW_MAX_OUTPUTS = 128
+DIRECT_NARROW_MAX_OUTPUTS = 64
 #: the fewest output channels of a backward-data pass for direct: 3 channels keep only 3 of
 #: its 6-channel register block busy (im2col's gemm + col2im was faster)
 DIRECT_MIN_OUTPUTS = 4
