@@ -334,6 +334,22 @@ def max_forward(const floating[:, :, :, ::1] x,     # IN    (N, C, H, W)
                     ow = ow + 1
 
 
+cdef inline int _unmax_row(const floating* g, const index_t* a, floating* d0, floating* d1,
+                           Py_ssize_t n, Py_ssize_t base, Py_ssize_t W) noexcept nogil:
+    """One row of 2x2 blocks from their indices (CONVNET_UNMAX2X2); nonzero when an index
+    lies outside its block."""
+    if floating is float:
+        if index_t is int32_t:
+            return convnet_unmax2x2_f_i32(g, a, d0, d1, n, base, W)
+        else:
+            return convnet_unmax2x2_f_i64(g, a, d0, d1, n, base, W)
+    else:
+        if index_t is int32_t:
+            return convnet_unmax2x2_d_i32(g, a, d0, d1, n, base, W)
+        else:
+            return convnet_unmax2x2_d_i64(g, a, d0, d1, n, base, W)
+
+
 def max_backward(const floating[:, :, :, ::1] dy,       # IN   (N, C, OH, OW)
                  const index_t[:, :, :, ::1] argmax,    # IN   (N, C, OH, OW) from max_forward
                  floating[:, :, :, ::1] dx):            # OUT  (N, C, H, W), overwritten
@@ -371,20 +387,7 @@ def max_backward(const floating[:, :, :, ::1] dy,       # IN   (N, C, OH, OW)
                 for oh in range(fh):
                     d0 = dp + 2 * oh * W
                     o = oh * OW
-                    if floating is float:
-                        if index_t is int32_t:
-                            bad = bad | convnet_unmax2x2_f_i32(gp + o, ap + o, d0, d0 + W, fw,
-                                                               2 * oh * W, W)
-                        else:
-                            bad = bad | convnet_unmax2x2_f_i64(gp + o, ap + o, d0, d0 + W, fw,
-                                                               2 * oh * W, W)
-                    else:
-                        if index_t is int32_t:
-                            bad = bad | convnet_unmax2x2_d_i32(gp + o, ap + o, d0, d0 + W, fw,
-                                                               2 * oh * W, W)
-                        else:
-                            bad = bad | convnet_unmax2x2_d_i64(gp + o, ap + o, d0, d0 + W, fw,
-                                                               2 * oh * W, W)
+                    bad = bad | _unmax_row(gp + o, ap + o, d0, d0 + W, fw, 2 * oh * W, W)
                     if 2 * fw < W:
                         memset(d0 + 2 * fw, 0, (W - 2 * fw) * sizeof(floating))
                         memset(d0 + W + 2 * fw, 0, (W - 2 * fw) * sizeof(floating))
@@ -702,7 +705,9 @@ def unpool_forward(const floating[:, :, :, ::1] x,      # IN   (N, C, H, W)
             mp = &mask[0, 0, 0, 0] + p * HW
             ip = &index[0, 0, 0, 0] + p * HW
             # validate and convert first (a vectorised pass), then scatter into the
-            # zeroed plane, which is still in cache
+            # zeroed plane, which is still in cache (writing k2 s2 planes block by block
+            # instead, as max_backward does, measured no faster: 3.4 vs 3.2 ms at
+            # (8, 64, 64, 64) -> 128x128, the 32 MB of output bound it)
             nbad = _to_index(mp, ip, HW, OHW)
             memset(yp, 0, OHW * sizeof(floating))
             for i in range(HW):

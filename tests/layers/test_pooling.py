@@ -10,7 +10,7 @@ from convnet.errors import ConfigError, DataError, ShapeError, StateError
 from convnet.layers import Pooling, Unpooling
 from convnet.layers.pooling import min_unpool_size
 from convnet.testing import check_gradients
-from conftest import assert_close
+from conftest import at_threads, assert_close
 from reference import pooling as ref
 
 NUM_CONFIGS = 36
@@ -260,6 +260,42 @@ def test_unpooling_matches_reference_for_random_masks(dtype, rng):
         assert_close(y, ref.unpool(x, mask, out), dtype)
         dy = rng.standard_normal(y.shape)
         assert_close(layer.backward(dy)[0], ref.unpool_backward(dy, mask), dtype)
+
+
+@pytest.mark.parametrize("mask_dtype", [np.float32, np.float64, np.int32, np.int64])
+def test_unpooling_of_2x2_blocks_matches_the_scatter_reference(dtype, mask_dtype, rng):
+    # indices inside their input's 2x2 block take the block writer; one index moved out of
+    # its block (here onto another input's position: the later one wins) takes the scatter
+    for (h, w), out in (((5, 6), (10, 12)), ((5, 6), (11, 13)), ((4, 3), (9, 8)),
+                        ((1, 1), (2, 2)), ((3, 40), (7, 81))):
+        rows = 2 * np.arange(h)[:, None] * out[1] + 2 * np.arange(w)[None, :]
+        pick = rng.integers(0, 4, size=(2, 3, h, w))
+        mask = rows + (pick % 2) + (pick // 2) * out[1]
+        x = rng.standard_normal((2, 3, h, w)) + 3.0
+        for moved in (False, True):
+            m = mask.copy()
+            if moved:
+                m[1, 2, -1, -1] = m[1, 2, 0, 0]
+            layer = Unpooling(kernel_size=2, stride=2, out_size=out, dtype=dtype)
+            y = layer.forward(x, m.astype(mask_dtype))
+            assert_close(y, ref.unpool(x, m, out), dtype)
+            dy = rng.standard_normal(y.shape)
+            assert_close(layer.backward(dy)[0], ref.unpool_backward(dy, m), dtype)
+
+
+def test_unpooling_of_2x2_blocks_is_identical_at_one_and_two_threads(rng):
+    x = rng.standard_normal((4, 16, 64, 64)).astype(np.float32)
+    y, mask = Pooling(kernel_size=2, stride=2, return_mask=True).forward(x)
+
+    def run():
+        layer = Unpooling(kernel_size=2, stride=2, out_size=(129, 128))
+        up = layer.forward(y, mask)
+        return up, layer.backward(up + 1)[0]
+
+    one, two = at_threads(1, run), at_threads(2, run)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one[0], ref.unpool(y, mask, (129, 128)))
 
 
 def test_unpooling_inverts_pooling_with_out_size(rng):
