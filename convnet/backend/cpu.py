@@ -266,6 +266,11 @@ def _kernel_arrays(*arrays):
         a.dtype == dtype and a.flags.c_contiguous for a in arrays)
 
 
+def _addresses(arrays):
+    """The arrays' data addresses, for the kernels that take any number of them."""
+    return np.array([a.ctypes.data for a in arrays], np.uintp)
+
+
 def _element_strides(shape):
     strides, step = [], 1
     for n in reversed(shape):
@@ -339,9 +344,8 @@ def structure_concat_backward(dy, axis, sizes, dxs):
 def structure_eltwise_sum(xs, coeffs, y):
     """y = sum_i coeffs[i] * xs[i] (all of y's shape)."""
     if _kernel_arrays(y, *xs):
-        _structure_kernels().weighted_sum(
-            np.array([x.ctypes.data for x in xs], np.uintp),
-            np.array(coeffs, np.float64), y.reshape(-1))
+        _structure_kernels().weighted_sum(_addresses(xs), np.array(coeffs, np.float64),
+                                          y.reshape(-1))
         return
     np.multiply(xs[0], coeffs[0], out=y)
     for x, c in zip(xs[1:], coeffs[1:]):
@@ -361,6 +365,9 @@ def structure_eltwise_sum_backward(dy, coeff, dx):
 
 def structure_eltwise_prod(xs, y):
     """y = prod_i xs[i]."""
+    if _kernel_arrays(y, *xs):
+        _structure_kernels().product(_addresses(xs), y.reshape(-1))
+        return
     np.multiply(xs[0], xs[1], out=y)
     for x in xs[2:]:
         y *= x
@@ -370,6 +377,11 @@ def structure_eltwise_prod_backward(dy, xs, dxs):
     """OUT dxs[i] = dy * prod_{j != i} xs[j] (None entries skipped), from prefix and suffix
     products: no division, so zeros in the inputs give exact gradients."""
     k = len(xs)
+    if k == 2 and _kernel_arrays(dy, *xs, *[d for d in dxs if d is not None]):
+        for dx, other in zip(dxs, xs[::-1]):
+            if dx is not None:
+                _structure_kernels().product(_addresses([dy, other]), dx.reshape(-1))
+        return
     suffix = [None] * k          # suffix[i] = prod_{j > i} xs[j]
     running = None
     for i in range(k - 1, 0, -1):
@@ -389,6 +401,9 @@ def structure_eltwise_prod_backward(dy, xs, dxs):
 def structure_eltwise_max(xs, y, argmax):
     """y = max_i xs[i]; OUT argmax (int32, y's shape): the index of the first bottom that
     holds the maximum (ties go to the lowest index)."""
+    if _kernel_arrays(y, *xs) and argmax.flags.c_contiguous:
+        _structure_kernels().maximum(_addresses(xs), y.reshape(-1), argmax.reshape(-1))
+        return
     np.copyto(y, xs[0])
     argmax[...] = 0
     greater = np.empty(y.shape, dtype=bool)
@@ -400,7 +415,11 @@ def structure_eltwise_max(xs, y, argmax):
 
 def structure_eltwise_max_backward(dy, argmax, index, dx):
     """dx = dy where argmax == index, else 0."""
-    np.multiply(dy, argmax == index, out=dx)
+    if _kernel_arrays(dy, dx) and argmax.flags.c_contiguous:
+        _structure_kernels().maximum_backward(dy.reshape(-1), argmax.reshape(-1), int(index),
+                                              dx.reshape(-1))
+        return
+    np.copyto(dx, np.where(argmax == index, dy, 0))
 
 
 # ---- pooling

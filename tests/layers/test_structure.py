@@ -377,6 +377,22 @@ def test_structure_kernels_on_large_blobs_match_numpy_at_one_and_two_threads(dty
             for ci, dx in zip(c, dxs):
                 assert_close(dx, ci * y.astype(np.float64), dtype)
             out += [y, *dxs]
+        for k in (2, 3):
+            prod = Eltwise("PROD", dtype=dtype)
+            y = prod.forward(*xs[:k])
+            np.testing.assert_array_equal(y, np.prod(np.stack(xs[:k]), axis=0, dtype=dtype))
+            dxs = prod.backward(x)
+            for i, dx in enumerate(dxs):
+                others = [xs[j] for j in range(k) if j != i]
+                assert_close(dx, x.astype(np.float64) * np.prod(np.stack(others), axis=0,
+                                                                dtype=np.float64), dtype)
+            big = Eltwise("MAX", dtype=dtype)
+            y = big.forward(*xs[:k])
+            np.testing.assert_array_equal(y, np.max(np.stack(xs[:k]), axis=0))
+            first = np.argmax(np.stack(xs[:k]), axis=0)
+            for i, dx in enumerate(big.backward(x)):
+                np.testing.assert_array_equal(dx, np.where(first == i, x, 0))
+            out += [y, *dxs]
         return out
 
     one, two = at_threads(1, run), at_threads(2, run)
