@@ -1508,10 +1508,23 @@ def activation_softmax_backward(dy, y, dx):
 
 
 # ---- normalization (Scale)
-# Scale views its bottom as (outer, S, inner) and the scale / bias as (S,).
+# Scale views its bottom as (outer, S, inner) and the scale / bias as (S,): BatchNorm's
+# (N, C, S) layout, so its passes are BatchNorm's per-channel kernels with a zero mean
+# (batch_norm_apply: y = a_c x + b_c; batch_norm_grad_sums: sum(dy), sum(dy x)), on every
+# thread, where NumPy's broadcasts and reductions ran on one.
+
+def _scale_kernel_arrays(*arrays):
+    return all(a is None or (a.dtype == arrays[0].dtype and a.flags.c_contiguous)
+               for a in arrays) and arrays[0].dtype in (np.float32, np.float64)
+
 
 def normalization_scale_forward(x, scale, bias, y):
     """IN x (outer, S, inner), scale (S,), bias (S,) or None; OUT y = x * scale + bias."""
+    if _scale_kernel_arrays(x, scale, bias, y):
+        zero = np.zeros(x.shape[1], x.dtype)
+        _normalization_kernels().batch_norm_apply(x, zero, scale,
+                                                  zero if bias is None else bias, y, False)
+        return
     np.multiply(x, scale[None, :, None], out=y)
     if bias is not None:
         y += bias[None, :, None]
@@ -1521,6 +1534,20 @@ def normalization_scale_backward(dy, x, scale, dx, dscale, dbias):
     """IN dy, x (outer, S, inner), scale (S,); OUT dx = dy * scale (skipped when None);
     INOUT dscale (S,) += sum(dy * x) and dbias (S,) += sum(dy) over outer and inner (each
     skipped when None)."""
+    if _scale_kernel_arrays(dy, x, scale, dx):
+        kernels = _normalization_kernels()
+        if dscale is not None or dbias is not None:
+            sums = np.empty((2, x.shape[1]))
+            kernels.batch_norm_grad_sums(dy, x, np.empty((0, 0, 0), x.dtype),
+                                         np.zeros(x.shape[1]), sums)
+            if dscale is not None:
+                dscale += sums[1]
+            if dbias is not None:
+                dbias += sums[0]
+        if dx is not None:
+            zero = np.zeros(x.shape[1], x.dtype)
+            kernels.batch_norm_apply(dy, zero, scale, zero, dx, False)
+        return
     if dscale is not None:
         dscale += np.multiply(dy, x).sum(axis=2).sum(axis=0)
     if dbias is not None:

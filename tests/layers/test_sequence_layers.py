@@ -8,7 +8,7 @@ import pytest
 from convnet.errors import ConfigError, ShapeError
 from convnet.layers import Reshape, Scale, Sigmoid, Slice, Softmax, Split, TanH
 from convnet.testing import check_gradients
-from conftest import assert_close
+from conftest import assert_close, at_threads
 from reference import inner_product as ref
 
 
@@ -77,6 +77,36 @@ def test_scale_with_the_scale_as_a_second_bottom():
     y = sc.forward(x, s)
     np.testing.assert_allclose(y, ref.scale(x, s, sc.params[0].data, 0), rtol=1e-12)
     check_gradients(Scale(axis=0, dtype=np.float64), x, s, exhaustive=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_scale_on_a_large_blob_matches_numpy_at_one_and_two_threads(dtype):
+    # past the kernels' one-thread grain: the per-channel passes split over the threads
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((4, 24, 50, 60)).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    s, b = rng.standard_normal(24), rng.standard_normal(24)
+
+    def run():
+        layer = Scale(axis=1, bias_term=True, dtype=dtype)
+        layer.forward(x)
+        layer.params[0].data[...] = s
+        layer.params[1].data[...] = b
+        y = layer.forward(x)
+        for p in layer.params:
+            p.diff[...] = 0
+        dx = layer.backward(dy)
+        return y, dx, layer.params[0].diff.copy(), layer.params[1].diff.copy()
+
+    one, two = at_threads(1, run), at_threads(2, run)
+    for a, c in zip(one, two):
+        np.testing.assert_array_equal(a, c)
+    x64, dy64 = x.astype(np.float64), dy.astype(np.float64)
+    y, dx, ds, db = one
+    assert_close(y, x64 * s[:, None, None] + b[:, None, None], dtype)
+    assert_close(dx, dy64 * s[:, None, None], dtype)
+    assert_close(ds, (dy64 * x64).sum(axis=(0, 2, 3)), dtype, scale=x.size ** 0.5)
+    assert_close(db, dy64.sum(axis=(0, 2, 3)), dtype, scale=x.size ** 0.5)
 
 
 def test_scale_bad_shapes():
