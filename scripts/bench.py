@@ -21,7 +21,9 @@ gets it; ``--omp-wait-policy passive`` (futex waits: each parallel loop pays a w
 Convolution cases print the algorithm convnet chose (``algorithm="auto"``); their GFLOP/s
 count the direct convolution's multiply-adds, so Winograd, which does fewer, can show more
 than 100% of the sgemm rate. ``deconvnet_vgg_infer`` / ``deconvnet_vgg_train`` are the
-published DeconvNet at 224x224 (scripts/bench_deconvnet.py). The header names the BLAS kernels
+published DeconvNet at 224x224 (scripts/bench_deconvnet.py). The ``layer`` cases (BatchNorm,
+ReLU, Dropout, Eltwise, Concat, Crop, Scale, Sigmoid, TanH, Softmax on a 32 MB blob:
+scripts/bench_layers.py) are summarised apart from the ``memory`` ones. The header names the BLAS kernels
 OpenBLAS runs (threadpoolctl); OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are unset for the run,
 as on a user's machine, unless ``--keep-openblas-env``.
 
@@ -310,6 +312,8 @@ def deconvnet_vgg(phase):
     return build
 
 
+from bench_layers import LAYER_CASES  # noqa: E402  (scripts/ is on sys.path when run)
+
 CASES = [
     conv_case("conv_3x3", 8, 64, 64, 64, 3, p=1),
     conv_case("conv_3x3_c16", 16, 16, 16, 64, 3, p=1),
@@ -325,6 +329,7 @@ CASES = [
     memory_case("avgpool", avgpool),
     memory_case("euclidean_loss", euclidean_loss),
     memory_case("softmax_loss", softmax_loss),
+    *[Case(name, "layer", build) for name, build in LAYER_CASES],
     Case("deconvnet_vgg_infer", "net", deconvnet_vgg("infer"), phases=("fwd",)),
     Case("deconvnet_vgg_train", "net", deconvnet_vgg("train"), phases=("step",)),
 ]
@@ -443,7 +448,7 @@ def blas_kernels():
 
 def summarize(rows):
     out = {}
-    for kind in ("gemm", "memory"):
+    for kind in ("gemm", "memory", "layer"):
         ratios = [r["ratio"] for r in rows if r["kind"] == kind and r.get("ratio")]
         if ratios:
             out[f"{kind} ratio geomean"] = round(geomean(ratios), 3)
