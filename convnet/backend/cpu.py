@@ -1463,48 +1463,38 @@ def inner_product_embed_backward(index, dy, dweight):
 
 
 # ---- activation (smooth): Sigmoid, TanH, Softmax
-# Element-wise NumPy passes; Softmax views its bottom as (outer, C, inner) and normalises
-# over C with the max subtracted.
+# Compiled OpenMP passes (pyx/activation.pyx, with ReLU's kernels): element-wise over flat
+# arrays in fixed chunks; Softmax views its bottom as (outer, C, inner), normalises over C
+# with the max subtracted, and splits (outer, inner) positions over threads.
 
 def activation_sigmoid_forward(x, y):
-    """y = 1 / (1 + exp(-x)), computed as (1 + tanh(x / 2)) / 2 (no overflow); y may be x."""
-    np.multiply(x, 0.5, out=y)
-    np.tanh(y, out=y)
-    y += 1
-    y *= 0.5
+    """y = 1 / (1 + exp(-x)), computed from exp(-|x|) (no overflow); y may be x."""
+    _activation_kernels().sigmoid_forward(x.reshape(-1), y.reshape(-1))
 
 
 def activation_sigmoid_backward(dy, y, dx):
     """dx = dy * y * (1 - y) from the top y; dx may be dy."""
-    t = np.subtract(1, y)
-    t *= y
-    np.multiply(dy, t, out=dx)
+    _activation_kernels().sigmoid_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
 
 
 def activation_tanh_forward(x, y):
     """y = tanh(x); y may be x."""
-    np.tanh(x, out=y)
+    _activation_kernels().tanh_forward(x.reshape(-1), y.reshape(-1))
 
 
 def activation_tanh_backward(dy, y, dx):
     """dx = dy * (1 - y^2) from the top y; dx may be dy."""
-    t = np.multiply(y, y)
-    np.subtract(1, t, out=t)
-    np.multiply(dy, t, out=dx)
+    _activation_kernels().tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
 
 
 def activation_softmax_forward(x, y):
     """IN x (outer, C, inner); OUT y = exp(x - max) / sum over C."""
-    np.subtract(x, x.max(axis=1, keepdims=True), out=y)
-    np.exp(y, out=y)
-    y /= y.sum(axis=1, keepdims=True)
+    _activation_kernels().softmax_forward(x, y)
 
 
 def activation_softmax_backward(dy, y, dx):
     """IN dy, y (outer, C, inner); OUT dx = y * (dy - sum_C(dy * y))."""
-    dot = np.multiply(dy, y).sum(axis=1, keepdims=True)
-    np.subtract(dy, dot, out=dx)
-    dx *= y
+    _activation_kernels().softmax_backward(dy, y, dx)
 
 
 # ---- normalization (Scale)

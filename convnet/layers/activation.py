@@ -219,7 +219,8 @@ class Sigmoid(_Smooth):
     """Logistic sigmoid, Caffe's Sigmoid layer: y = 1 / (1 + exp(-x)); dx = dy y (1 - y).
 
     Any shape in, the same shape out; ``in_place`` (default False; the Net sets it when
-    top == bottom). No overflow at any x (computed as (1 + tanh(x / 2)) / 2).
+    top == bottom). No overflow at any x (computed from exp(-|x|), exactly 0 or 1 at the
+    extremes).
 
     >>> Sigmoid().forward(np.array([0.0]))
     array([0.5], dtype=float32)
