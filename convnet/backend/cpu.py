@@ -130,8 +130,8 @@ def blas_threads(n):
 
 
 # ---- activation
-# ReLU runs as a compiled OpenMP pass (pyx/activation.pyx); Dropout's mask multiply is a NumPy
-# ufunc pass at memory speed (its forward is mostly the random draw).
+# ReLU and Dropout's mask multiply run as compiled OpenMP passes (pyx/activation.pyx; Dropout's
+# forward is mostly the random draw).
 
 @functools.cache
 def _activation_kernels():
@@ -152,16 +152,29 @@ def activation_relu_backward(dy, x, negative_slope, dx):
                                         float(negative_slope))
 
 
-def activation_dropout_forward(x, keep, scale, y):
-    """y = x * scale where keep, else 0. keep: bool array of x's shape; y may be x."""
+def _dropout_apply(x, keep, scale, y):
+    if _dropout_kernel_arrays(x, keep, y):
+        _activation_kernels().dropout_apply(x.reshape(-1), keep.reshape(-1).view(np.uint8),
+                                            float(scale), y.reshape(-1))
+        return
     np.multiply(x, keep, out=y)
     y *= scale
 
 
+def _dropout_kernel_arrays(x, keep, y):
+    return (x.dtype in (np.float32, np.float64) and y.dtype == x.dtype
+            and keep.dtype == np.bool_ and x.shape == keep.shape == y.shape
+            and all(a.flags.c_contiguous for a in (x, keep, y)))
+
+
+def activation_dropout_forward(x, keep, scale, y):
+    """y = x * scale where keep, else 0. keep: bool array of x's shape; y may be x."""
+    _dropout_apply(x, keep, scale, y)
+
+
 def activation_dropout_backward(dy, keep, scale, dx):
     """dx = dy * scale where keep, else 0; dx may be dy."""
-    np.multiply(dy, keep, out=dx)
-    dx *= scale
+    _dropout_apply(dy, keep, scale, dx)
 
 
 # ---- normalization

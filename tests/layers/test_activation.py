@@ -547,3 +547,23 @@ def test_smooth_and_softmax_match_torch(dt):
                                    atol=1e-30 if f32 else 1e-300)
         np.testing.assert_allclose(sm.backward(dys), tx.grad.numpy(),
                                    rtol=1e-4 if f32 else 1e-12, atol=1e-6 if f32 else 1e-15)
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_dropout_mask_pass_equals_numpys_at_one_and_two_threads(dt):
+    from convnet.backend import cpu as cpu_backend
+    r = np.random.default_rng(12)
+    x = r.standard_normal((4, 8, 70, 90)).astype(dt)          # past one work item
+    x.reshape(-1)[::997] = np.nan
+    keep = r.random(x.shape) >= 0.3
+    want = np.multiply(x, keep) * dt(1 / 0.7)
+
+    def run():
+        y = np.empty_like(x)
+        cpu_backend.activation_dropout_forward(x, keep, 1 / 0.7, y)
+        dx = x.copy()
+        cpu_backend.activation_dropout_backward(dx, keep, 1 / 0.7, dx)   # in place
+        return y, dx
+
+    for got in (*at_threads(1, run), *at_threads(2, run)):
+        np.testing.assert_array_equal(got, want)
