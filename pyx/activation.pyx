@@ -388,6 +388,8 @@ cdef extern from *:
 
 cdef enum:
     CHUNK = 16384   # elements per work item: 64 KB of float32, large next to a thread start
+    MIN_ITEMS = 8   # work items (128 K elements) from which Sigmoid, TanH, Softmax and
+                    # Dropout's pass use more than one thread
     # A pass touching more bytes than this (inputs and output) streams its output (see
     # cn_act_stream): half the 32 MB last-level cache of the machine measured. A smaller
     # pass's output may still be in cache when the next layer reads it.
@@ -395,7 +397,11 @@ cdef enum:
 
 
 cdef inline int _threads(Py_ssize_t items) noexcept nogil:
-    """Never more threads than work items (a team of one wakes nobody)."""
+    """One thread below MIN_ITEMS work items (a thread wake costs more than a small pass
+    saves; a recurrent cell's step of 64 x 1024 values runs beside its projection's worker
+    thread), else never more threads than items."""
+    if items < MIN_ITEMS:
+        return 1
     return <int> max(1, min(<Py_ssize_t> omp_get_max_threads(), items))
 
 

@@ -22,8 +22,11 @@ from _openmp cimport omp_get_max_threads
 
 cdef enum:
     CHUNK = 16384         # elements per work item: 64 KB of float32
-    GRAIN = 1 << 16       # elements below which a kernel runs on one thread (a thread wake
-                          # costs more than a quarter-megabyte copy saves)
+    GRAIN = 1 << 19       # elements touched below which a kernel runs on one thread: as
+                          # pooling's (a thread wake costs more than a small pass saves, and
+                          # a recurrent net's step, 64 x 1024 gates, runs beside its
+                          # projection's worker thread: two threads there made the benchmark
+                          # LSTM's forward 15-25 % slower)
 
 
 cdef inline int _threads(Py_ssize_t work) noexcept nogil:

@@ -338,11 +338,12 @@ def test_structure_results_are_identical_at_one_and_two_threads():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_structure_kernels_on_large_blobs_match_numpy_at_one_and_two_threads(dtype):
-    # blobs past the kernels' one-thread grain (2**16 elements), so both threads copy
+    # blobs past the kernels' one-thread grain (2**19 elements touched), so both threads
+    # copy
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((4, 6, 40, 70)).astype(dtype)
-    crops = [(2, [3, 5], (4, 6, 31, 60)), (1, [2, 0, 0], (4, 3, 40, 70)),
-             (0, [1, 1, 4, 9], (2, 5, 33, 61)), (3, [11], (4, 6, 40, 7))]
+    x = rng.standard_normal((4, 8, 130, 130)).astype(dtype)
+    crops = [(2, [3, 5], (4, 8, 121, 120)), (1, [2, 0, 0], (4, 5, 130, 130)),
+             (0, [1, 1, 4, 9], (3, 7, 124, 117)), (3, [11], (4, 8, 130, 119))]
 
     def run():
         out = []
