@@ -462,39 +462,33 @@ def dropout_apply(const floating[::1] x,          # IN  (n,)
                 y[i] = x[i] * (s if keep[i] else 0)
 
 
-def sigmoid_forward(const floating[::1] x,  # IN  (n,)
-                    floating[::1] y):       # OUT (n,), may be x
+def smooth_forward(const floating[::1] x,   # IN  (n,)
+                   floating[::1] y,         # OUT (n,), may be x
+                   bint tanh):              # TanH, else Sigmoid
     cdef Py_ssize_t n = x.shape[0]
     cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
     cdef int stream = 2 * n * sizeof(floating) > STREAM_BYTES
-    cdef Py_ssize_t k, start
+    cdef Py_ssize_t k, start, m
     with nogil:
         for k in prange(chunks, schedule='static', num_threads=_threads(chunks)):
             start = k * CHUNK
+            m = min(CHUNK, n - start)
             if floating is float:
-                cn_sigmoid_forward_f(&x[start], &y[start], min(CHUNK, n - start), stream)
+                if tanh:
+                    cn_tanh_forward_f(&x[start], &y[start], m, stream)
+                else:
+                    cn_sigmoid_forward_f(&x[start], &y[start], m, stream)
             else:
-                cn_sigmoid_forward_d(&x[start], &y[start], min(CHUNK, n - start), stream)
+                if tanh:
+                    cn_tanh_forward_d(&x[start], &y[start], m, stream)
+                else:
+                    cn_sigmoid_forward_d(&x[start], &y[start], m, stream)
 
 
-def tanh_forward(const floating[::1] x,     # IN  (n,)
-                 floating[::1] y):          # OUT (n,), may be x
-    cdef Py_ssize_t n = x.shape[0]
-    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
-    cdef int stream = 2 * n * sizeof(floating) > STREAM_BYTES
-    cdef Py_ssize_t k, start
-    with nogil:
-        for k in prange(chunks, schedule='static', num_threads=_threads(chunks)):
-            start = k * CHUNK
-            if floating is float:
-                cn_tanh_forward_f(&x[start], &y[start], min(CHUNK, n - start), stream)
-            else:
-                cn_tanh_forward_d(&x[start], &y[start], min(CHUNK, n - start), stream)
-
-
-def sigmoid_backward(const floating[::1] dy,    # IN  (n,)
-                     const floating[::1] y,     # IN  (n,) the top
-                     floating[::1] dx):         # OUT (n,), may be dy
+def smooth_backward(const floating[::1] dy,     # IN  (n,)
+                    const floating[::1] y,      # IN  (n,) the top
+                    floating[::1] dx,           # OUT (n,), may be dy
+                    bint tanh):                 # TanH, else Sigmoid
     cdef Py_ssize_t n = dy.shape[0]
     cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
     cdef int stream = 3 * n * sizeof(floating) > STREAM_BYTES
@@ -504,26 +498,15 @@ def sigmoid_backward(const floating[::1] dy,    # IN  (n,)
             start = k * CHUNK
             m = min(CHUNK, n - start)
             if floating is float:
-                cn_sigmoid_backward_f(&dy[start], &y[start], &dx[start], m, stream)
+                if tanh:
+                    cn_tanh_backward_f(&dy[start], &y[start], &dx[start], m, stream)
+                else:
+                    cn_sigmoid_backward_f(&dy[start], &y[start], &dx[start], m, stream)
             else:
-                cn_sigmoid_backward_d(&dy[start], &y[start], &dx[start], m, stream)
-
-
-def tanh_backward(const floating[::1] dy,       # IN  (n,)
-                  const floating[::1] y,        # IN  (n,) the top
-                  floating[::1] dx):            # OUT (n,), may be dy
-    cdef Py_ssize_t n = dy.shape[0]
-    cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
-    cdef int stream = 3 * n * sizeof(floating) > STREAM_BYTES
-    cdef Py_ssize_t k, start, m
-    with nogil:
-        for k in prange(chunks, schedule='static', num_threads=_threads(chunks)):
-            start = k * CHUNK
-            m = min(CHUNK, n - start)
-            if floating is float:
-                cn_tanh_backward_f(&dy[start], &y[start], &dx[start], m, stream)
-            else:
-                cn_tanh_backward_d(&dy[start], &y[start], &dx[start], m, stream)
+                if tanh:
+                    cn_tanh_backward_d(&dy[start], &y[start], &dx[start], m, stream)
+                else:
+                    cn_sigmoid_backward_d(&dy[start], &y[start], &dx[start], m, stream)
 
 
 cdef inline Py_ssize_t _rows_per_item(Py_ssize_t C) noexcept nogil:

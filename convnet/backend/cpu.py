@@ -1482,22 +1482,24 @@ def inner_product_embed_backward(index, dy, dweight):
 
 def activation_sigmoid_forward(x, y):
     """y = 1 / (1 + exp(-x)), computed from exp(-|x|) (no overflow); y may be x."""
-    _activation_kernels().sigmoid_forward(x.reshape(-1), y.reshape(-1))
+    _activation_kernels().smooth_forward(x.reshape(-1), y.reshape(-1), False)
 
 
 def activation_sigmoid_backward(dy, y, dx):
     """dx = dy * y * (1 - y) from the top y; dx may be dy."""
-    _activation_kernels().sigmoid_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    _activation_kernels().smooth_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
+                                        False)
 
 
 def activation_tanh_forward(x, y):
     """y = tanh(x); y may be x."""
-    _activation_kernels().tanh_forward(x.reshape(-1), y.reshape(-1))
+    _activation_kernels().smooth_forward(x.reshape(-1), y.reshape(-1), True)
 
 
 def activation_tanh_backward(dy, y, dx):
     """dx = dy * (1 - y^2) from the top y; dx may be dy."""
-    _activation_kernels().tanh_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1))
+    _activation_kernels().smooth_backward(dy.reshape(-1), y.reshape(-1), dx.reshape(-1),
+                                        True)
 
 
 def activation_softmax_forward(x, y):
