@@ -693,11 +693,15 @@ def conv_forward(x, weight, bias, y, kernel, stride, pad, dilation, group, works
         return
     n, out, m = x.shape[0], y.shape[2:], y.shape[1]
     direct = _conv_direct(x.shape[1:], out, kernel, stride, pad)
-    if (direct and n < CONV_MIN_ITEMS and group == 1 and m >= 64
-            and out[0] * out[1] >= 64):
-        # a 1x1 layer on few images: whole images (its GEMM stays wide) in two blocks of
-        # output channels; row tiles would each repack the whole weight (one 512 -> 512
-        # image of 14x14: 1.15 ms in four tiles, 0.91 in halves; 28x28 3.35 and 3.31)
+    pixels = out[0] * out[1]
+    if n == 1 and group == 1 and 64 <= pixels <= m // 2:
+        # one small image under a weight at least twice its columns: the whole image (the
+        # GEMM stays wide) in two blocks of output channels, as row tiles would each repack
+        # the whole weight. ms, 2 threads, alternated in one process, tiles vs halves: 3x3
+        # 512 -> 512 at 14x14 9.87 vs 8.36 (PyTorch 8.56), 1x1 1.02 vs 0.86 (0.88), 1x1
+        # 1024 -> 512 1.84 vs 1.70 (1.57); two such images took 16.0 vs 16.7 and 256 -> 512
+        # 7.5 vs 8.0, so from two images the tiles stay (and at 256 -> 256, 28x28, 8.2 vs
+        # 9.3, where the columns outweigh the weight)
         rows, mblock = out[0], -(-m // 2)
         items = n
     else:

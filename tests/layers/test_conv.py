@@ -442,7 +442,8 @@ THREAD_CASES = [
     (3, 40, (33, 30), 8, 5, (1, 1), 2, 1, (1, 1)),    # many channel blocks and row tiles
     (3, 16, (12, 11), 24, 1, (1, 1), 0, 1, (1, 1)),   # the 1x1 path
     (1, 8, (3, 9), 70, 3, (1, 1), 0, 1, (1, 1)),      # one output row: output-channel blocks
-    (1, 96, (12, 12), 128, 1, (1, 1), 0, 1, (1, 1)),  # a 1x1 on one image: channel halves
+    (1, 96, (9, 9), 192, 1, (1, 1), 0, 1, (1, 1)),    # one image under a large weight:
+    (1, 40, (8, 10), 176, 3, (1, 1), 1, 1, (1, 1)),   # output-channel halves (1x1, 3x3)
 ]
 
 
