@@ -514,15 +514,23 @@ cdef inline Py_ssize_t _rows_per_item(Py_ssize_t C) noexcept nogil:
     return max(1, CHUNK // max(1, C))
 
 
+cdef inline int _softmax_threads(Py_ssize_t outer, Py_ssize_t C,
+                                 Py_ssize_t inner) noexcept nogil:
+    """Threads for a softmax pass: about CHUNK values each, never more than its work items
+    (whole rows of C values when inner == 1, else CN_SM_BLOCK positions of one outer index)."""
+    cdef Py_ssize_t per = _rows_per_item(C)
+    cdef Py_ssize_t items = (outer * ((inner + CN_SM_BLOCK - 1) // CN_SM_BLOCK) if inner > 1
+                             else (outer + per - 1) // per)
+    return _threads(min((outer * C * inner + CHUNK - 1) // CHUNK, items))
+
+
 def softmax_forward(const floating[:, :, ::1] x,    # IN  (outer, C, inner)
                     floating[:, :, ::1] y):         # OUT (outer, C, inner), may be x
     cdef Py_ssize_t outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef Py_ssize_t blocks = (inner + CN_SM_BLOCK - 1) // CN_SM_BLOCK
     cdef Py_ssize_t per = _rows_per_item(C)
     cdef Py_ssize_t items, k, o, j0, r
-    # threads for the work (about CHUNK values each), never more than the work items
-    cdef int threads = _threads(min((outer * C * inner + CHUNK - 1) // CHUNK,
-                                    outer * blocks if inner > 1 else (outer + per - 1) // per))
+    cdef int threads = _softmax_threads(outer, C, inner)
     if outer == 0 or C == 0 or inner == 0:
         return
     with nogil:
@@ -559,9 +567,7 @@ def softmax_backward(const floating[:, :, ::1] dy,  # IN  (outer, C, inner)
     cdef int stream = (3 * outer * C * inner * sizeof(floating) > STREAM_BYTES
                        and inner >= CN_SM_BLOCK)
     cdef Py_ssize_t items, k, o, j0, r
-    # threads for the work (about CHUNK values each), never more than the work items
-    cdef int threads = _threads(min((outer * C * inner + CHUNK - 1) // CHUNK,
-                                    outer * blocks if inner > 1 else (outer + per - 1) // per))
+    cdef int threads = _softmax_threads(outer, C, inner)
     if outer == 0 or C == 0 or inner == 0:
         return
     with nogil:

@@ -33,6 +33,13 @@ cdef inline int _threads(Py_ssize_t work) noexcept nogil:
     return 1 if work < GRAIN else omp_get_max_threads()
 
 
+cdef Py_ssize_t _at_least_two(const uintptr_t[::1] inputs) except -1:
+    """The number of inputs of a combining kernel, which reads the first two whole."""
+    if inputs.shape[0] < 2:
+        raise ValueError(f"structure kernel: needs at least 2 inputs, got {inputs.shape[0]}")
+    return inputs.shape[0]
+
+
 def copy_runs(const floating[::1] src,              # IN  flat source array
               floating[::1] dst,                    # OUT flat destination array
               Py_ssize_t src_base, Py_ssize_t dst_base,
@@ -98,14 +105,14 @@ def zero(floating[::1] dst):              # OUT (n,) = 0
             memset(&dst[k * CHUNK], 0, (end - k * CHUNK) * sizeof(floating))
 
 
-def weighted_sum(const uintptr_t[::1] inputs,   # IN  (K,) addresses of K arrays of n values
-                 const double[::1] coeffs,      # IN  (K,)
+def weighted_sum(const uintptr_t[::1] inputs,   # IN  (K >= 2,) addresses of K arrays of n
+                 const double[::1] coeffs,      # IN  (K,)                 values
                  floating[::1] y):              # OUT (n,) = sum_k coeffs[k] * inputs[k]
-    """y = c_0 x_0 + c_1 x_1 + ... in that order per element (a product is skipped where
-    its coefficient is 1). y may be inputs[0] or inputs[1] (each chunk reads input k >= 2
-    after writing the sum of the inputs before it)."""
+    """y = c_0 x_0 + c_1 x_1 + ... in that order per element (a coefficient of 1 multiplies
+    exactly). y may be inputs[0] or inputs[1] (each chunk reads input k >= 2 after writing
+    the sum of the inputs before it)."""
     cdef Py_ssize_t n = y.shape[0]
-    cdef Py_ssize_t K = inputs.shape[0]
+    cdef Py_ssize_t K = _at_least_two(inputs)
     cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
     cdef Py_ssize_t k, j, i, start, end
     cdef const floating* x
@@ -117,38 +124,26 @@ def weighted_sum(const uintptr_t[::1] inputs,   # IN  (K,) addresses of K arrays
         for k in prange(chunks, schedule='static', num_threads=_threads(n * K)):
             start = k * CHUNK
             end = min(start + CHUNK, n)
+            # the first pair in one pass
             x = <const floating*> inputs[0]
+            x1 = <const floating*> inputs[1]
             c = <floating> coeffs[0]
-            if K == 1:
-                for i in range(start, end):
-                    y[i] = c * x[i]
-            elif coeffs[0] == 1.0 and coeffs[1] == 1.0:
-                # the usual pair in one pass
-                x1 = <const floating*> inputs[1]
-                for i in range(start, end):
-                    y[i] = x[i] + x1[i]
-            else:
-                x1 = <const floating*> inputs[1]
-                c1 = <floating> coeffs[1]
-                for i in range(start, end):
-                    y[i] = c * x[i] + c1 * x1[i]
+            c1 = <floating> coeffs[1]
+            for i in range(start, end):
+                y[i] = c * x[i] + c1 * x1[i]
             for j in range(2, K):
                 x = <const floating*> inputs[j]
                 c = <floating> coeffs[j]
-                if coeffs[j] == 1.0:
-                    for i in range(start, end):
-                        y[i] = y[i] + x[i]
-                else:
-                    for i in range(start, end):
-                        y[i] = y[i] + c * x[i]
+                for i in range(start, end):
+                    y[i] = y[i] + c * x[i]
 
 
-def product(const uintptr_t[::1] inputs,    # IN  (K,) addresses of K arrays of n values
+def product(const uintptr_t[::1] inputs,    # IN  (K >= 2,) addresses of K arrays of n values
             floating[::1] y):               # OUT (n,) = inputs[0] * inputs[1] * ...
     """y = x_0 x_1 ... x_{K-1}, multiplied in that order per element (Eltwise PROD, and a
     two-bottom PROD's gradients dy * x_other)."""
     cdef Py_ssize_t n = y.shape[0]
-    cdef Py_ssize_t K = inputs.shape[0]
+    cdef Py_ssize_t K = _at_least_two(inputs)
     cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
     cdef Py_ssize_t k, j, i, start, end
     cdef const floating* x
@@ -160,26 +155,23 @@ def product(const uintptr_t[::1] inputs,    # IN  (K,) addresses of K arrays of 
             start = k * CHUNK
             end = min(start + CHUNK, n)
             x = <const floating*> inputs[0]
-            if K == 1:
-                memcpy(&y[start], &x[start], (end - start) * sizeof(floating))
-            else:
-                x1 = <const floating*> inputs[1]
-                for i in range(start, end):
-                    y[i] = x[i] * x1[i]
+            x1 = <const floating*> inputs[1]
+            for i in range(start, end):
+                y[i] = x[i] * x1[i]
             for j in range(2, K):
                 x = <const floating*> inputs[j]
                 for i in range(start, end):
                     y[i] = y[i] * x[i]
 
 
-def maximum(const uintptr_t[::1] inputs,    # IN  (K,) addresses of K arrays of n values
+def maximum(const uintptr_t[::1] inputs,    # IN  (K >= 2,) addresses of K arrays of n values
             floating[::1] y,                # OUT (n,) = the largest input
             int32_t[::1] argmax):           # OUT (n,) = the first input holding it
     """y = max_k x_k and argmax = the lowest k that holds it (an input replaces the running
     maximum only when greater: a NaN in input 0 stays, a later NaN never enters), as
     Caffe's Eltwise MAX and the CUDA kernels."""
     cdef Py_ssize_t n = y.shape[0]
-    cdef Py_ssize_t K = inputs.shape[0]
+    cdef Py_ssize_t K = _at_least_two(inputs)
     cdef Py_ssize_t chunks = (n + CHUNK - 1) // CHUNK
     cdef Py_ssize_t k, j, i, start, end
     cdef const floating* x
@@ -192,18 +184,14 @@ def maximum(const uintptr_t[::1] inputs,    # IN  (K,) addresses of K arrays of 
         for k in prange(chunks, schedule='static', num_threads=_threads(n * K)):
             start = k * CHUNK
             end = min(start + CHUNK, n)
+            # the first pair in one pass
             x = <const floating*> inputs[0]
-            if K == 1:
-                memcpy(&y[start], &x[start], (end - start) * sizeof(floating))
-                memset(&argmax[start], 0, (end - start) * sizeof(int32_t))
-            else:
-                # the first pair in one pass
-                x1 = <const floating*> inputs[1]
-                for i in range(start, end):
-                    v = x1[i]
-                    best = x[i]
-                    y[i] = v if v > best else best
-                    argmax[i] = <int32_t> (v > best)
+            x1 = <const floating*> inputs[1]
+            for i in range(start, end):
+                v = x1[i]
+                best = x[i]
+                y[i] = v if v > best else best
+                argmax[i] = <int32_t> (v > best)
             for j in range(2, K):
                 x = <const floating*> inputs[j]
                 for i in range(start, end):

@@ -47,6 +47,11 @@ def _blob(ctx, shape=SHAPE):
     return _randn(ctx["rng"], shape)
 
 
+def _functional(ctx):
+    torch = ctx.get("torch")
+    return None if torch is None else torch.nn.functional
+
+
 def batchnorm(ctx):
     from convnet.layers import BatchNorm
     x = _blob(ctx)
@@ -71,11 +76,6 @@ def dropout(ctx):
     F = _functional(ctx)
     fn = F and (lambda t: F.dropout(t, 0.5, True))
     return _side(ctx, Dropout(name="dropout"), [x], fn, (2 * x.nbytes, 2 * x.nbytes))
-
-
-def _functional(ctx):
-    torch = ctx.get("torch")
-    return None if torch is None else torch.nn.functional
 
 
 def eltwise(operation):

@@ -129,6 +129,15 @@ def blas_threads(n):
             lib.set_num_threads(threads)
 
 
+def _kernel_arrays(*arrays):
+    """True when the element-wise kernels (activation, structure, Scale's) take these arrays
+    (None entries aside): C-contiguous, one float dtype."""
+    arrays = [a for a in arrays if a is not None]
+    dtype = arrays[0].dtype
+    return dtype in (np.float32, np.float64) and all(
+        a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+
+
 # ---- activation
 # ReLU and Dropout's mask multiply run as compiled OpenMP passes (pyx/activation.pyx; Dropout's
 # forward is mostly the random draw).
@@ -152,8 +161,10 @@ def activation_relu_backward(dy, x, negative_slope, dx):
                                         float(negative_slope))
 
 
-def _dropout_apply(x, keep, scale, y):
-    if _dropout_kernel_arrays(x, keep, y):
+def activation_dropout_forward(x, keep, scale, y):
+    """y = x * scale where keep, else 0. keep: bool array of x's shape; y may be x."""
+    if (_kernel_arrays(x, y) and keep.dtype == np.bool_ and keep.shape == x.shape
+            and keep.flags.c_contiguous):
         _activation_kernels().dropout_apply(x.reshape(-1), keep.reshape(-1).view(np.uint8),
                                             float(scale), y.reshape(-1))
         return
@@ -161,20 +172,9 @@ def _dropout_apply(x, keep, scale, y):
     y *= scale
 
 
-def _dropout_kernel_arrays(x, keep, y):
-    return (x.dtype in (np.float32, np.float64) and y.dtype == x.dtype
-            and keep.dtype == np.bool_ and x.shape == keep.shape == y.shape
-            and all(a.flags.c_contiguous for a in (x, keep, y)))
-
-
-def activation_dropout_forward(x, keep, scale, y):
-    """y = x * scale where keep, else 0. keep: bool array of x's shape; y may be x."""
-    _dropout_apply(x, keep, scale, y)
-
-
 def activation_dropout_backward(dy, keep, scale, dx):
-    """dx = dy * scale where keep, else 0; dx may be dy."""
-    _dropout_apply(dy, keep, scale, dx)
+    """dx = dy * scale where keep, else 0; dx may be dy (the forward's pass on dy)."""
+    activation_dropout_forward(dy, keep, scale, dx)
 
 
 # ---- normalization
@@ -262,7 +262,7 @@ def normalization_batch_norm_backward(dy, x, mean, var, eps, scale, dx, dscale, 
 
 
 # ---- structure
-# Crop, Concat and Eltwise SUM move or combine whole blocks on every OpenMP thread
+# Crop, Concat and Eltwise move or combine whole blocks on every OpenMP thread
 # (pyx/structure.pyx: NumPy's copies and ufuncs run on one); other dtypes and
 # non-contiguous bottoms take NumPy's slicing and ufuncs.
 
@@ -270,13 +270,6 @@ def normalization_batch_norm_backward(dy, x, mean, var, eps, scale, dx, dscale, 
 def _structure_kernels():
     from convnet._cpu import structure
     return structure
-
-
-def _kernel_arrays(*arrays):
-    """True when the structure kernels take these arrays: C-contiguous, one float dtype."""
-    dtype = arrays[0].dtype
-    return dtype in (np.float32, np.float64) and all(
-        a.dtype == dtype and a.flags.c_contiguous for a in arrays)
 
 
 def _addresses(arrays):
@@ -327,6 +320,11 @@ def structure_crop_backward(dy, offsets, dx):
     dx[tuple(slice(o, o + n) for o, n in zip(offsets, dy.shape))] = dy
 
 
+def _along(ndim, axis, start):
+    """Offsets of a block starting at ``start`` along ``axis``, 0 elsewhere."""
+    return [start if a == axis else 0 for a in range(ndim)]
+
+
 def structure_concat_forward(xs, axis, y):
     """y = concatenation of the arrays xs along axis (y preallocated)."""
     if not _kernel_arrays(y, *xs):
@@ -334,7 +332,7 @@ def structure_concat_forward(xs, axis, y):
         return
     start = 0
     for x in xs:
-        _copy_block(x, y, x.shape, [0] * x.ndim, [0] * axis + [start] + [0] * (x.ndim - axis - 1))
+        _copy_block(x, y, x.shape, [0] * x.ndim, _along(x.ndim, axis, start))
         start += x.shape[axis]
 
 
@@ -346,8 +344,7 @@ def structure_concat_backward(dy, axis, sizes, dxs):
     for size, dx in zip(sizes, dxs):
         if dx is not None:
             if _kernel_arrays(dy, dx):
-                _copy_block(dy, dx, dx.shape,
-                            [0] * axis + [start] + [0] * (dy.ndim - axis - 1), [0] * dx.ndim)
+                _copy_block(dy, dx, dx.shape, _along(dy.ndim, axis, start), [0] * dx.ndim)
             else:
                 index[axis] = slice(start, start + size)
                 dx[...] = dy[tuple(index)]
@@ -390,7 +387,7 @@ def structure_eltwise_prod_backward(dy, xs, dxs):
     """OUT dxs[i] = dy * prod_{j != i} xs[j] (None entries skipped), from prefix and suffix
     products: no division, so zeros in the inputs give exact gradients."""
     k = len(xs)
-    if k == 2 and _kernel_arrays(dy, *xs, *[d for d in dxs if d is not None]):
+    if k == 2 and _kernel_arrays(dy, *xs, *dxs):
         for dx, other in zip(dxs, xs[::-1]):
             if dx is not None:
                 _structure_kernels().product(_addresses([dy, other]), dx.reshape(-1))
@@ -1530,14 +1527,9 @@ def activation_softmax_backward(dy, y, dx):
 # (batch_norm_apply: y = a_c x + b_c; batch_norm_grad_sums: sum(dy), sum(dy x)), on every
 # thread, where NumPy's broadcasts and reductions ran on one.
 
-def _scale_kernel_arrays(*arrays):
-    return all(a is None or (a.dtype == arrays[0].dtype and a.flags.c_contiguous)
-               for a in arrays) and arrays[0].dtype in (np.float32, np.float64)
-
-
 def normalization_scale_forward(x, scale, bias, y):
     """IN x (outer, S, inner), scale (S,), bias (S,) or None; OUT y = x * scale + bias."""
-    if _scale_kernel_arrays(x, scale, bias, y):
+    if _kernel_arrays(x, scale, bias, y):
         zero = np.zeros(x.shape[1], x.dtype)
         _normalization_kernels().batch_norm_apply(x, zero, scale,
                                                   zero if bias is None else bias, y, False)
@@ -1551,7 +1543,7 @@ def normalization_scale_backward(dy, x, scale, dx, dscale, dbias):
     """IN dy, x (outer, S, inner), scale (S,); OUT dx = dy * scale (skipped when None);
     INOUT dscale (S,) += sum(dy * x) and dbias (S,) += sum(dy) over outer and inner (each
     skipped when None)."""
-    if _scale_kernel_arrays(dy, x, scale, dx):
+    if _kernel_arrays(dy, x, scale, dx):
         kernels = _normalization_kernels()
         if dscale is not None or dbias is not None:
             sums = np.empty((2, x.shape[1]))
